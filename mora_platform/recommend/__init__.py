@@ -1,0 +1,1 @@
+"""Recommendations: typed results and their output formats (pure)."""

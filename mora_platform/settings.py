@@ -1,0 +1,47 @@
+"""Settings for every entrypoint, read from the environment (prefix ``MORA_``).
+
+The local stack writes ``.mora/stack.env`` so that every command finds the S3 endpoint
+and credentials it started; a ``.env`` file or real environment variables override it.
+Secrets are ``SecretStr`` so they never appear in reprs or logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MoraSettings(BaseSettings):
+    """Where things are: object storage, Ray, Prometheus, local state."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MORA_",
+        env_file=(".mora/stack.env", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    home: Path = Field(Path(".mora"), description="Local state directory (stack data, PIDs, logs)")
+
+    s3_endpoint_url: str = Field("http://127.0.0.1:8333", description="S3 endpoint (MinIO, SeaweedFS, AWS)")
+    s3_bucket: str = Field("mora", description="Bucket holding datasets/, models/ and runs/")
+    s3_access_key: SecretStr | None = Field(None, description="S3 access key id")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret access key")
+    s3_region: str = Field("us-east-1", description="S3 region name (ignored by most local servers)")
+
+    ray_address: str | None = Field(None, description="Ray cluster address; None starts/uses a local one")
+    ray_dashboard_url: str = Field("http://127.0.0.1:8265", description="Ray dashboard / Jobs API URL")
+
+    prometheus_url: str | None = Field(None, description="Prometheus base URL for `mora collect`")
+
+    serve_host: str = Field("127.0.0.1", description="Ray Serve HTTP host")
+    serve_port: int = Field(8000, ge=1, le=65535, description="Ray Serve HTTP port")
+    serve_token: SecretStr | None = Field(None, description="Bearer token required by the endpoint, if set")
+
+    def s3_credentials(self) -> tuple[str | None, str | None]:
+        """The access key pair as plain strings, for the clients that need them."""
+        key = self.s3_access_key.get_secret_value() if self.s3_access_key else None
+        secret = self.s3_secret_key.get_secret_value() if self.s3_secret_key else None
+        return key, secret
