@@ -1,0 +1,43 @@
+"""Model registry: versioned, checksummed model bundles in object storage (S3 or a local directory)."""
+
+from __future__ import annotations
+
+from mora_platform.registry.backend import BlobBackend, LocalBlobBackend
+from mora_platform.registry.errors import (
+    ArtifactIntegrityError,
+    BlobNotFoundError,
+    InvalidServiceNameError,
+    InvalidVersionError,
+    ModelNotFoundError,
+    RegistryError,
+)
+from mora_platform.registry.manifest import MANIFEST_SCHEMA_VERSION, CodeVersion, FileEntry, Manifest
+from mora_platform.registry.model_registry import (
+    FetchedBundle,
+    ModelRegistry,
+    new_version,
+    validate_service_name,
+    validate_version,
+    verify_local_bundle,
+)
+
+__all__ = [
+    "MANIFEST_SCHEMA_VERSION",
+    "ArtifactIntegrityError",
+    "BlobBackend",
+    "BlobNotFoundError",
+    "CodeVersion",
+    "FetchedBundle",
+    "FileEntry",
+    "InvalidServiceNameError",
+    "InvalidVersionError",
+    "LocalBlobBackend",
+    "Manifest",
+    "ModelNotFoundError",
+    "ModelRegistry",
+    "RegistryError",
+    "new_version",
+    "validate_service_name",
+    "validate_version",
+    "verify_local_bundle",
+]

@@ -1,0 +1,467 @@
+"""Versioned model bundles in object storage, published atomically and verified on fetch.
+
+Layout under ``prefix`` (default ``models``)::
+
+    models/{service}/{version}/<bundle files>
+    models/{service}/{version}/manifest.json   written after every file
+    models/{service}/LATEST                    written last: the published version
+    models/{service}/tuned_config.json         best config found by tuning, if any
+
+A version without a manifest is incomplete and never returned; one with a manifest becomes
+*the* version only when ``LATEST`` names it. Readers verify every byte against the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from mora_platform.registry.backend import BlobBackend, not_found_errors
+from mora_platform.registry.errors import (
+    ArtifactIntegrityError,
+    InvalidServiceNameError,
+    InvalidVersionError,
+    ModelNotFoundError,
+    RegistryError,
+)
+from mora_platform.registry.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    code_version,
+    library_versions,
+    sha256_bytes,
+    sha256_file,
+    split_metadata,
+)
+
+if TYPE_CHECKING:
+    from mora_platform.settings import MoraSettings
+
+log = logging.getLogger(__name__)
+
+LATEST_NAME = "LATEST"
+TUNED_CONFIG_NAME = "tuned_config.json"
+MAX_SERVICE_NAME_LENGTH = 63
+
+_SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_VERSION = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+
+def validate_service_name(service: str) -> str:
+    """Return ``service`` if it is a DNS-1123 label (what a Kubernetes Deployment may be called)."""
+    if not isinstance(service, str) or not service:
+        raise InvalidServiceNameError(service, "must be a non-empty string")
+    if len(service) > MAX_SERVICE_NAME_LENGTH:
+        raise InvalidServiceNameError(service, f"longer than {MAX_SERVICE_NAME_LENGTH} characters")
+    if not _SERVICE_NAME.match(service):
+        raise InvalidServiceNameError(
+            service, "use lowercase letters, digits and '-', starting and ending with a letter or digit"
+        )
+    return service
+
+
+def validate_version(version: str) -> str:
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise InvalidVersionError(version)
+    return version
+
+
+def new_version(now: datetime | None = None) -> str:
+    """A version string that sorts by creation time: UTC second, then microsecond (5 hex) + 1 random hex."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{now:%Y%m%dT%H%M%S}Z-{now.microsecond:05x}{secrets.randbelow(16):x}"
+
+
+def _check_relative_name(name: str) -> bool:
+    """True if ``name`` is a safe relative POSIX path (no traversal, no absolute path)."""
+    path = PurePosixPath(name)
+    return bool(name) and not path.is_absolute() and all(part not in ("", ".", "..") for part in path.parts)
+
+
+def _json_default(value: Any) -> Any:
+    """Coerce numpy scalars, datetimes and paths that training reports may contain."""
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+@dataclass(frozen=True)
+class FetchedBundle:
+    """A verified local copy of one published version."""
+
+    service: str
+    version: str
+    path: Path
+    manifest: Manifest
+    cached: bool = False
+
+
+def verify_local_bundle(directory: Path, manifest: Manifest | None = None) -> Manifest:
+    """Check a local bundle against its manifest; raise ``ArtifactIntegrityError`` on any difference."""
+    directory = Path(directory)
+    if manifest is None:
+        manifest_path = directory / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise ArtifactIntegrityError("?", "?", MANIFEST_NAME, f"missing in {directory}")
+        manifest = Manifest.from_json_bytes(manifest_path.read_bytes())
+    present = {
+        path.relative_to(directory).as_posix()
+        for path in directory.rglob("*")
+        if path.is_file() and path.relative_to(directory).as_posix() != MANIFEST_NAME
+    }
+    for name in sorted(present - set(manifest.files)):
+        raise ArtifactIntegrityError(manifest.service, manifest.version, name, "not listed in the manifest")
+    for name, entry in sorted(manifest.files.items()):
+        if name not in present:
+            raise ArtifactIntegrityError(
+                manifest.service,
+                manifest.version,
+                name,
+                "listed in the manifest but missing",
+                expected=entry.sha256,
+            )
+        actual = sha256_file(directory / name)
+        if actual != entry.sha256:
+            raise ArtifactIntegrityError(
+                manifest.service,
+                manifest.version,
+                name,
+                "checksum mismatch",
+                expected=entry.sha256,
+                actual=actual,
+            )
+    return manifest
+
+
+class ModelRegistry:
+    """Publish, list, fetch and prune model versions on any :class:`BlobBackend`."""
+
+    def __init__(self, backend: BlobBackend, prefix: str = "models") -> None:
+        prefix = prefix.strip("/")
+        if not prefix:
+            raise ValueError("registry prefix must not be empty")
+        self.backend = backend
+        self.prefix = prefix
+
+    @classmethod
+    def from_settings(cls, settings: MoraSettings, prefix: str = "models") -> ModelRegistry:
+        """A registry on the S3 bucket the settings name."""
+        from mora_platform.storage.object_store import ObjectStore
+
+        return cls(ObjectStore.from_settings(settings), prefix=prefix)
+
+    # ---- keys -----------------------------------------------------------------------------
+
+    def _service_prefix(self, service: str) -> str:
+        return f"{self.prefix}/{validate_service_name(service)}/"
+
+    def _key(self, service: str, *parts: str) -> str:
+        return self._service_prefix(service) + "/".join(parts)
+
+    def _get_optional(self, key: str) -> bytes | None:
+        try:
+            return self.backend.get_bytes(key)
+        except not_found_errors():
+            return None
+
+    def _stored_versions(self, service: str) -> dict[str, set[str]]:
+        """version -> names of the files stored under it (manifest.json included)."""
+        base = self._service_prefix(service)
+        versions: dict[str, set[str]] = {}
+        for key in self.backend.list_keys(base):
+            version, _, name = key[len(base) :].partition("/")
+            if name and _VERSION.match(version):
+                versions.setdefault(version, set()).add(name)
+        return versions
+
+    # ---- publishing -----------------------------------------------------------------------
+
+    def publish(
+        self,
+        service: str,
+        bundle_dir: Path,
+        *,
+        metadata: dict[str, Any],
+        version: str | None = None,
+    ) -> str:
+        """Upload every file of ``bundle_dir``, then ``manifest.json``, then ``LATEST``; return the version."""
+        validate_service_name(service)
+        bundle_dir = Path(bundle_dir)
+        if not bundle_dir.is_dir():
+            raise FileNotFoundError(f"bundle directory {bundle_dir} does not exist")
+        paths = sorted(path for path in bundle_dir.rglob("*") if path.is_file() or path.is_symlink())
+        if not paths:
+            raise ValueError(f"bundle directory {bundle_dir} holds no files")
+        for path in paths:
+            if path.is_symlink():
+                raise ValueError(f"bundle file {path} is a symlink; publish regular files only")
+        names = [path.relative_to(bundle_dir).as_posix() for path in paths]
+        if MANIFEST_NAME in names:
+            raise ValueError(
+                f"bundle directory {bundle_dir} already holds a {MANIFEST_NAME}; the registry writes it"
+            )
+
+        try:
+            clean_metadata = json.loads(json.dumps(metadata, default=_json_default))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"publish metadata for {service!r}: {exc}") from None
+        if not isinstance(clean_metadata, dict):
+            raise ValueError(
+                f"publish metadata for {service!r} must be a dict, got {type(metadata).__name__}"
+            )
+        known, extra = split_metadata(clean_metadata)
+
+        now = datetime.now(UTC)
+        version = validate_version(version) if version is not None else new_version(now)
+        if self.backend.exists(self._key(service, version, MANIFEST_NAME)):
+            raise RegistryError(f"{service}/{version} is already published")
+        try:  # validate metadata before the first upload
+            Manifest(
+                service=service,
+                version=version,
+                created_at=now,
+                files={},
+                code=code_version(),
+                libraries=library_versions(),
+                extra=extra,
+                **known,
+            )
+        except ValidationError as exc:
+            raise ValueError(f"publish metadata for {service!r} is invalid: {exc}") from None
+
+        files: dict[str, dict[str, Any]] = {}
+        for path, name in zip(paths, names, strict=True):
+            data = path.read_bytes()
+            files[name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+            self.backend.put_bytes(self._key(service, version, name), data)
+        manifest = Manifest.model_validate(
+            {
+                "service": service,
+                "version": version,
+                "created_at": now,
+                "files": files,
+                "code": code_version(),
+                "libraries": library_versions(),
+                "extra": extra,
+                **known,
+            }
+        )
+        self.backend.put_bytes(self._key(service, version, MANIFEST_NAME), manifest.to_json_bytes())
+        self.backend.put_bytes(self._key(service, LATEST_NAME), f"{version}\n".encode())
+        log.info("published %s/%s (%d files, %d bytes)", service, version, len(files), manifest.total_bytes)
+        return version
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def list_services(self) -> list[str]:
+        """Services with a LATEST pointer or at least one stored version."""
+        services: set[str] = set()
+        base = f"{self.prefix}/"
+        for key in self.backend.list_keys(base):
+            parts = key[len(base) :].split("/")
+            if len(parts) < 2 or not _SERVICE_NAME.match(parts[0]) or len(parts[0]) > MAX_SERVICE_NAME_LENGTH:
+                continue
+            if parts[1] == LATEST_NAME or (len(parts) > 2 and _VERSION.match(parts[1])):
+                services.add(parts[0])
+        return sorted(services)
+
+    def list_versions(self, service: str, *, include_incomplete: bool = False) -> list[str]:
+        """Versions of ``service``, oldest first; only complete ones (with a manifest) unless asked."""
+        versions = self._stored_versions(service)
+        return sorted(v for v, names in versions.items() if include_incomplete or MANIFEST_NAME in names)
+
+    def latest_version(self, service: str) -> str | None:
+        """The version LATEST names if its manifest exists; else the newest complete version not after it."""
+        raw = self._get_optional(self._key(service, LATEST_NAME))
+        if raw is None:
+            return None
+        pointer = raw.decode("utf-8", errors="replace").strip()
+        if not _VERSION.match(pointer):
+            log.warning(
+                "%s/%s holds %r, not a version; treating as unpublished", service, LATEST_NAME, pointer
+            )
+            return None
+        if self.backend.exists(self._key(service, pointer, MANIFEST_NAME)):
+            return pointer
+        earlier = [v for v in self.list_versions(service) if v <= pointer]
+        log.warning(
+            "%s: LATEST names %s whose manifest is missing; using %s",
+            service,
+            pointer,
+            earlier[-1] if earlier else None,
+        )
+        return earlier[-1] if earlier else None
+
+    def read_manifest(self, service: str, version: str) -> Manifest:
+        validate_version(version)
+        raw = self._get_optional(self._key(service, version, MANIFEST_NAME))
+        if raw is None:
+            raise ModelNotFoundError(
+                service, version, f"no {MANIFEST_NAME} (never published, incomplete or pruned)"
+            )
+        try:
+            manifest = Manifest.from_json_bytes(raw)
+        except ValidationError as exc:
+            raise ArtifactIntegrityError(
+                service, version, MANIFEST_NAME, f"unreadable manifest: {exc}"
+            ) from None
+        if manifest.service != service or manifest.version != version:
+            raise ArtifactIntegrityError(
+                service,
+                version,
+                MANIFEST_NAME,
+                f"manifest describes {manifest.service}/{manifest.version}, not {service}/{version}",
+            )
+        for name in manifest.files:
+            if not _check_relative_name(name) or name == MANIFEST_NAME:
+                raise ArtifactIntegrityError(service, version, name, "unsafe file name in the manifest")
+        return manifest
+
+    def fetch(self, service: str, version: str | None, dest: Path) -> FetchedBundle:
+        """Download and verify one version into ``dest`` (latest if ``version`` is None).
+
+        The bundle is assembled in a temp directory beside ``dest`` and renamed into place only
+        when every file matches the manifest, so ``dest`` never holds a partial bundle. An
+        existing ``dest`` that already matches the manifest is reused.
+        """
+        validate_service_name(service)
+        if version is None:
+            version = self.latest_version(service)
+            if version is None:
+                raise ModelNotFoundError(service)
+        manifest = self.read_manifest(service, version)
+        stored = self._stored_versions(service).get(version, set()) - {MANIFEST_NAME}
+        for name in sorted(stored - set(manifest.files)):
+            raise ArtifactIntegrityError(service, version, name, "stored but not listed in the manifest")
+        for name in sorted(set(manifest.files) - stored):
+            raise ArtifactIntegrityError(
+                service,
+                version,
+                name,
+                "listed in the manifest but not stored",
+                expected=manifest.files[name].sha256,
+            )
+
+        dest = Path(dest)
+        if dest.is_dir():
+            with contextlib.suppress(ArtifactIntegrityError, ValidationError, OSError):
+                if verify_local_bundle(dest) == manifest:
+                    return FetchedBundle(service, version, dest, manifest, cached=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+        try:
+            for name, entry in sorted(manifest.files.items()):
+                try:
+                    data = self.backend.get_bytes(self._key(service, version, name))
+                except not_found_errors():
+                    raise ArtifactIntegrityError(
+                        service, version, name, "listed in the manifest but not stored", expected=entry.sha256
+                    ) from None
+                actual = sha256_bytes(data)
+                if actual != entry.sha256 or len(data) != entry.bytes:
+                    problem = "checksum mismatch"
+                    if len(data) != entry.bytes:
+                        problem += f", {len(data)} bytes stored vs {entry.bytes} in the manifest"
+                    raise ArtifactIntegrityError(
+                        service, version, name, problem, expected=entry.sha256, actual=actual
+                    )
+                target = staging.joinpath(*name.split("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            (staging / MANIFEST_NAME).write_bytes(manifest.to_json_bytes())
+            _swap_into_place(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return FetchedBundle(service, version, dest, manifest)
+
+    # ---- retention ------------------------------------------------------------------------
+
+    def prune(self, service: str, keep: int) -> list[str]:
+        """Delete old versions, keeping the newest ``keep`` complete ones and always LATEST.
+
+        Versions newer than LATEST (possibly being published right now) are left alone.
+        Returns the deleted versions, oldest first.
+        """
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        latest = self.latest_version(service)
+        kept = set(self.list_versions(service)[-keep:])
+        if latest is not None:
+            kept.add(latest)
+        deleted = []
+        for version, names in sorted(self._stored_versions(service).items()):
+            if version in kept or (latest is not None and version > latest):
+                continue
+            # Manifest first: the version turns incomplete before its files go.
+            ordered = sorted(names, key=lambda name: name != MANIFEST_NAME)
+            for name in ordered:
+                self.backend.delete(self._key(service, version, name))
+            deleted.append(version)
+        if deleted:
+            log.info("pruned %s: %s", service, ", ".join(deleted))
+        return deleted
+
+    # ---- tuned configurations -------------------------------------------------------------
+
+    def save_tuned_config(self, service: str, config: dict[str, Any]) -> None:
+        """Store the best training config found for ``service`` (used by ``mora train`` when present)."""
+        try:
+            body = json.dumps(
+                {"schema_version": 1, "saved_at": datetime.now(UTC).isoformat(), "config": config},
+                default=_json_default,
+                indent=2,
+                sort_keys=True,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"tuned config for {service!r}: {exc}") from None
+        self.backend.put_bytes(self._key(service, TUNED_CONFIG_NAME), body.encode("utf-8"))
+
+    def load_tuned_config(self, service: str) -> dict[str, Any] | None:
+        raw = self._get_optional(self._key(service, TUNED_CONFIG_NAME))
+        if raw is None:
+            return None
+        try:
+            document = json.loads(raw)
+        except ValueError as exc:
+            raise RegistryError(f"{self._key(service, TUNED_CONFIG_NAME)} is not valid JSON: {exc}") from None
+        if (
+            isinstance(document, dict)
+            and "schema_version" in document
+            and isinstance(document.get("config"), dict)
+        ):
+            return dict(document["config"])
+        if isinstance(document, dict):
+            return document
+        raise RegistryError(f"{self._key(service, TUNED_CONFIG_NAME)} must hold a JSON object")
+
+
+def _swap_into_place(staging: Path, dest: Path) -> None:
+    """Rename ``staging`` to ``dest``, replacing an existing ``dest`` directory."""
+    if not dest.exists():
+        os.rename(staging, dest)
+        return
+    old = dest.with_name(f".{dest.name}.old-{secrets.token_hex(4)}")
+    os.rename(dest, old)
+    try:
+        os.rename(staging, dest)
+    except OSError:
+        os.rename(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
