@@ -1,0 +1,304 @@
+"""The HTTP surface of the endpoint as a plain FastAPI app, independent of Ray.
+
+``create_api(backend, token=...)`` builds the app; the Serve ingress (``serve.ingress``) wraps
+it, and unit tests drive it with FastAPI's ``TestClient`` and a fake backend. Guards run as
+ASGI middleware *before* the body is read: auth (401), content type (415) and body size (413);
+validation errors become 422 (400 for malformed JSON) with the offending field path named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from serve.api import (
+    MAX_BATCH_REQUESTS,
+    MAX_BODY_BYTES,
+    MAX_HISTORY_ROWS,
+    BatchItem,
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    FieldError,
+    HealthResponse,
+    RecommendationRequest,
+    RecommendationResponse,
+    ServiceInfo,
+    ServicesResponse,
+)
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)
+}
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """What the model side answers for one request: a recommendation (as JSON) or an error."""
+
+    status: int
+    recommendation: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class RecommendationBackend(Protocol):
+    """What the HTTP layer needs from the rest of the system."""
+
+    async def recommend(self, service: str, requests: Sequence[RecommendationRequest]) -> list[ModelOutcome]:
+        """Answer ``requests`` (all for ``service``), one outcome each, in order."""
+        ...
+
+    async def list_services(self) -> list[ServiceInfo]:
+        """Every published service with its LATEST version."""
+        ...
+
+    async def registry_problem(self) -> str | None:
+        """None when the registry is reachable, otherwise why not."""
+        ...
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a message meant for the client."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def _error_json(status: int, detail: str, errors: list[FieldError] | None = None) -> JSONResponse:
+    body = ErrorResponse(detail=detail, errors=errors or [])
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+class GuardMiddleware:
+    """Auth, content type and body size, checked before FastAPI reads a byte of the body."""
+
+    def __init__(self, app: ASGIApp, token: str | None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        path = scope.get("path", "")
+        problem = self._check(scope.get("method", "GET"), path, headers)
+        if problem is not None:
+            await problem(scope, receive, send)
+            return
+        await self.app(scope, self._limited(receive), send)
+
+    def _check(self, method: str, path: str, headers: dict[str, str]) -> JSONResponse | None:
+        if self.token is not None and path not in OPEN_PATHS:
+            scheme, _, presented = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not presented:
+                return _error_json(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+            if not hmac.compare_digest(presented.strip().encode(), self.token):
+                return _error_json(401, "invalid bearer token")
+        if method == "POST":
+            content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if content_type != "application/json" and not content_type.endswith("+json"):
+                shown = content_type or "none"
+                return _error_json(415, f"Content-Type must be application/json (got {shown})")
+            length = headers.get("content-length")
+            if length is not None:
+                if not length.isdigit():
+                    return _error_json(400, f"invalid Content-Length header {length[:20]!r}")
+                if int(length) > self.max_body_bytes:
+                    return _error_json(
+                        413,
+                        f"request body of {int(length)} bytes exceeds the limit of {self.max_body_bytes} bytes",
+                    )
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count streamed body bytes too (chunked uploads carry no Content-Length)."""
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # FastAPI re-raises HTTPException from body reading as is.
+                    raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+            return message
+
+        return wrapped
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """('body', 'history', 3, 'cpu_cores_value') -> 'history[3].cpu_cores_value'."""
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "body"
+
+
+def _describe(error: dict[str, Any]) -> FieldError:
+    kind = error.get("type", "")
+    loc = tuple(error.get("loc", ()))
+    if kind == "json_invalid":
+        position = loc[1] if len(loc) > 1 else "?"
+        reason = (error.get("ctx") or {}).get("error", "")
+        return FieldError(
+            field="body", message=f"invalid JSON at character {position}: {reason}".rstrip(": ")
+        )
+    message = str(error.get("msg", "invalid value"))
+    value = error.get("input")
+    if kind == "missing":
+        message = "field required" if len(loc) > 1 else "request body is required"
+    elif isinstance(value, (int, float, str, bool)):
+        shown = repr(value)
+        message += f" (got {shown[:60]}{'...' if len(shown) > 60 else ''})"
+    return FieldError(field=field_path(loc), message=message)
+
+
+def validation_response(exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field (400 when the body is not JSON at all)."""
+    errors = [_describe(dict(error)) for error in exc.errors()]
+    status = 400 if any(error.get("type") == "json_invalid" for error in exc.errors()) else 422
+    shown = "; ".join(f"{error.field}: {error.message}" for error in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return _error_json(status, f"invalid request: {shown}{more}", errors)
+
+
+def create_api(backend: RecommendationBackend, *, token: str | None = None) -> FastAPI:
+    """The FastAPI app of the endpoint, bound to ``backend``."""
+    api = FastAPI(
+        title="MOrA recommendations",
+        version="1",
+        description=(
+            "CPU, memory and replica recommendations for every service of the fleet. "
+            f"Limits: {MAX_BATCH_REQUESTS} requests per batch, {MAX_HISTORY_ROWS} history rows per request, "
+            f"{MAX_BODY_BYTES} bytes per body. Send `Authorization: Bearer <token>` when a token is configured."
+        ),
+    )
+    bearer = HTTPBearer(auto_error=False, description="Required when MORA_SERVE_TOKEN is set")
+
+    async def documented_auth(_: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        """Declares the scheme in OpenAPI; GuardMiddleware enforces it before the body is read."""
+
+    @api.exception_handler(RequestValidationError)
+    async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_response(exc)
+
+    @api.exception_handler(HTTPException)
+    async def _on_http(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error_json(exc.status_code, str(exc.detail))
+
+    @api.exception_handler(ApiError)
+    async def _on_api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error_json(exc.status, exc.detail)
+
+    @api.exception_handler(Exception)
+    async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error while answering a request")
+        return _error_json(500, f"internal error ({type(exc).__name__}); see the server log")
+
+    @api.post(
+        "/v1/recommendations",
+        response_model=RecommendationResponse,
+        responses=_ERROR_RESPONSES,
+        dependencies=[Security(documented_auth)],
+        summary="Recommend CPU, memory and replicas for one service",
+    )
+    async def recommend(body: RecommendationRequest) -> JSONResponse:
+        outcome = (await backend.recommend(body.service, [body]))[0]
+        if outcome.status != 200 or outcome.recommendation is None:
+            raise ApiError(outcome.status, outcome.error or "no recommendation")
+        return JSONResponse(outcome.recommendation)
+
+    @api.post(
+        "/v1/recommendations:batch",
+        response_model=BatchResponse,
+        responses=_ERROR_RESPONSES,
+        dependencies=[Security(documented_auth)],
+        summary=f"Up to {MAX_BATCH_REQUESTS} recommendations in one call, answered in order",
+    )
+    async def recommend_batch(body: BatchRequest) -> JSONResponse:
+        by_service: dict[str, list[int]] = {}
+        for index, request in enumerate(body.requests):
+            by_service.setdefault(request.service, []).append(index)
+        services = list(by_service)
+        answers = await asyncio.gather(
+            *(
+                backend.recommend(service, [body.requests[i] for i in by_service[service]])
+                for service in services
+            ),
+            return_exceptions=True,
+        )
+        results: list[dict[str, Any] | None] = [None] * len(body.requests)
+        for service, answer in zip(services, answers, strict=True):
+            for position, index in enumerate(by_service[service]):
+                if isinstance(answer, BaseException):
+                    logger.error("batch part for %s failed: %r", service, answer)
+                    item = BatchItem(index=index, service=service, status=500, error="internal error")
+                    results[index] = item.model_dump(mode="json")
+                    continue
+                outcome = answer[position]
+                results[index] = {
+                    "index": index,
+                    "service": service,
+                    "status": outcome.status,
+                    "recommendation": outcome.recommendation,
+                    "error": outcome.error,
+                }
+        return JSONResponse({"results": results})
+
+    @api.get(
+        "/v1/services",
+        response_model=ServicesResponse,
+        responses=_ERROR_RESPONSES,
+        dependencies=[Security(documented_auth)],
+        summary="Published services with their LATEST version, training time and metrics",
+    )
+    async def services() -> ServicesResponse:
+        problem = await backend.registry_problem()
+        if problem is not None:
+            raise ApiError(503, f"model registry unavailable: {problem}")
+        return ServicesResponse(services=await backend.list_services())
+
+    @api.get(
+        "/healthz",
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse}},
+        summary="Ready when the model registry is reachable",
+    )
+    async def healthz() -> JSONResponse:
+        problem = await backend.registry_problem()
+        if problem is None:
+            return JSONResponse(HealthResponse(status="ok", registry="reachable").model_dump())
+        body = HealthResponse(status="unavailable", registry="unreachable", detail=problem)
+        return JSONResponse(body.model_dump(), status_code=503)
+
+    api.add_middleware(GuardMiddleware, token=token)  # type: ignore[arg-type]
+    return api
