@@ -1,9 +1,356 @@
-"""`mora` commands: models (placeholder until implemented)."""
+"""`mora train`, `mora models list`, `mora recommend`: one service from dataset to published model to answer.
+
+Models live in the registry on S3 (or in a local directory with ``--registry-dir`` /
+``MORA_REGISTRY_DIR``, for offline use). Failures a user can fix print one ``error:`` line and
+exit with code 2.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import json
+import math
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
 import typer
+
+if TYPE_CHECKING:
+    from mora_platform.registry import ModelRegistry
+    from mora_platform.settings import MoraSettings
+
+USAGE_ERROR = 2
+
+RegistryDirOption = typer.Option(
+    None,
+    "--registry-dir",
+    envvar="MORA_REGISTRY_DIR",
+    help="Use a local directory as the model registry instead of the S3 bucket (offline mode).",
+)
+
+# Exceptions that carry a message meant for the user: (module, class name). Looked up lazily so
+# this module imports nothing heavy and works before every layer exists.
+_USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("mora_platform.registry.errors", "RegistryError"),
+    ("mora_platform.recommend.formatters", "UnknownFormatError"),
+    ("mora_platform.storage.object_store", "StorageError"),
+    ("mora_platform.storage.datasets", "DatasetNotFoundError"),
+    ("mora_platform.storage.datasets", "ServiceNotInDatasetError"),
+    ("mora_platform.training.service_trainer", "ServiceDataError"),
+    ("mora_platform.models.base", "ModelError"),
+    ("pydantic", "ValidationError"),
+)
+
+
+def _fail(message: str) -> NoReturn:
+    """Print one ``error:`` line to stderr and exit with the usage-error code."""
+    one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    typer.echo(f"error: {one_line}", err=True)
+    raise typer.Exit(USAGE_ERROR)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = []
+    for module_name, class_name in _USER_ERRORS:
+        try:
+            error_type = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):
+            continue
+        types.append(error_type)
+    return tuple(types)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can act on into ``_fail``; let real bugs surface with a traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if isinstance(exc, _user_error_types()):
+            _fail(str(exc))
+        raise
+
+
+def _settings() -> MoraSettings:
+    from mora_platform.settings import MoraSettings
+
+    return MoraSettings()  # type: ignore[call-arg]  # fields come from the environment
+
+
+def _object_store(settings: MoraSettings) -> Any:
+    """The S3 store, checked reachable (clear error otherwise)."""
+    from mora_platform.storage.object_store import ObjectStore
+
+    store = ObjectStore.from_settings(settings)
+    store.check()
+    return store
+
+
+def _registry(settings: MoraSettings, registry_dir: Path | None, store: Any = None) -> ModelRegistry:
+    from mora_platform.registry import LocalBlobBackend, ModelRegistry
+
+    if registry_dir is not None:
+        return ModelRegistry(LocalBlobBackend(registry_dir))
+    return ModelRegistry(store if store is not None else _object_store(settings))
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(120, 20 * len(columns))).print(table)
+
+
+# ---- metrics: whatever nesting the training report uses, show one row per target ----------
+
+
+def _leaves(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from _leaves(inner, (*path, str(key)))
+    else:
+        yield path, value
+
+
+def metric_rows(metrics: Mapping[str, Any]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """(metric columns, {target: {column: value}}): the target key is lifted out of each path."""
+    from mora_platform.recommend.types import TARGETS
+
+    rows: dict[str, dict[str, Any]] = {}
+    columns: list[str] = []
+    for path, value in _leaves(metrics):
+        target = next((part for part in path if part in TARGETS), "all")
+        column = ".".join(part for part in path if part != target) or "value"
+        rows.setdefault(target, {})[column] = value
+        if column not in columns:
+            columns.append(column)
+    order = {name: i for i, name in enumerate((*TARGETS, "all"))}
+    return columns, dict(sorted(rows.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value)
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        magnitude = abs(value)
+        return f"{value:.4g}" if magnitude < 1e5 else f"{value:.3e}"
+    return str(value)
+
+
+def _compact_metrics(metrics: Mapping[str, Any]) -> str:
+    """One line per target with the test (else all) MAE / coverage numbers."""
+    columns, rows = metric_rows(metrics)
+    wanted = [c for c in columns if "mae" in c.lower() or "coverage" in c.lower()] or columns
+    tested = [c for c in wanted if "test" in c.lower()] or wanted
+    return "\n".join(
+        f"{target}: " + ", ".join(f"{c} {_number(values[c])}" for c in tested if c in values)
+        for target, values in rows.items()
+        if any(c in values for c in tested)
+    )
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+def _training_config(
+    registry: ModelRegistry, service: str, config_file: Path | None, epochs: int | None
+) -> tuple[Any, str]:
+    """(TrainingConfig, where it came from): --config file, else the tuned config, else defaults."""
+    from mora_platform.training.config import TrainingConfig
+
+    if config_file is not None:
+        try:
+            data = json.loads(config_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            _fail(f"--config {config_file}: cannot read ({exc.strerror or exc})")
+        except json.JSONDecodeError as exc:
+            _fail(f"--config {config_file}: not valid JSON ({exc})")
+        if not isinstance(data, dict):
+            _fail(f"--config {config_file}: must hold a JSON object")
+        source = f"file {config_file}"
+    else:
+        tuned = registry.load_tuned_config(service)
+        data, source = (tuned, "tuned config from the registry") if tuned is not None else ({}, "defaults")
+    if epochs is not None:
+        lstm = dict(data.get("lstm") or {})
+        lstm["epochs"] = epochs
+        data = {**data, "lstm": lstm}
+        source += f", epochs={epochs}"
+    return TrainingConfig.model_validate(data), source
+
+
+def train(
+    dataset: str = typer.Option(..., "--dataset", help="Dataset name in the bucket (see `mora data list`)."),
+    service: str = typer.Option(..., "--service", help="Service to train."),
+    config: Path | None = typer.Option(
+        None, "--config", help="JSON file with a TrainingConfig (overrides tuned)."
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the LSTM's maximum epochs."),
+    registry_dir: Path | None = RegistryDirOption,
+) -> None:
+    """Train one service from a stored dataset, publish the bundle, print its metrics."""
+    from mora_platform.registry import validate_service_name
+
+    settings = _settings()
+    with _user_errors():
+        validate_service_name(service)
+        store = _object_store(settings)
+        registry = _registry(settings, registry_dir, store)
+        training_config, source = _training_config(registry, service, config, epochs)
+        typer.echo(f"config: {source}")
+
+        from mora_platform.storage.datasets import DatasetStore
+        from mora_platform.training.service_trainer import train_service
+
+        frame = DatasetStore(store).read(dataset, service)
+        with tempfile.TemporaryDirectory(prefix=f"mora-train-{service}-") as tmp:
+            report = train_service(frame, service, training_config, Path(tmp))
+            version = registry.publish(service, Path(tmp), metadata=report.model_dump(mode="json"))
+            size = sum(path.stat().st_size for path in Path(tmp).rglob("*") if path.is_file())
+
+    columns, rows = metric_rows(report.metrics)
+    _print_table(
+        f"{service} {version}",
+        ["target", *columns],
+        [[target, *(_number(values.get(c)) for c in columns)] for target, values in rows.items()],
+    )
+    typer.echo(f"fallbacks: {', '.join(report.fallbacks) or 'none'}")
+    typer.echo(f"seconds: {report.seconds:.1f}  bundle: {size / 1024:.1f} KiB")
+    typer.echo(f"published: {service} {version}")
+
+
+def list_models(
+    service: str | None = typer.Option(None, "--service", help="Only this service."),
+    output: str = typer.Option("table", "--format", help="table | json"),
+    registry_dir: Path | None = RegistryDirOption,
+) -> None:
+    """Published services, their LATEST version, when it was made and its test metrics."""
+    if output not in ("table", "json"):
+        _fail(f"--format {output!r}: use table or json")
+    settings = _settings()
+    entries: list[dict[str, Any]] = []
+    with _user_errors():
+        from mora_platform.registry import validate_service_name
+
+        registry = _registry(settings, registry_dir)
+        services = [validate_service_name(service)] if service else registry.list_services()
+        for name in services:
+            latest = registry.latest_version(name)
+            if latest is None:
+                if service:
+                    _fail(f"no published model for service {name!r}")
+                entries.append({"service": name, "latest": None})
+                continue
+            manifest = registry.read_manifest(name, latest)
+            entries.append(
+                {
+                    "service": name,
+                    "latest": latest,
+                    "created_at": manifest.created_at.isoformat(),
+                    "versions": len(registry.list_versions(name)),
+                    "bytes": manifest.total_bytes,
+                    "fallbacks": manifest.fallbacks,
+                    "metrics": manifest.metrics,
+                }
+            )
+    if output == "json":
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    rows = [
+        [
+            entry["service"],
+            entry["latest"] or "(none)",
+            entry.get("created_at", "-"),
+            str(entry.get("versions", 0)),
+            f"{entry.get('bytes', 0) / 1024:.0f} KiB",
+            _compact_metrics(entry.get("metrics", {})) or "-",
+        ]
+        for entry in entries
+    ]
+    _print_table("Models", ["service", "LATEST", "created_at", "versions", "size", "metrics"], rows)
+
+
+def _parse_context(context: str | None) -> dict[str, float | str] | None:
+    if context is None:
+        return None
+    try:
+        data = json.loads(context)
+    except json.JSONDecodeError as exc:
+        _fail(f"--context is not valid JSON: {exc}")
+    if not isinstance(data, dict):
+        _fail(f"--context must be a JSON object like '{{\"load_users\": 50}}', got {type(data).__name__}")
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            _fail(f"--context field {key!r}: value {value!r} must be a number or a string")
+    return data
+
+
+def _service_model_class() -> Any:
+    """``ServiceModel`` from the training package (its module name is the trainer's choice)."""
+    for module_name in (
+        "mora_platform.training.bundle",
+        "mora_platform.training",
+        "mora_platform.models.bundle",
+    ):
+        with contextlib.suppress(ImportError):
+            model_class = getattr(importlib.import_module(module_name), "ServiceModel", None)
+            if model_class is not None:
+                return model_class
+    raise ImportError("ServiceModel is not available (mora_platform.training.bundle)")
+
+
+def recommend(
+    service: str = typer.Argument(..., help="Service to recommend for."),
+    context: str | None = typer.Option(
+        None, "--context", help='JSON object, e.g. \'{"load_users": 50, "replica_count": 2}\'.'
+    ),
+    version: str | None = typer.Option(None, "--version", help="Model version (default: LATEST)."),
+    output: str = typer.Option("table", "--format", help="table | json | yaml | k8s-patch"),
+    container: str | None = typer.Option(
+        None, "--container", help="k8s-patch: container name (default: service)."
+    ),
+    registry_dir: Path | None = RegistryDirOption,
+) -> None:
+    """Answer from the published model: fetch, verify, load, recommend."""
+    from mora_platform.recommend.formatters import available_formats, format_recommendations
+    from mora_platform.registry import ModelNotFoundError, validate_service_name, validate_version
+
+    if output not in available_formats():
+        _fail(f"--format {output!r}: known formats: {', '.join(available_formats())}")
+    options = {"container": container} if container and output == "k8s-patch" else {}
+    parsed_context = _parse_context(context)
+    settings = _settings()
+    with _user_errors():
+        validate_service_name(service)
+        registry = _registry(settings, registry_dir)
+        if version is None:
+            version = registry.latest_version(service)
+            if version is None:
+                raise ModelNotFoundError(service)
+        validate_version(version)
+        cache = Path(settings.home) / "cache" / "models" / service / version
+        fetched = registry.fetch(service, version, cache)
+        model = _service_model_class().load(fetched.path)
+        rec = model.recommend(context=parsed_context, model_version=version)
+        typer.echo(format_recommendations([rec], output, **options), nl=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``train``, ``models list`` and ``recommend`` to ``app``."""
+    app.command("train")(train)
+    models_app = typer.Typer(help="Published model versions.", no_args_is_help=True)
+    models_app.command("list")(list_models)
+    app.add_typer(models_app, name="models")
+    app.command("recommend")(recommend)
