@@ -1,0 +1,269 @@
+"""Loaders: experiment CSVs, single CSV / Parquet files and in-memory frames into the canonical frame.
+
+Every source is validated on its own (`validation.validate_table`); a bad file is reported and skipped,
+a bad experiment inside a good file is reported and dropped, and the rest of the load goes on.
+
+The canonical frame: `UNIFIED_COLUMNS` + ``step`` (+ any extra columns, kept as read), ``timestamp``
+tz-aware UTC, ``experiment_id`` / ``service`` / ``scenario`` str, ``replica_count`` int, ``load_users``
+and the 12 metrics float64, sorted by (service, experiment_id, timestamp), RangeIndex.
+
+Relative labels ``t_N`` become ``step = N`` and ``timestamp = 2026-01-01T00:00Z + ordinal * 1 day +
+N * relative_step_seconds``, where ``ordinal`` is the position of the experiment among the service's
+relative experiments sorted by ``experiment_id``. (Should an experiment ever be longer than a day at
+that step, the spacing grows to whole days that fit the longest one, so experiments never overlap.)
+Optional context columns get defaults: ``scenario`` "unknown", ``replica_count`` from
+``replica_count_value`` (else 1), ``load_users`` NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mora_platform.data.issues import ERROR, INFO, DataIssue
+from mora_platform.data.schema import (
+    DEFAULT_RELATIVE_STEP_SECONDS,
+    EXPERIMENT_ID,
+    LOAD_USERS,
+    METRIC_COLUMNS,
+    REPLICA_COUNT,
+    SCENARIO,
+    SERVICE,
+    STEP,
+    TIMESTAMP,
+    UNIFIED_COLUMNS,
+)
+from mora_platform.data.validation import ValidatedTable, validate_table
+
+__all__ = ["ERROR", "INFO", "DataIssue", "DataLoadError", "LoadResult", "load_frame", "load_path"]
+
+RELATIVE_EPOCH = pd.Timestamp("2026-01-01T00:00:00Z")
+CSV_SUFFIXES = (".csv",)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+UNKNOWN_SCENARIO = "unknown"
+_SECONDS_PER_DAY = 86_400
+_LINE_NUMBER = re.compile(r"line (\d+)")
+
+
+class DataLoadError(ValueError):
+    """The path itself cannot be loaded (does not exist, or holds no CSV / Parquet file)."""
+
+
+@dataclass
+class LoadResult:
+    """The canonical frame plus what went wrong; ``loaded`` / ``skipped`` list source names."""
+
+    frame: pd.DataFrame
+    issues: list[DataIssue]
+    loaded: list[str]
+    skipped: list[str]
+    skipped_experiments: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[DataIssue]:
+        """Issues that caused data to be skipped."""
+        return [issue for issue in self.issues if issue.is_error]
+
+
+def empty_frame() -> pd.DataFrame:
+    """A zero-row frame with the canonical columns and dtypes."""
+    frame = pd.DataFrame({column: pd.Series(dtype="float64") for column in (*UNIFIED_COLUMNS, STEP)})
+    frame[TIMESTAMP] = pd.Series(dtype="datetime64[ns, UTC]")
+    for column in (EXPERIMENT_ID, SERVICE, SCENARIO):
+        frame[column] = pd.Series(dtype=str)
+    frame[REPLICA_COUNT] = pd.Series(dtype="int64")
+    frame[STEP] = pd.Series(dtype="int64")
+    return frame
+
+
+def _read_csv(path: Path, source: str) -> tuple[pd.DataFrame | None, DataIssue | None]:
+    try:
+        # Types are inferred: a numeric column with a bad cell stays text and is reported by validation.
+        table = pd.read_csv(path, encoding="utf-8", skipinitialspace=True, low_memory=False)
+    except pd.errors.EmptyDataError:
+        return None, DataIssue(source, "empty file: no header and no data")
+    except UnicodeDecodeError as error:
+        return None, DataIssue(source, f"not UTF-8 text (garbled or binary file, byte {error.start})")
+    except pd.errors.ParserError as error:
+        text = str(error).strip()
+        line = _LINE_NUMBER.search(text)
+        row = int(line.group(1)) - 1 if line else None  # file line 1 is the header
+        return None, DataIssue(source, f"malformed CSV: {text.splitlines()[-1]}", row=row)
+    except OSError as error:
+        return None, DataIssue(source, f"cannot read file: {error.strerror or error}")
+    return table, None
+
+
+def _read_parquet(path: Path, source: str) -> tuple[pd.DataFrame | None, DataIssue | None]:
+    try:
+        return pd.read_parquet(path), None
+    except Exception as error:  # pyarrow raises several unrelated types for a corrupt file
+        return None, DataIssue(source, f"unreadable Parquet file: {type(error).__name__}: {error}")
+
+
+def _read_source(path: Path, source: str) -> tuple[pd.DataFrame | None, DataIssue | None]:
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return _read_parquet(path, source)
+    return _read_csv(path, source)
+
+
+def _is_data_file(path: Path, root: Path) -> bool:
+    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+    return not hidden and path.suffix.lower() in CSV_SUFFIXES + PARQUET_SUFFIXES and path.is_file()
+
+
+def _discover(path: Path) -> list[tuple[Path, str]]:
+    if not path.exists():
+        raise DataLoadError(f"{path}: no such file or directory")
+    if path.is_file():
+        return [(path, path.name)]
+    files = sorted(p for p in path.rglob("*") if _is_data_file(p, path))
+    if not files:
+        raise DataLoadError(f"{path}: no CSV or Parquet files found")
+    return [(p, p.relative_to(path).as_posix()) for p in files]
+
+
+def _apply_relative_clock(frame: pd.DataFrame, relative: pd.Series, step_seconds: int) -> pd.Series:
+    """Wall time for rows with relative labels; other rows keep their parsed timestamps."""
+    stamps = frame[TIMESTAMP].copy()
+    if not relative.any():
+        return stamps
+    rows = frame.loc[relative, [SERVICE, EXPERIMENT_ID, STEP]]
+    longest = float(rows[STEP].max() + 1) * step_seconds
+    spacing_days = max(1, math.ceil(longest / _SECONDS_PER_DAY))
+    experiments = rows[[SERVICE, EXPERIMENT_ID]].drop_duplicates().sort_values([SERVICE, EXPERIMENT_ID])
+    experiments["ordinal"] = experiments.groupby(SERVICE).cumcount()
+    ordinal = rows.merge(experiments, on=[SERVICE, EXPERIMENT_ID], how="left")["ordinal"].to_numpy()
+    seconds = ordinal * spacing_days * _SECONDS_PER_DAY + rows[STEP].to_numpy() * step_seconds
+    stamps.loc[relative] = RELATIVE_EPOCH + pd.to_timedelta(seconds, unit="s")
+    return stamps
+
+
+def _canonical(frame: pd.DataFrame, relative: pd.Series, step_seconds: int) -> pd.DataFrame:
+    frame = frame.copy()
+    frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True).astype("datetime64[ns, UTC]")
+    if STEP in frame.columns:
+        frame[STEP] = frame[STEP].astype("Int64")
+    frame[TIMESTAMP] = _apply_relative_clock(frame, relative, step_seconds)
+    if SCENARIO not in frame.columns:
+        frame[SCENARIO] = UNKNOWN_SCENARIO
+    frame[SCENARIO] = frame[SCENARIO].astype("string").str.strip().fillna(UNKNOWN_SCENARIO).astype(str)
+    for column in METRIC_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = np.nan
+        frame[column] = frame[column].astype("float64")
+    if LOAD_USERS not in frame.columns:
+        frame[LOAD_USERS] = np.nan
+    frame[LOAD_USERS] = frame[LOAD_USERS].astype("float64")
+    if REPLICA_COUNT not in frame.columns:
+        frame[REPLICA_COUNT] = np.nan
+    replicas = frame[REPLICA_COUNT].astype("float64")
+    from_metric = frame.groupby(EXPERIMENT_ID)["replica_count_value"].transform(lambda s: s.ffill().bfill())
+    replicas = replicas.fillna(from_metric).fillna(1.0)
+    frame[REPLICA_COUNT] = np.rint(replicas).astype("int64")
+    frame = frame.sort_values([SERVICE, EXPERIMENT_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
+    rank = frame.groupby(EXPERIMENT_ID, sort=False).cumcount().to_numpy(dtype="float64")
+    given = (
+        frame[STEP].to_numpy(dtype="float64", na_value=np.nan)
+        if STEP in frame.columns
+        else np.full(len(frame), np.nan)
+    )
+    frame[STEP] = np.where(np.isnan(given), rank, given).astype("int64")
+    extras = [c for c in frame.columns if c not in (*UNIFIED_COLUMNS, STEP)]
+    return frame[[*UNIFIED_COLUMNS, STEP, *extras]]
+
+
+def _assemble(
+    tables: list[tuple[str, ValidatedTable]],
+    issues: list[DataIssue],
+    step_seconds: int,
+    clean: bool,
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Concatenate validated tables (an experiment seen in an earlier source wins), then canonicalise."""
+    parts: list[pd.DataFrame] = []
+    flags: list[np.ndarray] = []
+    loaded: list[str] = []
+    skipped_experiments: list[str] = []
+    owner: dict[str, str] = {}
+    for source, table in tables:
+        skipped_experiments.extend(f"{source}: {e}" for e in table.skipped_experiments)
+        if table.frame is None:
+            continue
+        frame = table.frame
+        clash = [e for e in frame[EXPERIMENT_ID].unique() if e in owner]
+        for experiment in clash:
+            issues.append(
+                DataIssue(
+                    source, f"experiment '{experiment}' already loaded from {owner[experiment]}; skipped"
+                )
+            )
+            skipped_experiments.append(f"{source}: {experiment}")
+        if clash:
+            frame = frame.loc[~frame[EXPERIMENT_ID].isin(clash)]
+        if frame.empty:
+            continue
+        owner.update(dict.fromkeys(frame[EXPERIMENT_ID].unique(), source))
+        parts.append(frame)
+        flags.append(np.full(len(frame), table.relative))
+        loaded.append(source)
+    if not parts:
+        return empty_frame(), loaded, skipped_experiments
+    combined = pd.concat(parts, ignore_index=True, sort=False)
+    relative = pd.Series(np.concatenate(flags), index=combined.index)
+    frame = _canonical(combined, relative, step_seconds)
+    if clean:
+        from mora_platform.data.cleaning import clean_frame
+
+        frame = clean_frame(frame)
+    return frame, loaded, skipped_experiments
+
+
+def load_path(
+    path: str | Path,
+    *,
+    relative_step_seconds: int = DEFAULT_RELATIVE_STEP_SECONDS,
+    clean: bool = True,
+) -> LoadResult:
+    """Load a directory of CSV / Parquet files (searched recursively), one CSV or one Parquet file."""
+    if relative_step_seconds <= 0:
+        raise ValueError(f"relative_step_seconds must be positive, got {relative_step_seconds}")
+    files = _discover(Path(path))
+    issues: list[DataIssue] = []
+    tables: list[tuple[str, ValidatedTable]] = []
+    skipped: list[str] = []
+    for file_path, source in files:
+        raw, problem = _read_source(file_path, source)
+        if raw is None:
+            issues.append(problem or DataIssue(source, "unreadable file"))
+            skipped.append(source)
+            continue
+        table = validate_table(raw, source)
+        issues.extend(table.issues)
+        if table.frame is None:
+            skipped.append(source)
+        tables.append((source, table))
+    frame, loaded, skipped_experiments = _assemble(tables, issues, relative_step_seconds, clean)
+    skipped.extend(s for s, t in tables if t.frame is not None and s not in loaded)
+    return LoadResult(frame, issues, loaded, skipped, skipped_experiments)
+
+
+def load_frame(
+    frame: pd.DataFrame,
+    source: str = "<frame>",
+    clean: bool = True,
+    *,
+    relative_step_seconds: int = DEFAULT_RELATIVE_STEP_SECONDS,
+) -> LoadResult:
+    """Validate and canonicalise an in-memory frame exactly as a file would be."""
+    table = validate_table(frame, source)
+    issues = list(table.issues)
+    result_frame, loaded, skipped_experiments = _assemble(
+        [(source, table)], issues, relative_step_seconds, clean
+    )
+    skipped = [] if loaded else [source]
+    return LoadResult(result_frame, issues, loaded, skipped, skipped_experiments)

@@ -1,0 +1,294 @@
+"""Validation of one input table (one file, or one in-memory frame) against the unified schema.
+
+`validate_table` turns a raw table (strings from a CSV, or typed columns from Parquet / memory) into typed
+columns and reports every problem as one `DataIssue` naming the source, column, first row and value
+(further rows with the same problem are counted, not listed).
+
+What is checked, and what happens:
+
+- file-level (the whole source is skipped): no columns at all (empty file), header without data rows,
+  a header that looks like another delimiter, missing required columns, missing ``experiment_id`` /
+  ``service`` values (rows could not be attributed);
+- experiment-level (that experiment is skipped, the rest of the source loads): non-numeric or infinite
+  values in raw metrics and numeric context columns, negative usage (`NON_NEGATIVE_METRICS` only; derived
+  metrics such as ``network_activity_rate_value`` may be negative), a raw metric that is NaN on every row
+  of an experiment, missing / unparseable / duplicate timestamps;
+- informational (loads unchanged; cleaning repairs it): a memory or network column that is 0.0 on every
+  row of an experiment. That is a collection gap, not usage (see the Online Boutique README), so
+  cleaning treats it as missing and imputes it.
+
+Timestamps: relative labels ``t_N`` (every value of the source matches) give ``step = N`` and no
+wall time yet (the loader maps them to a synthetic clock); otherwise numbers are epoch seconds and
+strings are ISO 8601 (naive times are taken as UTC).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mora_platform.data.issues import ERROR, INFO, DataIssue
+from mora_platform.data.schema import (
+    DERIVED_METRICS,
+    EXPERIMENT_ID,
+    LOAD_USERS,
+    NON_NEGATIVE_METRICS,
+    RAW_METRICS,
+    REPLICA_COUNT,
+    SERVICE,
+    STEP,
+    TIMESTAMP,
+)
+
+REQUIRED_COLUMNS: tuple[str, ...] = (TIMESTAMP, EXPERIMENT_ID, SERVICE, *RAW_METRICS)
+# Metrics whose all-zero experiments are collection gaps rather than usage.
+GAP_ZERO_METRICS: tuple[str, ...] = ("mem_bytes_value", "net_rx_bytes_value", "net_tx_bytes_value")
+RELATIVE_LABEL = re.compile(r"^\s*t_(\d+)\s*$")
+_OTHER_DELIMITERS = (";", "\t", "|")
+
+
+@dataclass
+class ValidatedTable:
+    """Typed rows that passed validation (``frame`` is None when the whole source was rejected)."""
+
+    frame: pd.DataFrame | None
+    issues: list[DataIssue] = field(default_factory=list)
+    skipped_experiments: list[str] = field(default_factory=list)
+    relative: bool = False
+
+
+class _Collector:
+    """Collects issues for one source and remembers which experiments they condemn."""
+
+    def __init__(self, source: str, experiments: pd.Series | None) -> None:
+        self.source = source
+        self.experiments = experiments
+        self.issues: list[DataIssue] = []
+        self.bad_experiments: set[str] = set()
+
+    def file_issue(self, message: str, column: str | None = None, row: int | None = None) -> None:
+        self.issues.append(DataIssue(self.source, message, column=column, row=row))
+
+    def rows_issue(
+        self, mask: np.ndarray, message: str, column: str | None, values: pd.Series, severity: str = ERROR
+    ) -> None:
+        """One issue for all rows in ``mask``: the first row and value shown, the rest counted."""
+        positions = np.flatnonzero(mask)
+        if positions.size == 0:
+            return
+        first = int(positions[0])
+        value = values.iloc[first]
+        self.issues.append(
+            DataIssue(
+                self.source,
+                message,
+                column=column,
+                row=first + 1,
+                value=None if _is_missing(value) else str(value).strip(),
+                severity=severity,
+                more_rows=int(positions.size - 1),
+            )
+        )
+        if severity == ERROR and self.experiments is not None:
+            self.bad_experiments.update(self.experiments.iloc[positions].astype(str))
+
+
+def _is_missing(value: object) -> bool:
+    try:
+        return bool(pd.isna(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _blank(series: pd.Series) -> np.ndarray:
+    """True where a cell is missing or only whitespace."""
+    missing = series.isna().to_numpy().copy()
+    if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+        stripped = series.astype("string").str.strip()
+        missing |= (stripped == "").fillna(True).to_numpy(dtype=bool)
+    return missing
+
+
+def _to_float(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Numeric view of a column and a mask of cells that held something non-numeric."""
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return series.astype("float64"), np.zeros(len(series), dtype=bool)
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        return series.astype("float64"), np.zeros(len(series), dtype=bool)
+    text = series.astype("string").str.strip()
+    numbers = pd.to_numeric(text, errors="coerce").astype("float64")
+    bad = (~_blank(series)) & numbers.isna().to_numpy()
+    return numbers, bad
+
+
+def _check_columns(table: pd.DataFrame, out: _Collector) -> bool:
+    if table.shape[1] == 0:
+        out.file_issue("empty file: no header and no data")
+        return False
+    columns = [str(c) for c in table.columns]
+    if len(columns) == 1:
+        for delimiter in _OTHER_DELIMITERS:
+            if delimiter in columns[0]:
+                shown = "tab" if delimiter == "\t" else f"'{delimiter}'"
+                out.file_issue(f"only one column found: the header looks {shown}-delimited, expected ','")
+                return False
+    if len(table) == 0:
+        out.file_issue("no data rows (header only)")
+        return False
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    for column in missing:
+        out.file_issue("required column is missing", column=column)
+    return not missing
+
+
+def _check_identity(table: pd.DataFrame, out: _Collector) -> bool:
+    ok = True
+    for column in (EXPERIMENT_ID, SERVICE):
+        blank = _blank(table[column])
+        if blank.any():
+            out.rows_issue(blank, "missing value: rows cannot be attributed", column, table[column])
+            ok = False
+    return ok
+
+
+def _convert_numeric(table: pd.DataFrame, out: _Collector) -> dict[str, pd.Series]:
+    """Typed metric / numeric-context columns, reporting bad cells of the ones that must be clean."""
+    converted: dict[str, pd.Series] = {}
+    checked = (*RAW_METRICS, REPLICA_COUNT, LOAD_USERS)
+    for column in (*RAW_METRICS, *DERIVED_METRICS, REPLICA_COUNT, LOAD_USERS):
+        if column not in table.columns:
+            continue
+        numbers, bad = _to_float(table[column])
+        if column not in checked:
+            converted[column] = numbers  # derived: recomputed by cleaning when unusable
+            continue
+        out.rows_issue(bad, "non-numeric value", column, table[column])
+        infinite = np.isinf(numbers.to_numpy())
+        out.rows_issue(infinite, "infinite value", column, table[column])
+        if column in NON_NEGATIVE_METRICS or column == REPLICA_COUNT:
+            negative = (numbers < 0).to_numpy()
+            out.rows_issue(negative, "negative value (usage cannot be negative)", column, table[column])
+        converted[column] = numbers.where(~np.isinf(numbers))
+    return converted
+
+
+def _check_experiment_coverage(
+    converted: dict[str, pd.Series], experiments: pd.Series, out: _Collector
+) -> None:
+    """All-NaN raw metrics (an error) and all-zero gap metrics (informational) per experiment."""
+    codes, names = pd.factorize(experiments, sort=True)
+    values = np.column_stack([converted[column].to_numpy() for column in RAW_METRICS])
+    present = np.zeros((len(names), len(RAW_METRICS)), dtype=bool)
+    np.logical_or.at(present, codes, ~np.isnan(values))
+    nonzero = np.zeros_like(present)
+    np.logical_or.at(nonzero, codes, np.nan_to_num(values, nan=0.0) != 0)
+    for j, column in enumerate(RAW_METRICS):
+        for i in np.flatnonzero(~present[:, j]):
+            experiment = str(names[i])
+            if experiment in out.bad_experiments:
+                continue  # already reported (e.g. every cell non-numeric)
+            out.issues.append(
+                DataIssue(out.source, f"no values at all in experiment '{experiment}'", column=column)
+            )
+            out.bad_experiments.add(experiment)
+        if column not in GAP_ZERO_METRICS:
+            continue
+        for i in np.flatnonzero(present[:, j] & ~nonzero[:, j]):
+            out.issues.append(
+                DataIssue(
+                    out.source,
+                    f"0.0 on every row of experiment '{names[i]}': a collection gap, treated as missing",
+                    column=column,
+                    severity=INFO,
+                )
+            )
+
+
+def _parse_timestamps(raw: pd.Series, out: _Collector) -> tuple[pd.Series, pd.Series | None, bool]:
+    """(UTC timestamps or all-NaT, relative steps or None, relative?) with bad cells reported."""
+    missing = _blank(raw)
+    out.rows_issue(missing, "missing timestamp", TIMESTAMP, raw)
+    if isinstance(raw.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(raw.dtype):
+        stamps = pd.to_datetime(raw, utc=True)
+        return stamps, None, False
+    text = raw.astype("string").str.strip()
+    labels = text.str.extract(RELATIVE_LABEL, expand=False)
+    is_label = labels.notna().to_numpy()
+    present = ~missing
+    if is_label[present].all():
+        steps = pd.to_numeric(labels, errors="coerce")
+        return pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]"), steps, True
+    numbers = pd.to_numeric(text, errors="coerce")
+    numeric = numbers.notna().to_numpy()
+    if numeric[present].all():
+        stamps = pd.to_datetime(numbers, unit="s", utc=True, errors="coerce")
+    else:
+        stamps = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+    unparseable = present & stamps.isna().to_numpy()
+    out.rows_issue(unparseable, "unparseable timestamp", TIMESTAMP, raw)
+    return stamps, None, False
+
+
+def _check_duplicates(key: pd.Series, experiments: pd.Series, raw: pd.Series, out: _Collector) -> None:
+    frame = pd.DataFrame({"e": experiments.to_numpy(), "k": key.to_numpy()})
+    valid = frame["k"].notna().to_numpy()
+    duplicated = frame.duplicated(["e", "k"], keep="first").to_numpy() & valid
+    if not duplicated.any():
+        return
+    first_dup = int(np.flatnonzero(duplicated)[0])
+    match = (frame["e"] == frame["e"].iloc[first_dup]) & (frame["k"] == frame["k"].iloc[first_dup])
+    original = int(np.flatnonzero(match.to_numpy())[0]) + 1
+    experiment = frame["e"].iloc[first_dup]
+    out.rows_issue(
+        duplicated,
+        f"duplicate timestamp in experiment '{experiment}' (first seen at row {original})",
+        TIMESTAMP,
+        raw,
+    )
+
+
+def _step_column(table: pd.DataFrame) -> pd.Series | None:
+    """An existing integer ``step`` column (e.g. from a canonical Parquet export), else None."""
+    if STEP not in table.columns:
+        return None
+    numbers, bad = _to_float(table[STEP])
+    if bad.any() or numbers.isna().any() or not np.allclose(numbers, np.round(numbers)):
+        return None
+    return numbers.astype("int64")
+
+
+def validate_table(table: pd.DataFrame, source: str) -> ValidatedTable:
+    """Check one table and return its typed rows minus the rejected experiments, with every issue."""
+    table = table.rename(columns=lambda c: str(c).strip())
+    out = _Collector(source, None)
+    if not _check_columns(table, out) or not _check_identity(table, out):
+        return ValidatedTable(None, out.issues)
+    table = table.reset_index(drop=True)
+    experiments = table[EXPERIMENT_ID].astype("string").str.strip().astype(str)
+    out.experiments = experiments
+    converted = _convert_numeric(table, out)
+    _check_experiment_coverage(converted, experiments, out)
+    stamps, steps, relative = _parse_timestamps(table[TIMESTAMP], out)
+    key = steps if relative and steps is not None else stamps
+    _check_duplicates(key, experiments, table[TIMESTAMP], out)
+
+    typed = table.copy()
+    typed[EXPERIMENT_ID] = experiments
+    typed[SERVICE] = table[SERVICE].astype("string").str.strip().astype(str)
+    for column, values in converted.items():
+        typed[column] = values
+    typed[TIMESTAMP] = stamps
+    existing_step = _step_column(table)
+    if relative and steps is not None:
+        typed[STEP] = steps
+    elif existing_step is not None:
+        typed[STEP] = existing_step
+    elif STEP in typed.columns:
+        typed = typed.drop(columns=[STEP])
+    keep = ~experiments.isin(out.bad_experiments).to_numpy()
+    typed = typed.loc[keep].reset_index(drop=True)
+    skipped = sorted(out.bad_experiments)
+    return ValidatedTable(typed if len(typed) else None, out.issues, skipped, relative)
