@@ -1,0 +1,120 @@
+"""`mora models list` / `mora recommend` against a local registry directory (offline mode).
+
+These paths need neither S3 nor a trained model: listing, and the clear one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mora_platform.cli import app
+from mora_platform.registry import LocalBlobBackend, ModelRegistry
+
+runner = CliRunner()
+
+METRICS = {
+    "cpu": {"validation_mae": 0.02, "test_mae": 0.0123, "test_coverage": 0.951},
+    "memory": {"validation_mae": 2.0e6, "test_mae": 1.5e6, "test_coverage": 0.94},
+}
+
+
+@pytest.fixture
+def registry_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MORA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MORA_REGISTRY_DIR", raising=False)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text('{"seq_len": 30}')
+    (bundle / "weights.keras").write_bytes(bytes(range(256)) * 8)
+    registry = ModelRegistry(LocalBlobBackend(tmp_path / "registry"))
+    registry.publish("frontend", bundle, metadata={"metrics": METRICS, "fallbacks": ["prophet:percentile"]})
+    registry.publish("adservice", bundle, metadata={"metrics": METRICS})
+    return tmp_path / "registry"
+
+
+def _error_line(result: object) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]  # type: ignore[attr-defined]
+    assert len(lines) == 1, result.stderr  # type: ignore[attr-defined]
+    return lines[0]
+
+
+def test_models_list_json(registry_dir: Path) -> None:
+    result = runner.invoke(app, ["models", "list", "--format", "json", "--registry-dir", str(registry_dir)])
+    assert result.exit_code == 0, result.output
+    entries = json.loads(result.stdout)
+    assert [e["service"] for e in entries] == ["adservice", "frontend"]
+    registry = ModelRegistry(LocalBlobBackend(registry_dir))
+    assert entries[1]["latest"] == registry.latest_version("frontend")
+    assert entries[1]["metrics"]["cpu"]["test_mae"] == 0.0123
+    assert entries[1]["fallbacks"] == ["prophet:percentile"]
+
+
+def test_models_list_table_for_one_service(registry_dir: Path) -> None:
+    result = runner.invoke(
+        app, ["models", "list", "--service", "frontend", "--registry-dir", str(registry_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    version = ModelRegistry(LocalBlobBackend(registry_dir)).latest_version("frontend")
+    assert version is not None and version in result.stdout
+    assert "adservice" not in result.stdout
+    assert "test_mae 0.0123" in result.stdout
+
+
+def test_models_list_unknown_service(registry_dir: Path) -> None:
+    result = runner.invoke(app, ["models", "list", "--service", "nope", "--registry-dir", str(registry_dir)])
+    assert result.exit_code == 2
+    assert _error_line(result) == "error: no published model for service 'nope'"
+
+
+def test_recommend_unknown_service(registry_dir: Path) -> None:
+    result = runner.invoke(app, ["recommend", "paymentservice", "--registry-dir", str(registry_dir)])
+    assert result.exit_code == 2
+    assert _error_line(result) == "error: no published model for service 'paymentservice'"
+
+
+@pytest.mark.parametrize(
+    "context,message",
+    [
+        ("{load_users: 50}", "--context is not valid JSON"),
+        ("[1, 2]", "--context must be a JSON object"),
+        ('{"load_users": [50]}', "--context field 'load_users'"),
+    ],
+)
+def test_recommend_bad_context(registry_dir: Path, context: str, message: str) -> None:
+    result = runner.invoke(
+        app, ["recommend", "frontend", "--context", context, "--registry-dir", str(registry_dir)]
+    )
+    assert result.exit_code == 2
+    assert _error_line(result).startswith(f"error: {message}")
+
+
+def test_recommend_unknown_format(registry_dir: Path) -> None:
+    result = runner.invoke(
+        app, ["recommend", "frontend", "--format", "csv", "--registry-dir", str(registry_dir)]
+    )
+    assert result.exit_code == 2
+    assert "known formats: json, k8s-patch, table, yaml" in _error_line(result)
+
+
+def test_recommend_invalid_service_name(registry_dir: Path) -> None:
+    result = runner.invoke(app, ["recommend", "Front_End", "--registry-dir", str(registry_dir)])
+    assert result.exit_code == 2
+    assert _error_line(result).startswith("error: invalid service name 'Front_End'")
+
+
+def test_recommend_refuses_tampered_bundle(registry_dir: Path, tmp_path: Path) -> None:
+    backend = LocalBlobBackend(registry_dir)
+    version = ModelRegistry(backend).latest_version("frontend")
+    key = f"models/frontend/{version}/weights.keras"
+    data = bytearray(backend.get_bytes(key))
+    data[0] ^= 0xFF
+    backend.put_bytes(key, bytes(data))
+    result = runner.invoke(app, ["recommend", "frontend", "--registry-dir", str(registry_dir)])
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert "weights.keras" in line and "checksum mismatch" in line
+    assert not (tmp_path / "home" / "cache" / "models" / "frontend" / str(version)).exists()
