@@ -1,0 +1,299 @@
+"""The backtest's results as a JSON document with a stable schema, and as a plain-text table.
+
+``backtest.json`` (schema ``mora.backtest/v1``; fields are only ever added, never renamed)::
+
+    {
+      "schema": "mora.backtest/v1",
+      "created": "2026-...Z",                      # UTC, ISO 8601
+      "input": {"source": str, "mode": str, "notes": [str]},
+      "config": {"step_seconds", "horizon_seconds", "warmup_seconds", "season_seconds": float,
+                 "margins": [float], "risk_targets": [float], ...extra run settings},
+      "methods": [{"name": str, "description": str,
+                   "default_margins": {"cpu": float, "memory": float},
+                   "floors": {"cpu": float, "memory": float}}],
+      "series": [{
+        "name": str, "notes": [str], "errors": [str],
+        "resources": {"cpu" | "memory": {
+          "unit": "cores" | "bytes", "origins": int, "samples": int,
+          "first_origin": iso | null, "last_origin": iso | null,
+          "methods": {"<method>": {
+            "status": "ok" | "failed", "error": str | null,
+            "score": {"slack", "under_provisioning_rate", "peak_exceed_rate", "changes",
+                      "mean_change_relative", "mean_request", "mean_usage", "origins", "samples"} | null,
+            "oom_risk_rate": float | null,        # memory only: = peak_exceed_rate
+            "forecast": {"mae", "naive_mae", "mase", "origins"} | null,
+            "curve": [{"margin", "slack", "under_provisioning_rate"}],
+            "slack_at_risk": {"<target>": float | null}}},   # least slack with under-prov <= target
+          "trace": {"origins": [iso], "requests": {"<method>": [float | null]}}}}}],
+      "summary": {"cpu" | "memory": {
+        "series": [str],                          # series where every method succeeded (the average's base)
+        "methods": {"<method>": {"slack", "under_provisioning_rate", "peak_exceed_rate", "changes",
+                                 "mean_change_relative": float, "mase": float | null, "mae": float | null,
+                                 "curve": [...], "slack_at_risk": {...}}},
+        "comparison": null | {"reference": "platform", "slack": float, "under_provisioning_rate": float,
+                              "baselines": {"<method>": {"slack": float, "under_provisioning_rate": float,
+                                  "slack_at_reference_risk": float | null,
+                                  "reference_better": bool}},
+                              "goal_met": bool}}}
+    }
+
+Averages are plain means over the series in ``summary.<resource>.series``; ``curve`` there is the
+point-wise mean of the per-series curves. ``reference_better`` is true when the reference method's
+slack is lower than the baseline's least slack at an under-provisioning rate no higher than the
+reference's (the baseline's whole swept curve is searched, so a baseline cannot win by a different
+margin); ``goal_met`` when that holds for every baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mora_platform.backtest.baselines import RESOURCES, Recommender
+from mora_platform.backtest.engine import BacktestConfig, ResourceReplay, SeriesReplay, method_order
+from mora_platform.backtest.metrics import (
+    CurvePoint,
+    average_curves,
+    efficiency_curve,
+    score_forecast,
+    score_requests,
+    slack_at_risk,
+)
+
+SCHEMA_VERSION = "mora.backtest/v1"
+UNITS = {"cpu": "cores", "memory": "bytes"}
+REFERENCE_METHOD = "platform"
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _resource_block(replay: ResourceReplay, config: BacktestConfig) -> dict[str, Any]:
+    methods: dict[str, Any] = {}
+    trace_requests: dict[str, list[float | None]] = {}
+    for name, trace in replay.traces.items():
+        entry: dict[str, Any] = {"status": "ok" if trace.ok else "failed", "error": trace.error}
+        if trace.ok:
+            requests = trace.requests()
+            score = score_requests(requests, replay.window_usage, replay.window_ids)
+            curve = efficiency_curve(
+                trace.base, trace.floor, config.margins, replay.window_usage, replay.window_ids
+            )
+            forecast = score_forecast(trace.forecast, replay.actual_mean, replay.naive_forecast)
+            entry.update(
+                score=score.to_dict(),
+                oom_risk_rate=score.peak_exceed_rate if replay.resource == "memory" else None,
+                forecast=forecast.to_dict() if forecast else None,
+                curve=[p.to_dict() for p in curve],
+                slack_at_risk={str(t): _finite(slack_at_risk(curve, t)) for t in config.risk_targets},
+            )
+            trace_requests[name] = [_finite(v) for v in requests]
+        else:
+            entry.update(score=None, oom_risk_rate=None, forecast=None, curve=[], slack_at_risk={})
+        methods[name] = entry
+    origins = [t.isoformat() for t in replay.origins]
+    return {
+        "unit": UNITS[replay.resource],
+        "origins": len(replay.origins),
+        "samples": int(replay.window_usage.size),
+        "first_origin": origins[0] if origins else None,
+        "last_origin": origins[-1] if origins else None,
+        "methods": methods,
+        "trace": {"origins": origins, "requests": trace_requests},
+    }
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _summary(
+    series_blocks: list[dict[str, Any]], methods: list[str], config: BacktestConfig
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for resource in RESOURCES:
+        common = [
+            s
+            for s in series_blocks
+            if resource in s["resources"]
+            and all(s["resources"][resource]["methods"].get(m, {}).get("status") == "ok" for m in methods)
+        ]
+        per_method: dict[str, Any] = {}
+        for m in methods:
+            blocks = [s["resources"][resource]["methods"][m] for s in common]
+            curves = [[CurvePoint(**p) for p in b["curve"]] for b in blocks]
+            mean_curve = average_curves(curves)
+            forecasts = [b["forecast"] for b in blocks if b["forecast"]]
+            per_method[m] = {
+                key: _mean([b["score"][key] for b in blocks])
+                for key in (
+                    "slack",
+                    "under_provisioning_rate",
+                    "peak_exceed_rate",
+                    "changes",
+                    "mean_change_relative",
+                )
+            }
+            per_method[m].update(
+                mae=_mean([f["mae"] for f in forecasts]),
+                mase=_mean([f["mase"] for f in forecasts]),
+                curve=[p.to_dict() for p in mean_curve],
+                slack_at_risk={str(t): _finite(slack_at_risk(mean_curve, t)) for t in config.risk_targets},
+            )
+        summary[resource] = {
+            "series": [s["name"] for s in common],
+            "methods": per_method,
+            "comparison": _comparison(per_method) if common else None,
+        }
+    return summary
+
+
+def _comparison(per_method: Mapping[str, Any], reference: str = REFERENCE_METHOD) -> dict[str, Any] | None:
+    ref = per_method.get(reference)
+    if ref is None or ref["slack"] is None:
+        return None
+    baselines: dict[str, Any] = {}
+    for name, stats in per_method.items():
+        if name == reference:
+            continue
+        curve = [CurvePoint(**p) for p in stats["curve"]]
+        at_risk = slack_at_risk(curve, ref["under_provisioning_rate"])
+        better = at_risk is None or ref["slack"] < at_risk
+        baselines[name] = {
+            "slack": stats["slack"],
+            "under_provisioning_rate": stats["under_provisioning_rate"],
+            "slack_at_reference_risk": _finite(at_risk),
+            "reference_better": bool(better),
+        }
+    return {
+        "reference": reference,
+        "slack": ref["slack"],
+        "under_provisioning_rate": ref["under_provisioning_rate"],
+        "baselines": baselines,
+        "goal_met": all(b["reference_better"] for b in baselines.values()),
+    }
+
+
+def describe_methods(methods: Sequence[Recommender]) -> list[dict[str, Any]]:
+    """The ``methods`` block: name, description, default margins and floors."""
+    return [
+        {
+            "name": m.name,
+            "description": m.description,
+            "default_margins": {r: m.margin_for(r) for r in RESOURCES},
+            "floors": {r: m.floor(r) for r in RESOURCES},
+        }
+        for m in methods
+    ]
+
+
+def build_report(
+    replays: Sequence[SeriesReplay],
+    methods: Sequence[Recommender],
+    config: BacktestConfig,
+    *,
+    source: str,
+    mode: str,
+    notes: Sequence[str] = (),
+    extra_config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole ``backtest.json`` document (see the module docstring for the schema)."""
+    names = method_order(replays) or [m.name for m in methods]
+    series_blocks = [
+        {
+            "name": r.name,
+            "notes": list(r.notes),
+            "errors": list(r.errors),
+            "resources": {res: _resource_block(rep, config) for res, rep in r.resources.items()},
+        }
+        for r in replays
+    ]
+    return {
+        "schema": SCHEMA_VERSION,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "input": {"source": source, "mode": mode, "notes": list(notes)},
+        "config": {
+            "step_seconds": config.step.total_seconds(),
+            "horizon_seconds": config.horizon.total_seconds(),
+            "warmup_seconds": config.warmup.total_seconds(),
+            "season_seconds": config.season.total_seconds(),
+            "margins": list(config.margins),
+            "risk_targets": list(config.risk_targets),
+            **dict(extra_config or {}),
+        },
+        "methods": describe_methods(methods),
+        "series": series_blocks,
+        "summary": _summary(series_blocks, names, config),
+    }
+
+
+def write_report(report: Mapping[str, Any], out_dir: Path) -> Path:
+    """Write ``out_dir/backtest.json`` (created if needed); returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "backtest.json"
+    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:6.1f}%"
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """Per series and average: slack / under-provisioning (/ OOM risk for memory) per method."""
+    lines: list[str] = []
+    methods = [m["name"] for m in report["methods"]]
+    for resource in RESOURCES:
+        header = f"{'series':<28}" + "".join(f"{m:>22}" for m in methods)
+        lines += [
+            f"== {resource}: slack / under-provisioning" + (" / OOM risk" if resource == "memory" else ""),
+            header,
+        ]
+        for s in report["series"]:
+            block = s["resources"].get(resource)
+            if block is None:
+                continue
+            cells = []
+            for m in methods:
+                entry = block["methods"].get(m)
+                if entry is None or entry["score"] is None:
+                    cells.append(f"{'failed':>22}")
+                    continue
+                sc = entry["score"]
+                text = f"{_pct(sc['slack'])}/{_pct(sc['under_provisioning_rate'])}"
+                if resource == "memory":
+                    text = f"{_pct(sc['slack'])}/{_pct(sc['under_provisioning_rate'])}/{_pct(sc['peak_exceed_rate'])}"
+                cells.append(f"{text.replace(' ', ''):>22}")
+            lines.append(f"{s['name'][:28]:<28}" + "".join(cells))
+        summary = report["summary"][resource]
+        cells = []
+        for m in methods:
+            st = summary["methods"].get(m)
+            if st is None or st["slack"] is None:
+                cells.append(f"{'-':>22}")
+                continue
+            text = f"{_pct(st['slack'])}/{_pct(st['under_provisioning_rate'])}"
+            if resource == "memory":
+                text += f"/{_pct(st['peak_exceed_rate'])}"
+            cells.append(f"{text.replace(' ', ''):>22}")
+        lines.append(f"{'AVERAGE (' + str(len(summary['series'])) + ' series)':<28}" + "".join(cells))
+        comparison = summary.get("comparison")
+        if comparison:
+            verdict = "MET" if comparison["goal_met"] else "NOT MET"
+            lines.append(
+                f"goal (platform slack < every baseline's at <= {_pct(comparison['under_provisioning_rate']).strip()} "
+                f"under-provisioning): {verdict}"
+            )
+        lines.append("")
+    return "\n".join(lines)
