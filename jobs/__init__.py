@@ -1,0 +1,1 @@
+"""Ray Jobs entrypoints: fleet retraining and fleet tuning (run with `ray job submit`)."""

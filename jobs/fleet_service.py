@@ -1,0 +1,166 @@
+"""The per-service work of a fleet retraining: read one service's data, train, publish.
+
+Runs inside a Ray task (or the local loop). It imports no Ray: the Ray backend only decides
+where it runs. Every failure it can foresee (missing or corrupt data, unusable series, a failed
+upload) comes back as a failed :class:`ServiceOutcome`, never as an exception, so Ray does not
+retry a deterministic error; only the death of the worker process is retried (task ``max_retries``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mora_platform.orchestration import PeakRssSampler, ServiceOutcome, failed_outcome
+from mora_platform.settings import MoraSettings
+
+#: Environment variable naming a directory where each task writes ``{service}.{pid}.pid`` just
+#: before training starts (so a test can kill the worker mid-training). Unset in production.
+PID_DIR_ENV = "MORA_FLEET_PID_DIR"
+
+
+@dataclass(frozen=True)
+class RetrainSpec:
+    """What every service of one fleet run shares (names and options only, no data)."""
+
+    dataset: str
+    run_id: str
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    use_tuned: bool = True
+    publish: bool = True
+    num_cpus: int = 1
+
+
+def deep_merge(base: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with each layer merged over it; nested dicts merge, other values replace."""
+    merged: dict[str, Any] = copy.deepcopy(dict(base))
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+                merged[key] = deep_merge(merged[key], value)
+            else:
+                merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def cap_compute_threads(num_threads: int) -> None:
+    """Keep TensorFlow / BLAS to the task's CPUs: Ray's resources are not limits.
+
+    The environment variables take effect if TensorFlow is not imported yet in this worker;
+    the ``tf.config`` calls cover a fresh TensorFlow runtime and are ignored once it started.
+    """
+    threads = str(max(1, int(num_threads)))
+    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = threads
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1" if int(threads) <= 2 else "2"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(int(os.environ["TF_NUM_INTEROP_THREADS"]))
+    except RuntimeError:
+        pass  # the runtime is already initialised in this (reused) worker; the first cap holds
+
+
+def resolve_training_config(
+    tuned: Mapping[str, Any] | None, overrides: Mapping[str, Any], num_cpus: int
+) -> dict[str, Any]:
+    """The config dict for one service: defaults < tuned config < explicit overrides."""
+    base: dict[str, Any] = {}
+    layers: list[Mapping[str, Any]] = []
+    if tuned:
+        layers.append(tuned)
+    layers.append(overrides)
+    layers.append({"cpu_threads": max(1, int(num_cpus))})
+    return deep_merge(base, *layers)
+
+
+def directory_bytes(directory: Path) -> int:
+    """Total size of the files under ``directory``."""
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+def _write_pid_marker(service: str) -> None:
+    pid_dir = os.environ.get(PID_DIR_ENV)
+    if pid_dir:
+        Path(pid_dir).mkdir(parents=True, exist_ok=True)
+        (Path(pid_dir) / f"{service}.{os.getpid()}.pid").write_text(str(os.getpid()))
+
+
+def retrain_service(spec: RetrainSpec, service: str, settings: MoraSettings | None = None) -> ServiceOutcome:
+    """Read ``service`` from ``spec.dataset`` on S3, train it and publish a new version."""
+    started = time.perf_counter()
+    sampler = PeakRssSampler()
+    try:
+        with sampler:
+            outcome = _retrain(spec, service, settings or MoraSettings())  # type: ignore[call-arg]
+    except Exception as error:
+        outcome = failed_outcome(service, error, time.perf_counter() - started)
+    outcome.seconds = round(time.perf_counter() - started, 3)
+    outcome.peak_rss_mb = sampler.peak_mb
+    return outcome
+
+
+def _retrain(spec: RetrainSpec, service: str, settings: MoraSettings) -> ServiceOutcome:
+    cap_compute_threads(spec.num_cpus)
+    from mora_platform.registry import ModelRegistry
+    from mora_platform.storage.datasets import DatasetStore
+    from mora_platform.storage.object_store import ObjectStore
+    from mora_platform.training.config import TrainingConfig
+    from mora_platform.training.service_trainer import train_service
+
+    store = ObjectStore.from_settings(settings)
+    registry = ModelRegistry(store)
+    frame = DatasetStore(store).read(spec.dataset, service)
+    tuned = registry.load_tuned_config(service) if spec.use_tuned else None
+    config = TrainingConfig.model_validate(
+        resolve_training_config(tuned, spec.config_overrides, spec.num_cpus)
+    )
+
+    with tempfile.TemporaryDirectory(prefix=f"mora-{service}-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        bundle.mkdir()
+        _write_pid_marker(service)
+        report = train_service(frame, service, config, bundle)
+        del frame
+        _release_keras_state()
+        size = directory_bytes(bundle)
+        dumped = report.model_dump(mode="json")
+        version = None
+        if spec.publish:
+            metadata = {
+                "metrics": dumped.get("metrics") or {},
+                "data_window": dumped.get("data_window") or {},
+                "fallbacks": dumped.get("fallbacks") or [],
+                "config": config.model_dump(mode="json"),
+                "run_id": spec.run_id,
+                "dataset": spec.dataset,
+                "tuned_config": bool(tuned),
+                "training_seconds": dumped.get("seconds"),
+            }
+            version = registry.publish(service, bundle, metadata=metadata)
+    return ServiceOutcome(
+        service=service,
+        status="published" if spec.publish else "trained",
+        version=version,
+        metrics=dumped.get("metrics") or {},
+        tuned_config=bool(tuned),
+        artifact_bytes=size,
+    )
+
+
+def _release_keras_state() -> None:
+    """Drop Keras graphs between services in a reused worker."""
+    try:
+        import keras
+
+        keras.backend.clear_session()
+    except Exception:  # pragma: no cover - best effort
+        pass

@@ -1,0 +1,191 @@
+"""Fleet retraining as a Ray Job: one Ray task per service, failures isolated, summary to S3.
+
+    ray job submit --working-dir . -- python jobs/retrain_fleet.py --dataset NAME --services all
+
+The driver holds service names only; each task reads its own service's data from S3, trains it
+with the library's per-service training (the tuned config from the registry when present) and
+publishes a new version. A progress line is printed as tasks finish, a summary table at the end,
+and the run summary is written to ``s3://{bucket}/runs/{run_id}/summary.json``. The exit code is
+non-zero only with ``--fail-on-any`` (and a failure), or when every service failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.fleet_service import RetrainSpec, retrain_service
+from mora_platform.orchestration import (
+    FleetOrchestrator,
+    LocalLoopBackend,
+    ProgressLine,
+    RunSummary,
+    ServiceOutcome,
+    new_run_id,
+    parse_services,
+    utc_now,
+)
+from mora_platform.settings import MoraSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Retrain every service of a dataset on Ray, one task per service."
+    )
+    parser.add_argument("--dataset", required=True, help="dataset name under s3://{bucket}/datasets/")
+    parser.add_argument("--services", default="all", help="'all' or a comma-separated list of services")
+    parser.add_argument("--run-id", default=None, help="run id (default: retrain-<utc stamp>-<random>)")
+    parser.add_argument(
+        "--num-cpus", type=float, default=1.0, help="CPUs per service task (TF threads capped to it)"
+    )
+    parser.add_argument("--max-retries", type=int, default=2, help="retries of a task whose worker died")
+    parser.add_argument(
+        "--memory-mb", type=int, default=None, help="memory reserved per task (scheduling only)"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="override the LSTM epochs")
+    parser.add_argument(
+        "--config-json",
+        default=None,
+        help="JSON object merged over the training config (after the tuned config)",
+    )
+    parser.add_argument("--no-tuned", action="store_true", help="ignore tuned configs in the registry")
+    parser.add_argument("--no-publish", action="store_true", help="train only; publish nothing")
+    parser.add_argument("--fail-on-any", action="store_true", help="exit non-zero if any service failed")
+    parser.add_argument(
+        "--backend", choices=("ray", "local"), default="ray", help="ray tasks (default) or a local loop"
+    )
+    parser.add_argument("--ray-address", default=None, help="Ray address (default: the job's cluster / auto)")
+    return parser
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The explicit training-config overrides from ``--config-json`` and ``--epochs``."""
+    overrides: dict = {}
+    if args.config_json:
+        try:
+            overrides = json.loads(args.config_json)
+        except ValueError as exc:
+            raise SystemExit(f"--config-json is not valid JSON: {exc}") from None
+        if not isinstance(overrides, dict):
+            raise SystemExit("--config-json must be a JSON object")
+    if args.epochs is not None:
+        overrides.setdefault("lstm", {})["epochs"] = args.epochs
+    return overrides
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
+    """Resolve services, fan the work out, and return the filled run summary (not yet stored)."""
+    from mora_platform.storage.datasets import DatasetStore
+    from mora_platform.storage.object_store import ObjectStore
+
+    store = ObjectStore.from_settings(settings)
+    services = parse_services(args.services, DatasetStore(store).list_services(args.dataset))
+    run_id = args.run_id or new_run_id("retrain")
+    spec = RetrainSpec(
+        dataset=args.dataset,
+        run_id=run_id,
+        config_overrides=config_overrides(args),
+        use_tuned=not args.no_tuned,
+        publish=not args.no_publish,
+        num_cpus=max(1, round(args.num_cpus)),
+    )
+    summary = RunSummary(
+        run_id=run_id,
+        dataset=args.dataset,
+        started_at=utc_now(),
+        backend=args.backend,
+        options={
+            "num_cpus": args.num_cpus,
+            "max_retries": args.max_retries,
+            "publish": spec.publish,
+            "use_tuned": spec.use_tuned,
+            "config_overrides": spec.config_overrides,
+        },
+    )
+    progress = ProgressLine(len(services))
+    _say(f"fleet run {run_id}: dataset {args.dataset!r}, {len(services)} services: {', '.join(services)}")
+
+    def report(outcome: ServiceOutcome) -> None:
+        _say(progress.update(outcome))
+
+    callbacks = [report]
+    ray_backend = None
+    if args.backend == "ray":
+        import ray
+
+        from jobs.ray_backend import RayFleetMetrics, RayTaskBackend
+
+        if not ray.is_initialized():
+            ray.init(address=args.ray_address or settings.ray_address or None, log_to_driver=True)
+        ray_backend = RayTaskBackend(
+            num_cpus=args.num_cpus,
+            max_retries=args.max_retries,
+            memory_mb=args.memory_mb,
+            on_wait=lambda running: _say(progress.waiting(running)),
+        )
+        metrics = RayFleetMetrics(args.dataset)
+        callbacks.append(metrics.record)
+        backend = ray_backend
+    else:
+        backend = LocalLoopBackend()  # type: ignore[assignment]
+
+    work = functools.partial(retrain_service, spec)
+    FleetOrchestrator(backend).run(work, services, summary=summary, on_outcome=callbacks)
+    if ray_backend is not None:
+        from jobs.ray_backend import task_attempts
+
+        for service, attempts in task_attempts(ray_backend.task_ids).items():
+            for outcome in summary.services:
+                if outcome.service == service:
+                    outcome.attempts = attempts
+    return summary
+
+
+def store_summary(summary: RunSummary, settings: MoraSettings) -> str:
+    """Write the summary JSON to ``runs/{run_id}/summary.json``; return its s3:// URI."""
+    from mora_platform.storage.object_store import ObjectStore
+
+    store = ObjectStore.from_settings(settings)
+    key = f"runs/{summary.run_id}/summary.json"
+    store.put_bytes(key, summary.to_json())
+    return store.uri(key)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = MoraSettings()  # type: ignore[call-arg]
+    try:
+        summary = run_retrain(args, settings)
+    except Exception as error:  # no services, unknown dataset, storage unreachable
+        _say(f"FLEET RESULT: run could not start: {type(error).__name__}: {error}")
+        return 2
+    _say("")
+    _say(summary.table())
+    try:
+        _say(f"run summary: {store_summary(summary, settings)}")
+    except Exception as error:
+        _say(f"run summary could not be stored: {type(error).__name__}: {error}")
+    for outcome in summary.services:
+        if not outcome.ok:
+            _say(f"FAILED {outcome.service}: {outcome.error}")
+    code = summary.exit_code(fail_on_any=args.fail_on_any)
+    _say(
+        f"FLEET RESULT: {len(summary.succeeded)} succeeded, {len(summary.failed)} failed"
+        + (f" ({', '.join(summary.failed)})" if summary.failed else "")
+        + f"; exit {code}"
+    )
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""One orchestrator that maps a per-service function over a fleet, with failures isolated.
+
+The per-service function returns a :class:`ServiceOutcome`; the orchestrator turns any exception
+it raises into a failed outcome, so one bad service never stops the others. Where the work runs is
+a :class:`FleetBackend`: :class:`LocalLoopBackend` here (a plain loop, for tests and laptops), the Ray
+backend in ``jobs/ray_backend.py``. This module imports no Ray, S3 or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import secrets
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+ServiceStatus = Literal["published", "trained", "failed"]
+ServiceFunction = Callable[[str], "ServiceOutcome"]
+OutcomeCallback = Callable[["ServiceOutcome"], None]
+
+
+class ServiceOutcome(BaseModel):
+    """What happened to one service in a fleet run (one row of the run summary)."""
+
+    service: str
+    status: ServiceStatus
+    version: str | None = None
+    seconds: float = 0.0
+    peak_rss_mb: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+    attempts: int = 1
+    tuned_config: bool = False
+    artifact_bytes: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the service trained (and published, when asked to)."""
+        return self.status != "failed"
+
+
+def failed_outcome(service: str, error: BaseException, seconds: float = 0.0) -> ServiceOutcome:
+    """A failed outcome carrying the error's type and message (no traceback, no secrets)."""
+    message = str(error).strip() or repr(error)
+    return ServiceOutcome(
+        service=service,
+        status="failed",
+        seconds=round(seconds, 3),
+        error=f"{type(error).__name__}: {message}",
+        error_type=type(error).__name__,
+    )
+
+
+def run_isolated(fn: ServiceFunction, service: str) -> ServiceOutcome:
+    """Call ``fn(service)``, converting any exception into a failed outcome."""
+    started = time.perf_counter()
+    try:
+        return fn(service)
+    except Exception as error:
+        traceback.print_exc(file=sys.stderr)
+        return failed_outcome(service, error, time.perf_counter() - started)
+
+
+class FleetBackend(Protocol):
+    """Runs a per-service function over services, yielding outcomes as they complete."""
+
+    def map_services(self, fn: ServiceFunction, services: Sequence[str]) -> Iterator[ServiceOutcome]: ...
+
+
+class LocalLoopBackend:
+    """Runs services one after another in this process."""
+
+    def map_services(self, fn: ServiceFunction, services: Sequence[str]) -> Iterator[ServiceOutcome]:
+        for service in services:
+            yield run_isolated(fn, service)
+
+
+class ProgressLine:
+    """Formats one progress line per finished service: done/total, failures, rate, ETA."""
+
+    def __init__(self, total: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total
+        self.done = 0
+        self.failed = 0
+        self._clock = clock
+        self._started = clock()
+
+    def update(self, outcome: ServiceOutcome) -> str:
+        """Account for ``outcome`` and return the line to print."""
+        self.done += 1
+        if not outcome.ok:
+            self.failed += 1
+        elapsed = self._clock() - self._started
+        remaining = self.total - self.done
+        eta = elapsed / self.done * remaining if self.done else 0.0
+        width = 20
+        filled = int(width * self.done / self.total) if self.total else width
+        bar = "#" * filled + "." * (width - filled)
+        detail = f"{outcome.status} in {outcome.seconds:.1f}s"
+        if outcome.error:
+            detail = f"failed: {_shorten(outcome.error, 80)}"
+        return (
+            f"[{bar}] {self.done}/{self.total} done, {self.failed} failed | "
+            f"{outcome.service} {detail} | elapsed {elapsed:.0f}s, eta {eta:.0f}s"
+        )
+
+    def waiting(self, running: Iterable[str]) -> str:
+        """A heartbeat line while nothing finished for a while."""
+        names = sorted(running)
+        shown = ", ".join(names[:5]) + (f" (+{len(names) - 5})" if len(names) > 5 else "")
+        elapsed = self._clock() - self._started
+        return f"... {self.done}/{self.total} done after {elapsed:.0f}s; running: {shown}"
+
+
+class RunSummary(BaseModel):
+    """The run summary written to ``runs/{run_id}/summary.json``."""
+
+    run_id: str
+    kind: str = "retrain"
+    dataset: str
+    started_at: str
+    finished_at: str | None = None
+    wall_seconds: float | None = None
+    backend: str = "local"
+    services: list[ServiceOutcome] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> list[str]:
+        return [o.service for o in self.services if o.ok]
+
+    @property
+    def failed(self) -> list[str]:
+        return [o.service for o in self.services if not o.ok]
+
+    def exit_code(self, fail_on_any: bool = False) -> int:
+        """0 unless every service failed, or any failed and ``fail_on_any`` is set."""
+        if not self.services:
+            return 1
+        if not self.succeeded:
+            return 1
+        if fail_on_any and self.failed:
+            return 1
+        return 0
+
+    def to_json(self) -> bytes:
+        """The summary as indented UTF-8 JSON."""
+        payload = self.model_dump(mode="json")
+        payload["counts"] = {
+            "total": len(self.services),
+            "succeeded": len(self.succeeded),
+            "failed": len(self.failed),
+        }
+        return json.dumps(payload, indent=2, sort_keys=False).encode("utf-8")
+
+    def table(self) -> str:
+        """A plain-text table (fits a log viewer) of every service's outcome."""
+        header = ("service", "status", "version", "seconds", "peak_rss_mb", "error")
+        rows = [header]
+        for o in sorted(self.services, key=lambda item: item.service):
+            rows.append(
+                (
+                    o.service,
+                    o.status,
+                    o.version or "-",
+                    f"{o.seconds:.1f}",
+                    f"{o.peak_rss_mb:.0f}" if o.peak_rss_mb is not None else "-",
+                    _shorten(o.error, 90) if o.error else "",
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+        lines = []
+        for index, row in enumerate(rows):
+            cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+            lines.append("  ".join([*cells, row[-1]]).rstrip())
+            if index == 0:
+                lines.append("  ".join("-" * w for w in widths) + "  -----")
+        footer = (
+            f"{len(self.succeeded)} succeeded, {len(self.failed)} failed"
+            + (f", wall {self.wall_seconds:.1f}s" if self.wall_seconds is not None else "")
+            + f" (run {self.run_id})"
+        )
+        return "\n".join([*lines, footer])
+
+
+class FleetOrchestrator:
+    """Maps a per-service function over services through a backend and collects a summary."""
+
+    def __init__(self, backend: FleetBackend | None = None) -> None:
+        self.backend: FleetBackend = backend or LocalLoopBackend()
+
+    def run(
+        self,
+        fn: ServiceFunction,
+        services: Sequence[str],
+        *,
+        summary: RunSummary,
+        on_outcome: Sequence[OutcomeCallback] = (),
+    ) -> RunSummary:
+        """Run ``fn`` for every service; callbacks see each outcome as it completes."""
+        if len(set(services)) != len(services):
+            raise ValueError(f"duplicate service names in {list(services)}")
+        started = time.monotonic()
+        for outcome in self.backend.map_services(fn, services):
+            summary.services.append(outcome)
+            for callback in on_outcome:
+                # A broken callback (a metrics exporter, a log sink) must not stop the fleet.
+                with contextlib.suppress(Exception):
+                    callback(outcome)
+        summary.wall_seconds = round(time.monotonic() - started, 3)
+        summary.finished_at = utc_now()
+        return summary
+
+
+def new_run_id(prefix: str = "retrain") -> str:
+    """A sortable, unique run id such as ``retrain-20261128T010203Z-1a2b3c``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
+
+
+def utc_now() -> str:
+    """Current UTC time as ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def parse_services(spec: str, available: Sequence[str]) -> list[str]:
+    """Resolve ``all`` or a comma-separated list against the dataset's services."""
+    if spec.strip().lower() == "all":
+        return sorted(available)
+    wanted = [name.strip() for name in spec.split(",") if name.strip()]
+    if not wanted:
+        raise ValueError("--services is empty: give 'all' or a comma-separated list of service names")
+    missing = [name for name in wanted if name not in set(available)]
+    if missing:
+        raise ValueError(
+            f"services not in the dataset: {', '.join(missing)} (available: {', '.join(sorted(available))})"
+        )
+    return list(dict.fromkeys(wanted))
+
+
+class PeakRssSampler:
+    """Samples this process's RSS in a background thread; the peak seen while active, in MiB.
+
+    ``ru_maxrss`` alone is the lifetime peak of a (possibly reused) worker process, so the
+    sampler gives the peak during one service's work; both are available.
+    """
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while True:
+            with contextlib.suppress(Exception):
+                self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> PeakRssSampler:
+        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._sample_once()
+
+    def _sample_once(self) -> None:
+        import psutil
+
+        with contextlib.suppress(Exception):
+            self.peak_bytes = max(self.peak_bytes, psutil.Process().memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak_bytes / 2**20, 1)
+
+
+def lifetime_peak_rss_mb() -> float:
+    """This process's lifetime peak RSS from ``getrusage`` (Linux reports KiB), in MiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _shorten(text: str | None, limit: int) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

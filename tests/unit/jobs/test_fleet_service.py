@@ -1,0 +1,62 @@
+"""Config layering and argument handling of the fleet job (no Ray, no S3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.fleet_service import (
+    RetrainSpec,
+    deep_merge,
+    directory_bytes,
+    resolve_training_config,
+    retrain_service,
+)
+from jobs.retrain_fleet import build_parser, config_overrides
+from mora_platform.settings import MoraSettings
+
+
+def test_deep_merge_merges_nested_and_copies() -> None:
+    base = {"seq_len": 30, "lstm": {"units": [64, 32], "epochs": 50}}
+    merged = deep_merge(base, {"lstm": {"epochs": 2}}, {"seq_len": 12})
+    assert merged == {"seq_len": 12, "lstm": {"units": [64, 32], "epochs": 2}}
+    merged["lstm"]["units"].append(1)
+    assert base["lstm"]["units"] == [64, 32]
+
+
+def test_overrides_beat_the_tuned_config_and_threads_follow_cpus() -> None:
+    tuned = {"lstm": {"units": [16], "epochs": 30, "dropout": 0.1}, "fusion_weights": {"cpu": 0.7}}
+    resolved = resolve_training_config(tuned, {"lstm": {"epochs": 2}}, num_cpus=2)
+    assert resolved["lstm"] == {"units": [16], "epochs": 2, "dropout": 0.1}
+    assert resolved["fusion_weights"] == {"cpu": 0.7}
+    assert resolved["cpu_threads"] == 2
+    assert resolve_training_config(None, {}, num_cpus=1) == {"cpu_threads": 1}
+
+
+def test_config_overrides_from_arguments() -> None:
+    args = build_parser().parse_args(
+        ["--dataset", "ds", "--epochs", "3", "--config-json", '{"lstm": {"units": [4]}, "seq_len": 8}']
+    )
+    assert config_overrides(args) == {"lstm": {"units": [4], "epochs": 3}, "seq_len": 8}
+    assert args.services == "all" and args.backend == "ray" and not args.fail_on_any
+    with pytest.raises(SystemExit, match="JSON object"):
+        config_overrides(build_parser().parse_args(["--dataset", "ds", "--config-json", "[1]"]))
+
+
+def test_unreachable_storage_becomes_a_failed_outcome_not_an_exception() -> None:
+    settings = MoraSettings(
+        s3_endpoint_url="http://127.0.0.1:9",
+        s3_access_key="k",  # type: ignore[arg-type]
+        s3_secret_key="s",  # type: ignore[arg-type]
+    )  # type: ignore[call-arg]
+    outcome = retrain_service(RetrainSpec(dataset="ds", run_id="r"), "frontend", settings)
+    assert outcome.status == "failed"
+    assert outcome.error and outcome.error_type
+    assert outcome.peak_rss_mb is not None and outcome.peak_rss_mb > 0
+    assert "s\n" not in outcome.error
+
+
+def test_directory_bytes(tmp_path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
+    assert directory_bytes(tmp_path) == 15

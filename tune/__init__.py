@@ -1,0 +1,1 @@
+"""Ray Tune search of LSTM architecture and fusion weights, per service."""
