@@ -36,9 +36,7 @@ RegistryDirOption = typer.Option(
 _USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("mora_platform.registry.errors", "RegistryError"),
     ("mora_platform.recommend.formatters", "UnknownFormatError"),
-    ("mora_platform.storage.object_store", "StorageError"),
-    ("mora_platform.storage.datasets", "DatasetNotFoundError"),
-    ("mora_platform.storage.datasets", "ServiceNotInDatasetError"),
+    ("mora_platform.storage.errors", "StorageError"),
     ("mora_platform.training.service_trainer", "ServiceDataError"),
     ("mora_platform.models.base", "ModelError"),
     ("pydantic", "ValidationError"),
@@ -217,7 +215,17 @@ def train(
         frame = DatasetStore(store).read(dataset, service)
         with tempfile.TemporaryDirectory(prefix=f"mora-train-{service}-") as tmp:
             report = train_service(frame, service, training_config, Path(tmp))
-            version = registry.publish(service, Path(tmp), metadata=report.model_dump(mode="json"))
+            dumped = report.model_dump(mode="json")
+            metadata = {
+                "metrics": dumped.get("metrics") or {},
+                "data_window": dumped.get("data_window") or {},
+                "fallbacks": dumped.get("fallbacks") or [],
+                "config": training_config.model_dump(mode="json"),
+                "dataset": dataset,
+                "config_source": source,
+                "training_seconds": dumped.get("seconds"),
+            }
+            version = registry.publish(service, Path(tmp), metadata=metadata)
             size = sum(path.stat().st_size for path in Path(tmp).rglob("*") if path.is_file())
 
     columns, rows = metric_rows(report.metrics)

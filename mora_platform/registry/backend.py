@@ -38,7 +38,7 @@ def not_found_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "no such key" for the known backends."""
     types: list[type[BaseException]] = [BlobNotFoundError, FileNotFoundError]
     try:
-        from mora_platform.storage.object_store import ObjectNotFoundError
+        from mora_platform.storage.errors import ObjectNotFoundError
     except ImportError:  # storage layer absent: only local backends in use
         pass
     else:
