@@ -118,6 +118,7 @@ def clean_usage(series: pd.Series, name: str, resource: str) -> pd.Series:
     if not isinstance(series.index, pd.DatetimeIndex):
         raise ValueError(f"series {name!r}, {resource}: index must be a DatetimeIndex")
     index = series.index.tz_localize("UTC") if series.index.tz is None else series.index.tz_convert("UTC")
+    index = index.as_unit("ns")
     out = pd.Series(series.to_numpy(dtype="float64"), index=index, name=resource).dropna()
     out = out[~out.index.duplicated(keep="last")].sort_index()
     return out
@@ -141,7 +142,8 @@ def origin_grid(
 def _typical_spacing(index: pd.DatetimeIndex) -> pd.Timedelta:
     if len(index) < 2:
         return pd.Timedelta(0)
-    return pd.Timedelta(np.median(np.diff(index.asi8)), unit="ns")
+    gaps = index[1:] - index[:-1]
+    return pd.Timedelta(gaps.median())
 
 
 def _naive_means(usage: pd.Series, origins: pd.DatetimeIndex, config: BacktestConfig) -> np.ndarray:

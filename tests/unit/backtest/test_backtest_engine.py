@@ -44,7 +44,7 @@ def test_origins_windows_and_history_cutoff(small_config: BacktestConfig) -> Non
     cpu = replay.resources["cpu"]
     start = series.usage["cpu"].index[0]
     assert cpu.origins[0] == start + pd.Timedelta(hours=24)
-    assert (np.diff(cpu.origins.asi8) == pd.Timedelta(hours=2).value).all()
+    assert ((cpu.origins[1:] - cpu.origins[:-1]) == pd.Timedelta(hours=2)).all()
     # each window holds the 6 ten-minute samples of [t, t + 1 h)
     assert np.bincount(cpu.window_ids).tolist() == [6] * len(cpu.origins)
     for origin, newest, newest_frame in probe.seen:
