@@ -125,8 +125,11 @@ def verify_local_bundle(directory: Path, manifest: Manifest | None = None) -> Ma
         for path in directory.rglob("*")
         if path.is_file() and path.relative_to(directory).as_posix() != MANIFEST_NAME
     }
-    for name in sorted(present - set(manifest.files)):
-        raise ArtifactIntegrityError(manifest.service, manifest.version, name, "not listed in the manifest")
+    unexpected = sorted(present - set(manifest.files))
+    if unexpected:
+        raise ArtifactIntegrityError(
+            manifest.service, manifest.version, unexpected[0], "not listed in the manifest"
+        )
     for name, entry in sorted(manifest.files.items()):
         if name not in present:
             raise ArtifactIntegrityError(
@@ -347,15 +350,19 @@ class ModelRegistry:
                 raise ModelNotFoundError(service)
         manifest = self.read_manifest(service, version)
         stored = self._stored_versions(service).get(version, set()) - {MANIFEST_NAME}
-        for name in sorted(stored - set(manifest.files)):
-            raise ArtifactIntegrityError(service, version, name, "stored but not listed in the manifest")
-        for name in sorted(set(manifest.files) - stored):
+        unexpected = sorted(stored - set(manifest.files))
+        if unexpected:
+            raise ArtifactIntegrityError(
+                service, version, unexpected[0], "stored but not listed in the manifest"
+            )
+        missing = sorted(set(manifest.files) - stored)
+        if missing:
             raise ArtifactIntegrityError(
                 service,
                 version,
-                name,
+                missing[0],
                 "listed in the manifest but not stored",
-                expected=manifest.files[name].sha256,
+                expected=manifest.files[missing[0]].sha256,
             )
 
         dest = Path(dest)

@@ -118,3 +118,21 @@ def test_recommend_refuses_tampered_bundle(registry_dir: Path, tmp_path: Path) -
     line = _error_line(result)
     assert "weights.keras" in line and "checksum mismatch" in line
     assert not (tmp_path / "home" / "cache" / "models" / "frontend" / str(version)).exists()
+
+
+def test_metric_rows_lift_the_target_out_of_any_nesting() -> None:
+    from mora_platform.cli.models import metric_rows
+
+    by_split = {
+        "test": {"cpu": {"mae": 0.1, "coverage": 0.96}, "memory": {"mae": 5.0}},
+        "validation": {"cpu": {"mae": 0.2}},
+    }
+    columns, rows = metric_rows(by_split)
+    assert columns == ["test.mae", "test.coverage", "validation.mae"]
+    assert rows == {
+        "cpu": {"test.mae": 0.1, "test.coverage": 0.96, "validation.mae": 0.2},
+        "memory": {"test.mae": 5.0},
+    }
+    columns, rows = metric_rows({"replicas": {"mae": 0.5}, "cpu": {"mae": 0.1}, "seconds": 3.0})
+    assert list(rows) == ["cpu", "replicas", "all"]  # targets in canonical order, untargeted last
+    assert rows["all"] == {"seconds": 3.0}
