@@ -290,6 +290,25 @@ def list_models(
     _print_table("Models", ["service", "LATEST", "created_at", "versions", "size", "metrics"], rows)
 
 
+def prune_models(
+    service: str = typer.Option(..., "--service", help="Service whose old versions to delete."),
+    keep: int = typer.Option(
+        5, "--keep", min=1, help="Newest complete versions to keep (LATEST is always kept)."
+    ),
+    registry_dir: Path | None = RegistryDirOption,
+) -> None:
+    """Delete old versions of a service, never the one LATEST names."""
+    settings = _settings()
+    with _user_errors():
+        from mora_platform.registry import validate_service_name
+
+        registry = _registry(settings, registry_dir)
+        deleted = registry.prune(validate_service_name(service), keep)
+    typer.echo(
+        f"deleted {len(deleted)} version(s) of {service}" + (f": {', '.join(deleted)}" if deleted else "")
+    )
+
+
 def _parse_context(context: str | None) -> dict[str, float | str] | None:
     if context is None:
         return None
@@ -360,5 +379,6 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train)
     models_app = typer.Typer(help="Published model versions.", no_args_is_help=True)
     models_app.command("list")(list_models)
+    models_app.command("prune")(prune_models)
     app.add_typer(models_app, name="models")
     app.command("recommend")(recommend)

@@ -136,3 +136,16 @@ def test_metric_rows_lift_the_target_out_of_any_nesting() -> None:
     columns, rows = metric_rows({"replicas": {"mae": 0.5}, "cpu": {"mae": 0.1}, "seconds": 3.0})
     assert list(rows) == ["cpu", "replicas", "all"]  # targets in canonical order, untargeted last
     assert rows["all"] == {"seconds": 3.0}
+
+
+def test_models_prune_keeps_latest(registry_dir: Path, tmp_path: Path) -> None:
+    registry = ModelRegistry(LocalBlobBackend(registry_dir))
+    first = registry.latest_version("frontend")
+    newer = registry.publish("frontend", tmp_path / "bundle", metadata={})
+    result = runner.invoke(
+        app, ["models", "prune", "--service", "frontend", "--keep", "1", "--registry-dir", str(registry_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"deleted 1 version(s) of frontend: {first}"
+    assert registry.list_versions("frontend", include_incomplete=True) == [newer]
+    assert registry.latest_version("frontend") == newer
