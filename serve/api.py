@@ -21,7 +21,7 @@ MAX_BATCH_REQUESTS = 100
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_LOAD_USERS = 1_000_000.0
 MAX_REPLICA_COUNT = 10_000
-SERVICE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+SERVICE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # DNS-1123 label, as the registry
 
 # Upper bounds per metric: far above anything real, low enough to catch unit mistakes
 # (e.g. millicores sent as cores) and overflow.

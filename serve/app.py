@@ -1,0 +1,69 @@
+"""The Serve application: ``build_app(args)`` for ``serve run`` / ``serve deploy``.
+
+``serve/config.yaml`` names ``serve.app:build_app`` as its import path and passes ``args``
+(validated into :class:`ServeAppArgs`). Secrets never appear in the config: S3 credentials and
+the bearer token come from the environment or from the env files listed in ``env_files``
+(``MoraSettings``), resolved when the application is built. Importing this module starts nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from mora_platform.settings import MoraSettings
+from serve.ingress import RecommendationIngress
+from serve.model_deployment import DEFAULT_RELOAD_INTERVAL_S, ServiceModels
+from serve.model_slots import ModelFactory
+
+
+class ServeAppArgs(BaseModel):
+    """Typed application arguments (the ``args:`` block of the Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env_files: list[str] = Field(
+        default_factory=list,
+        description="Env files read for MoraSettings (MORA_* S3 settings, MORA_SERVE_TOKEN); "
+        "default: .mora/stack.env and .env in the working directory",
+    )
+    registry_prefix: str = Field("models", min_length=1, description="Key prefix of the model registry")
+    reload_interval_s: float = Field(
+        DEFAULT_RELOAD_INTERVAL_S,
+        ge=0.1,
+        le=86_400,
+        description="How often each model replica checks LATEST (initial user_config; "
+        "a deployments[].user_config in the Serve config overrides it live)",
+    )
+    request_timeout_s: float = Field(30.0, gt=0, le=600, description="Ingress wait for a model answer")
+
+
+def resolve_settings(args: ServeAppArgs) -> MoraSettings:
+    """MoraSettings from the environment plus the listed env files (missing files are skipped)."""
+    if not args.env_files:
+        return MoraSettings()  # type: ignore[call-arg]  # fields come from the environment
+    existing = tuple(path for path in args.env_files if Path(path).is_file())
+    return MoraSettings(_env_file=existing or None)  # type: ignore[call-arg]
+
+
+def compose_app(
+    args: ServeAppArgs, settings: MoraSettings, factory: ModelFactory | None = None
+) -> Application:
+    """Ingress -> multiplexed models, wired with explicit settings (tests call this directly)."""
+    # @serve.deployment turned the classes into Deployments; mypy still sees the classes.
+    models_deployment: Any = ServiceModels
+    ingress_deployment: Any = RecommendationIngress
+    models = models_deployment.options(user_config={"reload_interval_s": args.reload_interval_s}).bind(
+        settings, args.registry_prefix, factory
+    )
+    app: Application = ingress_deployment.bind(models, settings, args.registry_prefix, args.request_timeout_s)
+    return app
+
+
+def build_app(args: ServeAppArgs | dict[str, Any]) -> Application:
+    """Serve application builder: ``serve run serve.app:build_app`` or via ``serve/config.yaml``."""
+    parsed = args if isinstance(args, ServeAppArgs) else ServeAppArgs.model_validate(args or {})
+    return compose_app(parsed, resolve_settings(parsed))

@@ -1,0 +1,125 @@
+"""The ingress deployment: FastAPI (``serve.http_api``) in front of the multiplexed models.
+
+Validation, auth and errors happen here; recommendations are computed by ``ServiceModels``
+reached through a ``DeploymentHandle`` with ``multiplexed_model_id=service``. The service list
+and the registry health are read from S3 directly and cached for a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from mora_platform.registry import ModelNotFoundError, ModelRegistry, RegistryError
+from mora_platform.settings import MoraSettings
+from serve.api import RecommendationRequest, ServiceInfo
+from serve.http_api import ModelOutcome, create_api
+
+logger = logging.getLogger("ray.serve")
+
+SERVICES_TTL_S = 5.0
+HEALTH_TTL_S = 2.0
+
+
+class ServeBackend:
+    """``RecommendationBackend`` over a model DeploymentHandle and the registry."""
+
+    def __init__(
+        self, models: DeploymentHandle, registry: ModelRegistry, request_timeout_s: float = 30.0
+    ) -> None:
+        self._models = models
+        self._registry = registry
+        self._timeout = request_timeout_s
+        self._services: tuple[float, list[ServiceInfo]] | None = None
+        self._health: tuple[float, str | None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def recommend(self, service: str, requests: Sequence[RecommendationRequest]) -> list[ModelOutcome]:
+        payloads = [request.model_dump(mode="json", exclude_none=True) for request in requests]
+        handle = self._models.options(multiplexed_model_id=service)
+        try:
+            answers = await asyncio.wait_for(handle.recommend.remote(payloads), timeout=self._timeout)
+        except TimeoutError:
+            return [ModelOutcome(504, error=f"{service}: no answer within {self._timeout:g} s")] * len(
+                requests
+            )
+        return [ModelOutcome(**answer) for answer in answers]
+
+    async def list_services(self) -> list[ServiceInfo]:
+        now = time.monotonic()
+        if self._services is not None and now - self._services[0] < SERVICES_TTL_S:
+            return self._services[1]
+        async with self._lock:
+            infos = await asyncio.to_thread(self._read_services)
+        self._services = (time.monotonic(), infos)
+        return infos
+
+    def _read_services(self) -> list[ServiceInfo]:
+        infos = []
+        for service in self._registry.list_services():
+            version = self._registry.latest_version(service)
+            info = ServiceInfo(service=service, latest_version=version)
+            if version is not None:
+                try:
+                    manifest = self._registry.read_manifest(service, version)
+                except (ModelNotFoundError, RegistryError) as exc:
+                    logger.warning("manifest of %s/%s unreadable: %s", service, version, exc)
+                else:
+                    info = ServiceInfo(
+                        service=service,
+                        latest_version=version,
+                        trained_at=manifest.created_at,
+                        metrics=manifest.metrics,
+                    )
+            infos.append(info)
+        return infos
+
+    async def registry_problem(self) -> str | None:
+        now = time.monotonic()
+        if self._health is not None and now - self._health[0] < HEALTH_TTL_S:
+            return self._health[1]
+        problem = await asyncio.to_thread(self._probe_registry)
+        self._health = (time.monotonic(), problem)
+        return problem
+
+    def _probe_registry(self) -> str | None:
+        backend: Any = self._registry.backend
+        try:
+            if hasattr(backend, "check"):
+                backend.check()
+            else:
+                backend.list_keys(f"{self._registry.prefix}/LATEST")
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+
+@serve.deployment(
+    name="RecommendationIngress",
+    max_ongoing_requests=256,
+    ray_actor_options={"num_cpus": 0.25},
+)
+@serve.ingress()
+class RecommendationIngress:
+    """HTTP entry point; the FastAPI app is built per replica after the constructor."""
+
+    def __init__(
+        self,
+        models: DeploymentHandle,
+        settings: MoraSettings,
+        registry_prefix: str = "models",
+        request_timeout_s: float = 30.0,
+    ) -> None:
+        registry = ModelRegistry.from_settings(settings, prefix=registry_prefix)
+        self._backend = ServeBackend(models, registry, request_timeout_s)
+        self._token = settings.serve_token.get_secret_value() if settings.serve_token else None
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self._backend, token=self._token)

@@ -1,0 +1,132 @@
+"""The downstream Serve deployment: every service's model, multiplexed by service name.
+
+Requests arrive through ``handle.options(multiplexed_model_id=service)``, so Serve routes a
+service to a replica that already holds it; each replica keeps up to
+``MAX_MODELS_PER_REPLICA`` models (LRU) and loads the others from S3 on demand, checksums
+verified. A background task per replica checks each loaded service's LATEST at most every
+``reload_interval_s`` seconds (``user_config``, changeable live through ``reconfigure``) and
+swaps in new versions without a restart; a version that fails verification is refused and
+the previous one keeps serving, marked degraded. Blocking work runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from mora_platform.registry import ModelRegistry
+from mora_platform.settings import MoraSettings
+from serve.model_slots import (
+    ModelFactory,
+    ModelLoader,
+    NoUsableVersionError,
+    ServiceSlot,
+    UnknownServiceError,
+    load_service_model,
+    outcome,
+)
+
+logger = logging.getLogger("ray.serve")
+
+# Fixed when the class is defined (Serve's decorator takes a constant); override per cluster by env.
+MAX_MODELS_PER_REPLICA = int(os.environ.get("MORA_SERVE_MAX_MODELS_PER_REPLICA", "64"))
+DEFAULT_RELOAD_INTERVAL_S = 10.0
+
+
+@serve.deployment(
+    name="ServiceModels",
+    max_ongoing_requests=64,
+    ray_actor_options={"num_cpus": 0.5},
+    user_config={"reload_interval_s": DEFAULT_RELOAD_INTERVAL_S},
+)
+class ServiceModels:
+    """Per-service ensembles behind one deployment (multiplexed)."""
+
+    def __init__(
+        self,
+        settings: MoraSettings,
+        registry_prefix: str = "models",
+        factory: ModelFactory | None = None,
+    ) -> None:
+        self._registry = ModelRegistry.from_settings(settings, prefix=registry_prefix)
+        self._cache_dir = Path(tempfile.mkdtemp(prefix="mora-serve-models-"))
+        self._loader = ModelLoader(self._registry, self._cache_dir, factory or load_service_model)
+        # One inference thread keeps TensorFlow from oversubscribing the replica's CPU share;
+        # loads get their own so a slow download never stalls answers for loaded services.
+        self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mora-infer")
+        self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mora-load")
+        self._slots: weakref.WeakValueDictionary[str, ServiceSlot] = weakref.WeakValueDictionary()
+        self._reload_interval_s = DEFAULT_RELOAD_INTERVAL_S
+        self._refresher: asyncio.Task[None] | None = None
+
+    def reconfigure(self, config: Mapping[str, Any] | None) -> None:
+        """Apply ``user_config`` (``reload_interval_s``) without restarting the replica."""
+        interval = float((config or {}).get("reload_interval_s", DEFAULT_RELOAD_INTERVAL_S))
+        if not 0.1 <= interval <= 86_400:
+            raise ValueError(f"user_config.reload_interval_s must be within 0.1..86400 s, got {interval}")
+        self._reload_interval_s = interval
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
+    async def get_model(self, service: str) -> ServiceSlot:
+        """Load one service's slot (called by Serve's LRU cache on a miss)."""
+        loop = asyncio.get_running_loop()
+        slot = await loop.run_in_executor(self._load_pool, self._loader.load, service)
+        self._slots[service] = slot
+        self._ensure_refresher()
+        return slot
+
+    async def recommend(self, payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Answer validated request payloads for the service this call was routed for."""
+        service = serve.get_multiplexed_model_id()
+        try:
+            slot = await self.get_model(service)
+        except UnknownServiceError as exc:
+            return [outcome(404, error=str(exc))] * len(payloads)
+        except NoUsableVersionError as exc:
+            return [outcome(503, error=str(exc))] * len(payloads)
+        except Exception as exc:  # registry unreachable and the like: not the client's fault
+            logger.exception("loading %s failed", service)
+            return [
+                outcome(503, error=f"model for {service!r} unavailable: {type(exc).__name__}: {exc}")
+            ] * len(payloads)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._infer_pool, self._loader.answer, slot, payloads)
+
+    async def loaded_versions(self) -> dict[str, str]:
+        """service -> version served by this replica (for tests and ``mora serve status``)."""
+        return {service: slot.version for service, slot in list(self._slots.items())}
+
+    def _ensure_refresher(self) -> None:
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        """Check each loaded service's LATEST every ``reload_interval_s`` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(self._reload_interval_s, 1.0))
+            now = time.monotonic()
+            for slot in list(self._slots.values()):
+                if now - slot.checked_at < self._reload_interval_s:
+                    continue
+                try:
+                    await loop.run_in_executor(self._load_pool, self._loader.refresh, slot)
+                except Exception:  # the registry may be briefly unreachable; try again next round
+                    logger.exception("checking LATEST of %s failed", slot.service)
+
+    def __del__(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        self._infer_pool.shutdown(wait=False)
+        self._load_pool.shutdown(wait=False)
+        self._loader.close()

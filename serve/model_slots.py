@@ -1,0 +1,230 @@
+"""Loading, hot-swapping and querying per-service models, without Ray.
+
+A :class:`ServiceSlot` is what the multiplexed Serve deployment caches per service: the model
+currently served plus, when the newest published version was refused, why. The
+:class:`ModelLoader` does the blocking work (registry fetch with checksum verification,
+``ServiceModel.load``, ``recommend``) and is called from worker threads by the deployment.
+Keeping it free of Ray lets unit tests drive it with a local registry and a fake model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from mora_platform.data.schema import SERVICE, TIMESTAMP
+from mora_platform.recommend.types import Recommendation
+from mora_platform.registry import ArtifactIntegrityError, ModelNotFoundError, ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+_CONTEXT_KEYS = ("load_users", "replica_count", "scenario")
+
+
+class ServedModel(Protocol):
+    """What the endpoint needs from ``ServiceModel``."""
+
+    def recommend(
+        self,
+        history: pd.DataFrame | None = None,
+        context: Mapping[str, float | str] | None = None,
+        *,
+        model_version: str | None = None,
+    ) -> Recommendation: ...
+
+
+ModelFactory = Callable[[Path], ServedModel]
+
+
+class UnknownServiceError(LookupError):
+    """No version of the service was ever published (answered with 404)."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(
+            f"unknown service {service!r}: no published model (GET /v1/services lists the known ones)"
+        )
+        self.service = service
+
+
+class NoUsableVersionError(RuntimeError):
+    """Versions exist but none passed verification and loading (answered with 503)."""
+
+
+def load_service_model(directory: Path) -> ServedModel:
+    """The real loader: ``ServiceModel.load`` from the training package."""
+    try:
+        from mora_platform.training.bundle import ServiceModel
+    except ImportError:  # the trainer may export it from the package instead
+        from mora_platform.training import ServiceModel  # type: ignore[attr-defined,no-redef]
+    model: ServedModel = ServiceModel.load(directory)
+    return model
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """One loaded model and where it came from; replaced as a whole on reload."""
+
+    version: str
+    model: ServedModel
+    trained_at: datetime | None
+    directory: Path
+
+
+class ServiceSlot:
+    """The served state of one service; the multiplexed cache holds one per loaded service."""
+
+    def __init__(self, service: str, loaded: LoadedVersion, degraded_reason: str | None = None) -> None:
+        self.service = service
+        self.loaded = loaded
+        self.degraded_reason = degraded_reason
+        self.refused_version: str | None = None
+        self.checked_at = time.monotonic()
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+    def __repr__(self) -> str:
+        return f"ServiceSlot({self.service!r}, version={self.version!r}, degraded={self.degraded_reason is not None})"
+
+
+def outcome(
+    status: int, recommendation: dict[str, Any] | None = None, error: str | None = None
+) -> dict[str, Any]:
+    """The plain-dict envelope the model deployment returns (see ``serve.http_api.ModelOutcome``)."""
+    return {"status": status, "recommendation": recommendation, "error": error}
+
+
+def request_inputs(
+    service: str, payload: Mapping[str, Any]
+) -> tuple[pd.DataFrame | None, dict[str, float | str]]:
+    """(history frame or None, context mapping) from a validated request payload.
+
+    ``current`` metric values join the context: they describe the present, as the context does.
+    """
+    context: dict[str, float | str] = {}
+    for key in _CONTEXT_KEYS:
+        value = (payload.get("context") or {}).get(key)
+        if value is not None:
+            context[key] = value
+    for key, value in (payload.get("current") or {}).items():
+        if value is not None:
+            context[key] = value
+    rows = payload.get("history")
+    if not rows:
+        return None, context
+    history = pd.DataFrame.from_records(list(rows))
+    history[SERVICE] = service
+    if TIMESTAMP in history:
+        history[TIMESTAMP] = pd.to_datetime(history[TIMESTAMP], utc=True, format="ISO8601")
+    return history, context
+
+
+class ModelLoader:
+    """Fetches (verified), loads, reloads and queries service models; thread-safe per call."""
+
+    def __init__(
+        self, registry: ModelRegistry, cache_dir: Path, factory: ModelFactory = load_service_model
+    ) -> None:
+        self.registry = registry
+        self.cache_dir = Path(cache_dir)
+        self.factory = factory
+        self._lock = threading.Lock()  # one fetch at a time per replica: bounded disk and network
+
+    def _load_version(self, service: str, version: str) -> LoadedVersion:
+        with self._lock:
+            bundle = self.registry.fetch(service, version, self.cache_dir / service / version)
+            model = self.factory(bundle.path)
+        return LoadedVersion(version, model, bundle.manifest.created_at, bundle.path)
+
+    def load(self, service: str) -> ServiceSlot:
+        """The slot for ``service`` at its LATEST version, or the newest older one that verifies."""
+        latest = self.registry.latest_version(service)
+        if latest is None:
+            raise UnknownServiceError(service)
+        refusals: list[str] = []
+        candidates = [latest] + [v for v in reversed(self.registry.list_versions(service)) if v < latest]
+        for version in candidates:
+            try:
+                loaded = self._load_version(service, version)
+            except ModelNotFoundError as exc:  # pruned between listing and fetching
+                refusals.append(f"version {version} vanished ({exc})")
+                continue
+            except ArtifactIntegrityError as exc:
+                logger.error("refusing %s/%s: %s", service, version, exc)
+                refusals.append(f"version {version} refused: {exc}")
+                continue
+            except Exception as exc:
+                logger.exception("could not load %s/%s", service, version)
+                refusals.append(f"version {version} could not be loaded: {type(exc).__name__}: {exc}")
+                continue
+            reason = None
+            if refusals:
+                reason = "; ".join(refusals) + f"; serving {version} instead"
+            slot = ServiceSlot(service, loaded, degraded_reason=reason)
+            if version != latest:
+                slot.refused_version = latest
+            logger.info("loaded %s version %s%s", service, version, " (degraded)" if reason else "")
+            return slot
+        raise NoUsableVersionError(f"service {service!r}: no usable model version: " + "; ".join(refusals))
+
+    def refresh(self, slot: ServiceSlot) -> bool:
+        """Swap in a newly published LATEST; on a refused version keep serving and say why.
+
+        Returns True when the slot now serves a different version.
+        """
+        slot.checked_at = time.monotonic()
+        latest = self.registry.latest_version(slot.service)
+        if latest is None or latest == slot.version or latest == slot.refused_version:
+            return False
+        try:
+            loaded = self._load_version(slot.service, latest)
+        except Exception as exc:
+            verb = "refused" if isinstance(exc, ArtifactIntegrityError) else "could not be loaded"
+            logger.error("%s/%s %s: %s", slot.service, latest, verb, exc)
+            slot.refused_version = latest
+            slot.degraded_reason = f"version {latest} {verb}: {exc}; still serving {slot.version}"
+            return False
+        previous = slot.loaded
+        slot.loaded = loaded
+        slot.refused_version = None
+        slot.degraded_reason = None
+        logger.info("%s: now serving %s (was %s)", slot.service, latest, previous.version)
+        if previous.directory != loaded.directory:
+            shutil.rmtree(previous.directory, ignore_errors=True)
+        return True
+
+    def answer(self, slot: ServiceSlot, payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """One outcome envelope per payload; a failing request never affects the others."""
+        loaded, reason = slot.loaded, slot.degraded_reason
+        results = []
+        for payload in payloads:
+            try:
+                history, context = request_inputs(slot.service, payload)
+                rec = loaded.model.recommend(history, context, model_version=loaded.version)
+            except ValueError as exc:  # the model's own input checks (e.g. unusable history)
+                results.append(outcome(422, error=f"{slot.service}: {exc}"))
+                continue
+            except Exception as exc:
+                logger.exception("%s/%s failed to recommend", slot.service, loaded.version)
+                results.append(outcome(500, error=f"{slot.service}: model failed ({type(exc).__name__})"))
+                continue
+            if reason:
+                rec = rec.model_copy(update={"degraded": True, "reasons": [*rec.reasons, reason]})
+            results.append(outcome(200, rec.model_dump(mode="json")))
+        return results
+
+    def close(self) -> None:
+        """Remove the local bundle copies."""
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.cache_dir)

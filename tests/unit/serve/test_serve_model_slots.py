@@ -1,0 +1,178 @@
+"""Loading, hot reload and tamper refusal of served models, on a local registry with a fake model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mora_platform.recommend.types import Recommendation, ResourceRecommendation
+from mora_platform.registry import LocalBlobBackend, ModelRegistry
+from serve.model_slots import ModelLoader, NoUsableVersionError, UnknownServiceError, request_inputs
+
+
+class FakeModel:
+    """Recommends ``cores`` from its bundle; refuses histories without cpu."""
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        self.seen: list[tuple[pd.DataFrame | None, Mapping[str, float | str] | None]] = []
+
+    @classmethod
+    def load(cls, directory: Path) -> FakeModel:
+        return cls(json.loads((directory / "model.json").read_text())["cores"])
+
+    def recommend(
+        self,
+        history: pd.DataFrame | None = None,
+        context: Mapping[str, float | str] | None = None,
+        *,
+        model_version: str | None = None,
+    ) -> Recommendation:
+        self.seen.append((history, context))
+        if history is not None and "cpu_cores_value" not in history:
+            raise ValueError("history lacks column 'cpu_cores_value'")
+        return Recommendation(
+            service="svc-a",
+            model_version=model_version,
+            recommendations=ResourceRecommendation(
+                cpu_cores=self.cores,
+                cpu_millicores=round(self.cores * 1000),
+                memory_bytes=2**26,
+                memory_mib=64.0,
+                replicas=1,
+            ),
+            confidence=0.5,
+            coverage_target=0.95,
+        )
+
+
+def publish(registry: ModelRegistry, tmp_path: Path, service: str, cores: float) -> str:
+    bundle = tmp_path / f"bundle-{service}-{cores}"
+    bundle.mkdir()
+    (bundle / "model.json").write_text(json.dumps({"cores": cores}))
+    return registry.publish(service, bundle, metadata={"metrics": {"cpu": {"mae": 0.1}}})
+
+
+def tamper(registry: ModelRegistry, service: str, version: str) -> None:
+    registry.backend.put_bytes(f"models/{service}/{version}/model.json", b'{"cores": 99.0}')
+
+
+@pytest.fixture()
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry(LocalBlobBackend(tmp_path / "blobs"))
+
+
+@pytest.fixture()
+def loader(registry: ModelRegistry, tmp_path: Path) -> ModelLoader:
+    return ModelLoader(registry, tmp_path / "cache", factory=FakeModel.load)
+
+
+def served(loader: ModelLoader, slot) -> dict:
+    [answer] = loader.answer(slot, [{"service": slot.service}])
+    assert answer["status"] == 200, answer
+    return answer["recommendation"]
+
+
+def test_load_and_answer(registry: ModelRegistry, loader: ModelLoader, tmp_path: Path) -> None:
+    version = publish(registry, tmp_path, "svc-a", 0.25)
+    slot = loader.load("svc-a")
+    rec = served(loader, slot)
+    assert rec["model_version"] == version
+    assert rec["recommendations"]["cpu_millicores"] == 250
+    assert rec["degraded"] is False
+
+
+def test_unknown_service(loader: ModelLoader) -> None:
+    with pytest.raises(UnknownServiceError, match="svc-none"):
+        loader.load("svc-none")
+
+
+def test_refresh_swaps_new_version(registry: ModelRegistry, loader: ModelLoader, tmp_path: Path) -> None:
+    publish(registry, tmp_path, "svc-a", 0.25)
+    slot = loader.load("svc-a")
+    assert loader.refresh(slot) is False
+    newer = publish(registry, tmp_path, "svc-a", 0.5)
+    assert loader.refresh(slot) is True
+    rec = served(loader, slot)
+    assert rec["model_version"] == newer
+    assert rec["recommendations"]["cpu_cores"] == 0.5
+
+
+def test_tampered_version_refused_previous_keeps_serving(
+    registry: ModelRegistry, loader: ModelLoader, tmp_path: Path
+) -> None:
+    good = publish(registry, tmp_path, "svc-a", 0.25)
+    slot = loader.load("svc-a")
+    bad = publish(registry, tmp_path, "svc-a", 0.5)
+    tamper(registry, "svc-a", bad)
+    assert loader.refresh(slot) is False
+    rec = served(loader, slot)
+    assert rec["model_version"] == good
+    assert rec["recommendations"]["cpu_cores"] == 0.25
+    assert rec["degraded"] is True
+    assert any(bad in reason and "model.json" in reason for reason in rec["reasons"])
+    # the refused version is not downloaded again on every check
+    assert loader.refresh(slot) is False
+    fixed = publish(registry, tmp_path, "svc-a", 0.75)
+    assert loader.refresh(slot) is True
+    rec = served(loader, slot)
+    assert (rec["model_version"], rec["degraded"]) == (fixed, False)
+
+
+def test_cold_load_falls_back_past_tampered_latest(
+    registry: ModelRegistry, loader: ModelLoader, tmp_path: Path
+) -> None:
+    good = publish(registry, tmp_path, "svc-a", 0.25)
+    bad = publish(registry, tmp_path, "svc-a", 0.5)
+    tamper(registry, "svc-a", bad)
+    slot = loader.load("svc-a")
+    assert slot.version == good
+    rec = served(loader, slot)
+    assert rec["degraded"] is True and bad in " ".join(rec["reasons"])
+
+
+def test_no_usable_version(registry: ModelRegistry, loader: ModelLoader, tmp_path: Path) -> None:
+    bad = publish(registry, tmp_path, "svc-a", 0.5)
+    tamper(registry, "svc-a", bad)
+    with pytest.raises(NoUsableVersionError, match="checksum"):
+        loader.load("svc-a")
+
+
+def test_model_value_error_is_422_and_isolated(
+    registry: ModelRegistry, loader: ModelLoader, tmp_path: Path
+) -> None:
+    publish(registry, tmp_path, "svc-a", 0.25)
+    slot = loader.load("svc-a")
+    answers = loader.answer(
+        slot,
+        [{"service": "svc-a", "history": [{"mem_bytes_value": 1.0}]}, {"service": "svc-a"}],
+    )
+    assert [a["status"] for a in answers] == [422, 200]
+    assert "cpu_cores_value" in answers[0]["error"]
+
+
+def test_request_inputs_builds_history_and_context() -> None:
+    payload = {
+        "service": "svc-a",
+        "context": {"load_users": 50.0, "replica_count": 2, "scenario": "browsing"},
+        "current": {"cpu_cores_value": 0.01},
+        "history": [
+            {"timestamp": "2026-01-01T00:00:00Z", "cpu_cores_value": 0.01},
+            {"timestamp": "2026-01-01T00:00:15Z", "cpu_cores_value": 0.02},
+        ],
+    }
+    history, context = request_inputs("svc-a", payload)
+    assert context == {
+        "load_users": 50.0,
+        "replica_count": 2,
+        "scenario": "browsing",
+        "cpu_cores_value": 0.01,
+    }
+    assert history is not None
+    assert list(history["service"]) == ["svc-a", "svc-a"]
+    assert str(history["timestamp"].dt.tz) == "UTC"
+    assert request_inputs("svc-a", {"service": "svc-a"}) == (None, {})
