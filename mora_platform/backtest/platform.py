@@ -1,0 +1,99 @@
+"""The platform's recommender inside the backtest: trained on the past only, refitted on a schedule.
+
+``PlatformRecommender`` is stateful per series: at the first origin, and again whenever ``refit``
+has passed since the last fit, it trains a model on the unified rows *before* the origin (the
+``frame`` the engine hands it) and then asks that model for the calibrated request and the point
+forecast. CPU and memory come from one model, so one fit serves both. The training itself is a
+``PlatformTrainer`` (a callable), so this module stays pure and light; ``ServiceModelTrainer``
+plugs in MODELS' ``train_service`` / ``ServiceModel`` and imports them only when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import pandas as pd
+
+from mora_platform.backtest.baselines import Recommender, Suggestion, register_recommender
+from mora_platform.data import schema
+
+
+@dataclass(frozen=True)
+class PlatformForecast:
+    """The model's answer at one origin: request and point forecast per resource (cores / bytes)."""
+
+    requests: Mapping[str, float]
+    forecasts: Mapping[str, float | None]
+
+
+class PlatformModel(Protocol):
+    """A trained platform model, asked at each origin with the rows before it."""
+
+    def predict(self, history: pd.DataFrame, horizon: pd.Timedelta) -> PlatformForecast: ...
+
+
+PlatformTrainer = Callable[[pd.DataFrame, str], PlatformModel]
+
+
+class PlatformUnavailableError(RuntimeError):
+    """The platform method was asked without a trainer, or without the unified rows it needs."""
+
+
+@register_recommender("platform")
+class PlatformRecommender(Recommender):
+    """MOrA's recommendation (Prophet + LSTM, fused and calibrated), refitted every ``refit``.
+
+    Its default margin is 1.0: the calibrated request already carries the model's head-room.
+    """
+
+    description = "MOrA platform: Prophet + LSTM fused, calibrated request"
+    default_margins = {"cpu": 1.0, "memory": 1.0}
+
+    def __init__(
+        self,
+        margin: float | None = None,
+        *,
+        trainer: PlatformTrainer | None = None,
+        refit: pd.Timedelta = pd.Timedelta(hours=24),
+        service: str | None = None,
+    ) -> None:
+        super().__init__(margin)
+        if refit <= pd.Timedelta(0):
+            raise ValueError(f"platform: refit must be positive, got {refit}")
+        self.trainer = trainer
+        self.refit = refit
+        self.service = service
+        self.fits: list[pd.Timestamp] = []
+        self._model: PlatformModel | None = None
+        self._answer: tuple[pd.Timestamp, PlatformForecast] | None = None
+
+    def _ensure_model(self, frame: pd.DataFrame, origin: pd.Timestamp) -> PlatformModel:
+        if self._model is None or not self.fits or origin - self.fits[-1] >= self.refit:
+            if self.trainer is None:
+                raise PlatformUnavailableError(
+                    "platform: no trainer configured (MODELS' training code is needed)"
+                )
+            service = self.service or str(frame[schema.SERVICE].iloc[-1])
+            self._model = self.trainer(frame, service)
+            self.fits.append(origin)
+        return self._model
+
+    def _suggest(
+        self,
+        history: pd.Series,
+        resource: str,
+        origin: pd.Timestamp,
+        horizon: pd.Timedelta,
+        frame: pd.DataFrame | None,
+    ) -> Suggestion:
+        if frame is None or frame.empty:
+            raise PlatformUnavailableError("platform: needs the unified-schema rows before the origin")
+        if self._answer is None or self._answer[0] != origin:
+            model = self._ensure_model(frame, origin)
+            self._answer = (origin, model.predict(frame, horizon))
+        answer = self._answer[1]
+        if resource not in answer.requests:
+            raise PlatformUnavailableError(f"platform: the model gave no {resource} request")
+        return Suggestion(base=float(answer.requests[resource]), forecast=answer.forecasts.get(resource))

@@ -1,0 +1,74 @@
+"""The platform method in the replay: refit schedule, one fit for both resources, past-only training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from backtest_fixtures import daily_series
+
+from mora_platform.backtest.engine import BacktestConfig, replay_series
+from mora_platform.backtest.platform import PlatformForecast, PlatformRecommender, PlatformUnavailableError
+
+
+class MeanModel:
+    """Request = mean of the training rows x 2 (for the test: a known answer)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.means = {
+            "cpu": float(frame["cpu_cores_value"].mean()),
+            "memory": float(frame["mem_bytes_value"].mean()),
+        }
+
+    def predict(self, history: pd.DataFrame, horizon: pd.Timedelta) -> PlatformForecast:
+        return PlatformForecast(
+            requests={k: 2 * v for k, v in self.means.items()}, forecasts=dict(self.means)
+        )
+
+
+def with_frame(seed: int = 0, days: float = 3.0):  # type: ignore[no-untyped-def]
+    series = daily_series(days=days, seed=seed)
+    series.frame = pd.DataFrame(
+        {
+            "timestamp": series.usage["cpu"].index,
+            "service": "svc",
+            "experiment_id": "e",
+            "cpu_cores_value": series.usage["cpu"].to_numpy(),
+            "mem_bytes_value": series.usage["memory"].to_numpy(),
+        }
+    )
+    return series
+
+
+def test_refits_on_schedule_with_past_rows_only(small_config: BacktestConfig) -> None:
+    seen: list[pd.Timestamp] = []
+
+    def trainer(frame: pd.DataFrame, service: str) -> MeanModel:
+        assert service == "svc"
+        seen.append(frame["timestamp"].max())
+        return MeanModel(frame)
+
+    platform = PlatformRecommender(trainer=trainer, refit=pd.Timedelta(hours=12))
+    replay = replay_series(with_frame(), [platform], small_config)
+    origins = replay.resources["cpu"].origins
+    # origins every 2 h over 48 h -> a fit at the first origin and every 12 h after: once per 6 origins
+    assert platform.fits == list(origins[::6])
+    assert len(seen) == len(platform.fits)
+    for fit_origin, newest in zip(platform.fits, seen, strict=True):
+        assert newest < fit_origin
+    trace = replay.resources["cpu"].traces["platform"]
+    assert trace.ok and np.isfinite(trace.forecast).all()
+    assert trace.base[0] == pytest.approx(2 * trace.forecast[0])
+    assert replay.resources["memory"].traces["platform"].ok
+
+
+def test_platform_without_trainer_fails_cleanly(small_config: BacktestConfig) -> None:
+    replay = replay_series(with_frame(), [PlatformRecommender()], small_config)
+    trace = replay.resources["cpu"].traces["platform"]
+    assert not trace.ok and "no trainer" in (trace.error or "")
+    with pytest.raises(ValueError, match="refit"):
+        PlatformRecommender(refit=pd.Timedelta(0))
+    with pytest.raises(PlatformUnavailableError, match="unified-schema rows"):
+        PlatformRecommender(trainer=lambda f, s: MeanModel(f)).recommend(
+            daily_series(days=1).usage["cpu"], "cpu"
+        )
