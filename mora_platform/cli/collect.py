@@ -1,9 +1,219 @@
-"""`mora` commands: collect (placeholder until implemented)."""
+"""`mora collect`: pull a namespace's services from Prometheus into a dataset on S3, resumably.
+
+Connection, auth/TLS and query settings come from ``MORA_PROMETHEUS_*`` (or ``--settings``
+FILE, YAML/JSON); the flags below override them. Errors a user can fix print one ``error:``
+line and exit 2; a run where a service failed exits 1 after collecting the others.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mora_platform.collect.checkpoint import BlobStore
+    from mora_platform.collect.collector import CollectionReport, Collector, DatasetWriter
+
+USAGE_ERROR = 2
+SERVICE_FAILED = 1
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``mora collect`` to ``app``."""
+    app.command(
+        "collect", help="Collect the 12 metrics of a namespace's services from Prometheus into a dataset."
+    )(collect)
+
+
+def collect(
+    namespace: str = typer.Option(..., "--namespace", "-n", help="Kubernetes namespace of the services"),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset name on S3 (datasets/{name}/...)"),
+    prometheus: str | None = typer.Option(
+        None, "--prometheus", help="Prometheus URL [env MORA_PROMETHEUS_URL]"
+    ),
+    services: str | None = typer.Option(
+        None, "--services", help="Comma-separated service (deployment) names"
+    ),
+    all_services: bool = typer.Option(False, "--all", help="Every deployment in the namespace"),
+    since: str = typer.Option(
+        "7d", "--since", help="Start: duration before now (7d), ISO time or unix seconds"
+    ),
+    until: str = typer.Option(
+        "now", "--until", help="End: 'now', duration before now, ISO time or unix seconds"
+    ),
+    step: str | None = typer.Option(None, "--step", help="Resolution, e.g. 30s [settings default 30s]"),
+    settings_file: Path | None = typer.Option(
+        None,
+        "--settings",
+        help="YAML/JSON file with Prometheus settings and PromQL overrides (key 'queries')",
+    ),
+    timeout: float | None = typer.Option(None, "--timeout", help="Seconds per HTTP request"),
+    max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="Queries in flight at once"),
+    points_per_chunk: int | None = typer.Option(
+        None, "--points-per-chunk", help="Points per range query (<= 11000)"
+    ),
+    max_chunks: int | None = typer.Option(
+        None, "--max-chunks", min=0, help="Stop after writing this many chunks (resume by running again)"
+    ),
+) -> None:
+    """Collect, then print a summary table; exit 1 if a service failed or nothing was collected."""
+    from rich.console import Console
+
+    from mora_platform.collect.checkpoint import CheckpointStore
+    from mora_platform.collect.client import PrometheusClient, PrometheusError
+    from mora_platform.collect.collector import Collector
+    from mora_platform.collect.settings import PrometheusSettings, SettingsFileError
+    from mora_platform.collect.timeparse import parse_time
+
+    console = Console(stderr=False)
+    if bool(services) == all_services:
+        _fail("pass either --services a,b or --all")
+    try:
+        settings = PrometheusSettings.load(
+            settings_file,
+            url=prometheus,
+            step=step,
+            timeout_seconds=timeout,
+            max_concurrency=max_concurrency,
+            points_per_chunk=points_per_chunk,
+        )
+        now = datetime.now(tz=UTC)
+        start, end = parse_time(since, now), parse_time(until, now)
+        client = PrometheusClient(settings)
+    except (SettingsFileError, ValueError, PrometheusError) as exc:
+        _fail(str(exc))
+
+    try:
+        client.check()
+    except PrometheusError as exc:
+        _fail(str(exc))
+
+    datasets, blobs = _dataset_store()
+    collector = Collector(client, datasets, CheckpointStore(blobs), settings, max_chunks=max_chunks)
+    try:
+        windows = collector.plan(start, end)
+    except ValueError as exc:
+        _fail(str(exc))
+    if all_services:
+        try:
+            names = collector.discover_services(namespace, start, end)
+        except PrometheusError as exc:
+            _fail(f"cannot list the deployments of namespace {namespace!r}: {exc}")
+        if not names:
+            _fail(
+                f"--all found no deployment in namespace {namespace!r} between {start:%Y-%m-%dT%H:%M:%SZ} and "
+                f"{end:%Y-%m-%dT%H:%M:%SZ} (no kube_deployment_status_replicas series)"
+            )
+    else:
+        names = _split_services(services or "")
+
+    report = _run_with_progress(console, collector, dataset, namespace, names, start, end, len(windows))
+    _print_summary(console, report)
+    if report.failed or not any(s.rows for s in report.services):
+        raise typer.Exit(SERVICE_FAILED)
+
+
+def _run_with_progress(
+    console: Console,
+    collector: Collector,
+    dataset: str,
+    namespace: str,
+    names: list[str],
+    start: datetime,
+    end: datetime,
+    chunks_per_service: int,
+) -> CollectionReport:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mora_platform.collect.collector import ChunkEvent
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunks"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"collecting {len(names)} service(s)", total=len(names) * chunks_per_service)
+
+        def on_chunk(event: ChunkEvent) -> None:
+            progress.update(task, advance=1, description=f"{event.service} {event.part}")
+
+        return collector.collect(dataset, namespace, names, start, end, progress=on_chunk)
+
+
+def _print_summary(console: Console, report: CollectionReport) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"dataset {report.dataset!r}: {report.start:%Y-%m-%d %H:%M}..{report.end:%Y-%m-%d %H:%M} UTC"
+    )
+    for column in (
+        "service",
+        "status",
+        "rows",
+        "new rows",
+        "chunks written",
+        "chunks skipped",
+        "missing points",
+        "gaps",
+    ):
+        table.add_column(column, justify="left" if column in ("service", "status") else "right")
+    for s in report.services:
+        table.add_row(
+            s.service,
+            s.status,
+            str(s.rows),
+            str(s.new_rows),
+            str(s.chunks_written),
+            str(s.chunks_skipped),
+            str(s.missing_points),
+            str(s.gaps),
+        )
+    console.print(table)
+    # Reasons on their own unwrapped lines, so they stay readable (and greppable) at any width.
+    for s in report.services:
+        if s.message:
+            console.print(
+                f"{s.service}: {s.status}: {s.message}", soft_wrap=True, markup=False, highlight=False
+            )
+    if report.interrupted:
+        console.print("collection interrupted; run the same command again to continue", soft_wrap=True)
+
+
+def _dataset_store() -> tuple[DatasetWriter, BlobStore]:
+    from mora_platform.settings import MoraSettings
+    from mora_platform.storage.datasets import DatasetStore
+    from mora_platform.storage.errors import StorageError
+    from mora_platform.storage.object_store import ObjectStore
+
+    try:
+        store = ObjectStore.from_settings(MoraSettings())  # type: ignore[call-arg]
+        store.check()
+        store.ensure_bucket()
+    except StorageError as exc:
+        _fail(str(exc))
+    return DatasetStore(store), store
+
+
+def _split_services(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        _fail("--services: give at least one service name")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        _fail(f"--services: listed twice: {', '.join(duplicates)}")
+    return names
+
+
+def _fail(message: str) -> NoReturn:
+    """One ``error:`` line on stderr, exit 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(USAGE_ERROR)

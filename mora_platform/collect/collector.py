@@ -119,9 +119,18 @@ class Collector:
         )
 
     def collect(
-        self, dataset: str, namespace: str, services: Sequence[str], start: datetime, end: datetime
+        self,
+        dataset: str,
+        namespace: str,
+        services: Sequence[str],
+        start: datetime,
+        end: datetime,
+        *,
+        progress: Callable[[ChunkEvent], None] | None = None,
     ) -> CollectionReport:
         """Collect every service; never raises for one service's failure."""
+        if progress is not None:
+            self._progress = progress
         windows = self.plan(start, end)
         report = CollectionReport(dataset, namespace, start, end, [ServiceResult(s) for s in services])
         with ThreadPoolExecutor(

@@ -1,8 +1,11 @@
 """Turn per-metric Prometheus series of one service into rows of the unified frame.
 
-Pure: no I/O. Rows exist for the grid points where at least one metric has a value; the
-derived metrics come from the data layer's ``add_derived_metrics`` (the same formulas as for
-CSV data), computed over the chunk plus a few context steps before it, which are then dropped.
+Pure: no I/O. Rows exist for the grid points where at least one of the service's own (raw)
+metrics has a value; node-level series alone do not make a row. The derived metrics come
+from the data layer's ``add_derived_metrics`` (the same formulas as for CSV data), computed
+over the chunk plus a few context steps before it, which are then dropped. Metrics that are
+normalised by a whole-series statistic (resource pressure: share of the series maximum) are
+therefore normalised by the chunk's maximum.
 """
 
 from __future__ import annotations
@@ -64,12 +67,14 @@ def build_chunk_frame(
             values = np.array([v for _, v in points], dtype=np.float64)
             columns[metric] = pd.Series(values, index=times, dtype="float64")
     empty_metrics = [m for m in metric_names if m not in columns]
-    if not columns:
+    own = [m for m in schema.RAW_METRICS if m in columns]
+    if not own:  # node-level series alone do not make a row of this service
         expected = 0 if last < first else (last - first) // step + 1
         return ChunkFrame(_empty_frame(), expected, 1 if expected else 0, empty_metrics)
 
     wide = pd.DataFrame(columns).sort_index()
     wide = wide[~wide.index.duplicated(keep="last")]
+    wide = wide[wide[own].notna().any(axis=1)]
     raw = pd.DataFrame(index=wide.index)
     for metric in schema.METRIC_COLUMNS:
         raw[metric] = wide.get(metric, np.nan)
