@@ -52,21 +52,17 @@ def deep_merge(base: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str,
 def cap_compute_threads(num_threads: int) -> None:
     """Keep TensorFlow / BLAS to the task's CPUs: Ray's resources are not limits.
 
-    The environment variables take effect if TensorFlow is not imported yet in this worker;
-    the ``tf.config`` calls cover a fresh TensorFlow runtime and are ignored once it started.
+    The environment variables cover BLAS and a TensorFlow not imported yet in this worker;
+    ``configure_tensorflow`` sets TF's thread pools (the first call in a process wins).
     """
     threads = str(max(1, int(num_threads)))
     for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = threads
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1" if int(threads) <= 2 else "2"
+    os.environ["TF_NUM_INTEROP_THREADS"] = threads
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from mora_platform.models.tf_runtime import configure_tensorflow
 
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-        tf.config.threading.set_inter_op_parallelism_threads(int(os.environ["TF_NUM_INTEROP_THREADS"]))
-    except RuntimeError:
-        pass  # the runtime is already initialised in this (reused) worker; the first cap holds
+    configure_tensorflow(int(threads))
 
 
 def resolve_training_config(

@@ -161,14 +161,8 @@ def store_summary(summary: RunSummary, settings: MoraSettings) -> str:
     return store.uri(key)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = MoraSettings()  # type: ignore[call-arg]
-    try:
-        summary = run_retrain(args, settings)
-    except Exception as error:  # no services, unknown dataset, storage unreachable
-        _say(f"FLEET RESULT: run could not start: {type(error).__name__}: {error}")
-        return 2
+def finish_run(summary: RunSummary, settings: MoraSettings, *, fail_on_any: bool, label: str) -> int:
+    """Print the table and failures, store the summary JSON, print the result line; the exit code."""
     _say("")
     _say(summary.table())
     try:
@@ -178,13 +172,24 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in summary.services:
         if not outcome.ok:
             _say(f"FAILED {outcome.service}: {outcome.error}")
-    code = summary.exit_code(fail_on_any=args.fail_on_any)
+    code = summary.exit_code(fail_on_any=fail_on_any)
     _say(
-        f"FLEET RESULT: {len(summary.succeeded)} succeeded, {len(summary.failed)} failed"
+        f"{label}: {len(summary.succeeded)} succeeded, {len(summary.failed)} failed"
         + (f" ({', '.join(summary.failed)})" if summary.failed else "")
         + f"; exit {code}"
     )
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = MoraSettings()  # type: ignore[call-arg]
+    try:
+        summary = run_retrain(args, settings)
+    except Exception as error:  # no services, unknown dataset, storage unreachable
+        _say(f"FLEET RESULT: run could not start: {type(error).__name__}: {error}")
+        return 2
+    return finish_run(summary, settings, fail_on_any=args.fail_on_any, label="FLEET RESULT")
 
 
 if __name__ == "__main__":
