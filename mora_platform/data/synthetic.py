@@ -120,9 +120,10 @@ def _service_frame(index: int, seed: int, stamps: pd.DatetimeIndex, step_seconds
     cpu = idle_cores + cores_per_user * load * (1.0 + 0.03 * rng.standard_normal(n))
     cpu = np.maximum(cpu, 0.001)
 
-    pod_request = rng.uniform(0.25, 1.0)
+    typical_cpu = idle_cores + cores_per_user * base_users
+    pod_request = typical_cpu / (HPA_TARGET_UTILISATION * rng.uniform(1.5, 4.0))  # 1.5-4 pods at mean load
     min_replicas = int(rng.integers(1, 3))
-    max_replicas = min_replicas + int(rng.integers(3, 10))
+    max_replicas = min_replicas + int(rng.integers(4, 10))
     desired = np.ceil(cpu / (HPA_TARGET_UTILISATION * pod_request))
     window = max(HPA_SCALE_DOWN_SECONDS // step_seconds, 1)
     held = pd.Series(desired).rolling(window, min_periods=1).max().shift(1).bfill().to_numpy()
