@@ -46,7 +46,7 @@ def _metric_field(name: str, *, non_negative: bool) -> Any:
     maximum = METRIC_MAXIMUM[name]
     minimum = 0.0 if non_negative else -maximum
     return Field(
-        None,
+        default=None,
         strict=True,
         allow_inf_nan=False,
         ge=minimum,
@@ -65,7 +65,7 @@ class RequestContext(_Strict):
     """The conditions to recommend for: expected load, current replicas, scenario."""
 
     load_users: float | None = Field(
-        None,
+        default=None,
         strict=True,
         allow_inf_nan=False,
         ge=0.0,
@@ -73,14 +73,18 @@ class RequestContext(_Strict):
         description=f"Concurrent users expected (0 to {MAX_LOAD_USERS:g})",
     )
     replica_count: int | None = Field(
-        None,
+        default=None,
         strict=True,
         ge=0,
         le=MAX_REPLICA_COUNT,
         description=f"Current replicas (0 to {MAX_REPLICA_COUNT})",
     )
     scenario: str | None = Field(
-        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Workload scenario name"
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Workload scenario name",
     )
 
 
@@ -106,11 +110,15 @@ class MetricValues(_Strict):
 class HistoryRow(MetricValues):
     """One past observation: the metrics plus the context they were measured under."""
 
-    timestamp: datetime | None = Field(None, description="ISO 8601 time of the observation")
-    step: int | None = Field(None, strict=True, ge=0, le=10_000_000, description="Position in the series")
-    load_users: float | None = Field(None, strict=True, allow_inf_nan=False, ge=0.0, le=MAX_LOAD_USERS)
-    replica_count: int | None = Field(None, strict=True, ge=0, le=MAX_REPLICA_COUNT)
-    scenario: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    timestamp: datetime | None = Field(default=None, description="ISO 8601 time of the observation")
+    step: int | None = Field(
+        default=None, strict=True, ge=0, le=10_000_000, description="Position in the series"
+    )
+    load_users: float | None = Field(
+        default=None, strict=True, allow_inf_nan=False, ge=0.0, le=MAX_LOAD_USERS
+    )
+    replica_count: int | None = Field(default=None, strict=True, ge=0, le=MAX_REPLICA_COUNT)
+    scenario: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class RecommendationRequest(_Strict):
@@ -122,7 +130,7 @@ class RecommendationRequest(_Strict):
     context: RequestContext | None = None
     current: MetricValues | None = None
     history: list[HistoryRow] | None = Field(
-        None,
+        default=None,
         max_length=MAX_HISTORY_ROWS,
         description=f"Recent observations, oldest first (at most {MAX_HISTORY_ROWS} rows); "
         "the model's stored history tail is used when absent",

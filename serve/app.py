@@ -30,15 +30,19 @@ class ServeAppArgs(BaseModel):
         description="Env files read for MoraSettings (MORA_* S3 settings, MORA_SERVE_TOKEN); "
         "default: .mora/stack.env and .env in the working directory",
     )
-    registry_prefix: str = Field("models", min_length=1, description="Key prefix of the model registry")
+    registry_prefix: str = Field(
+        default="models", min_length=1, description="Key prefix of the model registry"
+    )
     reload_interval_s: float = Field(
-        DEFAULT_RELOAD_INTERVAL_S,
+        default=DEFAULT_RELOAD_INTERVAL_S,
         ge=0.1,
         le=86_400,
         description="How often each model replica checks LATEST (initial user_config; "
         "a deployments[].user_config in the Serve config overrides it live)",
     )
-    request_timeout_s: float = Field(30.0, gt=0, le=600, description="Ingress wait for a model answer")
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Ingress wait for a model answer"
+    )
 
 
 def resolve_settings(args: ServeAppArgs) -> MoraSettings:

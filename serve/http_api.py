@@ -104,6 +104,9 @@ class GuardMiddleware:
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # mounted under a route prefix (e.g. /secured)
+            path = path[len(root) :] or "/"
         problem = self._check(scope.get("method", "GET"), path, headers)
         if problem is not None:
             await problem(scope, receive, send)

@@ -184,3 +184,9 @@ def test_field_path_formatting() -> None:
     assert field_path(("body", "history", 3, "cpu_cores_value")) == "history[3].cpu_cores_value"
     assert field_path(("body",)) == "body"
     assert field_path(("body", "requests", 0, "service")) == "requests[0].service"
+
+
+def test_open_paths_under_a_root_path() -> None:
+    client = TestClient(create_api(FakeBackend(), token="t"), root_path="/secured")
+    assert client.get("/secured/healthz").status_code == 200
+    assert client.get("/secured/v1/services").status_code == 401

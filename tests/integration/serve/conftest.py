@@ -1,0 +1,151 @@
+"""A real Ray cluster + Serve for the endpoint tests, and tiny trained models published to S3.
+
+The Ray head is started by ``ray start --head --block`` on 127.0.0.1 with free ports and its own
+temp dir, and stopped by signalling that one process (its SIGTERM handler stops every process it
+started). Models are trained with a tiny config from the shared Online Boutique CSVs and published
+with the real registry, under a registry prefix only these tests use.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serve_harness import (
+    RELOAD_INTERVAL_S,
+    SOURCE_SERVICES,
+    TINY_CONFIG,
+    Endpoint,
+    RayHead,
+    free_port,
+    stop_process,
+    wait_until,
+)
+
+from mora_platform.registry import ModelRegistry
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    """A single-node Ray cluster on 127.0.0.1 (2 CPUs, no dashboard), stopped by PID."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="mora-ray-", dir="/tmp"))
+    gcs_port = free_port()
+    ray_bin = Path(sys.executable).parent / "ray"
+    command = [
+        str(ray_bin),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs_port}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]
+    env = {
+        **os.environ,
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    log = open(temp_dir / "ray-start.log", "wb")  # noqa: SIM115 - closed in the teardown
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"127.0.0.1:{gcs_port}"
+    try:
+        wait_until(
+            lambda: (
+                process.poll() is None and b"Ray runtime started" in (temp_dir / "ray-start.log").read_bytes()
+            ),
+            90,
+            "the Ray head to start",
+        )
+        yield RayHead(address, temp_dir)
+    finally:
+        stop_process(process)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def serve_registry(object_store: Any) -> ModelRegistry:
+    """A registry under a prefix of its own, so other tests' models never show up here."""
+    return ModelRegistry(object_store, prefix=f"serve-it-{secrets.token_hex(3)}")
+
+
+@pytest.fixture(scope="module")
+def trained_bundles(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """service -> bundle directory, two services trained with the tiny config on a few experiments."""
+    from mora_platform.training.config import TrainingConfig
+    from mora_platform.training.service_trainer import train_service
+
+    from mora_platform.data.loaders import load_path
+
+    root = tmp_path_factory.mktemp("serve-bundles")
+    config = TrainingConfig.model_validate(TINY_CONFIG)
+    bundles: dict[str, Path] = {}
+    for source in SOURCE_SERVICES:
+        csv_dir = root / f"csv-{source}"
+        csv_dir.mkdir()
+        for path in sorted(shared_data_dir.glob(f"{source}_browsing_*.csv"))[:6]:
+            shutil.copy(path, csv_dir / path.name)
+        frame = load_path(csv_dir).frame
+        out_dir = root / f"bundle-{source}"
+        out_dir.mkdir()
+        train_service(frame, source, config, out_dir)
+        bundles[source] = out_dir
+    return bundles
+
+
+@pytest.fixture(scope="module")
+def published(serve_registry: ModelRegistry, trained_bundles: dict[str, Path]) -> dict[str, str]:
+    """service -> published version."""
+    return {
+        service: serve_registry.publish(service, bundle, metadata={"metrics": {"cpu": {"mae": 0.001}}})
+        for service, bundle in trained_bundles.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def serve_endpoint(
+    ray_head: RayHead, s3_settings: Any, serve_registry: ModelRegistry, published: dict[str, str]
+) -> Iterator[Endpoint]:
+    """The recommendation app deployed on the test cluster, HTTP on a free 127.0.0.1 port."""
+    import ray
+    from ray import serve
+
+    from serve.app import ServeAppArgs, compose_app
+
+    port = free_port()
+    ray.init(address=ray_head.address, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = ServeAppArgs(registry_prefix=serve_registry.prefix, reload_interval_s=RELOAD_INTERVAL_S)
+        settings = s3_settings.model_copy(update={"serve_token": None})
+        serve.run(compose_app(args, settings), name="mora", route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 60, "/healthz")
+        yield Endpoint(url, serve_registry)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

@@ -1,0 +1,210 @@
+"""The recommendation endpoint on a real Ray cluster, reading real models from the real S3 server."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from serve_harness import RELOAD_INTERVAL_S, Endpoint, RayHead, wait_until
+
+from mora_platform.registry import ModelRegistry
+from serve.malformed import MALFORMED_CASES
+
+pytestmark = pytest.mark.integration
+
+RELOAD_BOUND_S = 30.0
+CONTEXT = {"load_users": 50, "replica_count": 2, "scenario": "browsing"}
+
+
+def post(endpoint: Endpoint, path: str, body: Any, **headers: str) -> httpx.Response:
+    return httpx.post(f"{endpoint.url}{path}", json=body, headers=headers, timeout=60)
+
+
+def check_recommendation(body: dict[str, Any], service: str, version: str) -> None:
+    assert set(body) >= {
+        "service",
+        "model_version",
+        "recommendations",
+        "confidence",
+        "contributions",
+        "degraded",
+        "fallbacks",
+    }
+    assert body["service"] == service
+    assert body["model_version"] == version
+    rec = body["recommendations"]
+    assert isinstance(rec["replicas"], int) and rec["replicas"] >= 1
+    assert isinstance(rec["cpu_millicores"], int) and isinstance(rec["memory_bytes"], int)
+    assert rec["cpu_cores"] > 0 and rec["memory_bytes"] > 0
+    # millicores are 1000 x cores, rounded up; cores carry at most millicore precision
+    assert rec["cpu_millicores"] == math.ceil(round(rec["cpu_cores"] * 1000, 6))
+    assert rec["memory_mib"] == pytest.approx(rec["memory_bytes"] / 2**20, rel=1e-6, abs=0.01)
+    assert 0 <= body["confidence"] <= 1
+    assert {"prophet", "lstm"} <= set(body["contributions"])
+    assert isinstance(body["degraded"], bool) and isinstance(body["fallbacks"], list)
+
+
+def test_every_published_service_answers(serve_endpoint: Endpoint, published: dict[str, str]) -> None:
+    for service, version in published.items():
+        response = post(serve_endpoint, "/v1/recommendations", {"service": service, "context": CONTEXT})
+        assert response.status_code == 200, response.text
+        check_recommendation(response.json(), service, version)
+        assert response.json()["degraded"] is False
+
+
+def test_request_with_history_and_current(serve_endpoint: Endpoint, published: dict[str, str]) -> None:
+    service = next(iter(published))
+    history = [
+        {
+            "timestamp": f"2026-01-01T00:{minute:02d}:00Z",
+            "load_users": 50.0,
+            "replica_count": 2,
+            "scenario": "browsing",
+            "cpu_cores_value": 0.01 + 0.001 * minute,
+            "mem_bytes_value": 60e6,
+            "replica_count_value": 2.0,
+        }
+        for minute in range(40)
+    ]
+    body = {"service": service, "context": CONTEXT, "current": {"cpu_cores_value": 0.05}, "history": history}
+    response = post(serve_endpoint, "/v1/recommendations", body)
+    assert response.status_code in (200, 422), response.text
+    if response.status_code == 200:
+        check_recommendation(response.json(), service, published[service])
+    else:  # the model may refuse a partial history; the message must say why
+        assert service in response.json()["detail"]
+
+
+def test_batch_answers_in_order(serve_endpoint: Endpoint, published: dict[str, str]) -> None:
+    services = list(published)
+    order = [services[0], services[1], "no-such-service", services[0], services[1]]
+    requests = [
+        {"service": s, "context": {**CONTEXT, "load_users": 10 * (i + 1)}} for i, s in enumerate(order)
+    ]
+    response = post(serve_endpoint, "/v1/recommendations:batch", {"requests": requests})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == list(range(len(order)))
+    assert [r["service"] for r in results] == order
+    assert [r["status"] for r in results] == [200, 200, 404, 200, 200]
+    for result in results:
+        if result["status"] == 200:
+            check_recommendation(result["recommendation"], result["service"], published[result["service"]])
+    assert "no-such-service" in results[2]["error"]
+
+
+def test_services_match_registry(serve_endpoint: Endpoint, published: dict[str, str]) -> None:
+    response = httpx.get(f"{serve_endpoint.url}/v1/services", timeout=30)
+    assert response.status_code == 200, response.text
+    listed = {entry["service"]: entry for entry in response.json()["services"]}
+    registry = serve_endpoint.registry
+    assert sorted(listed) == registry.list_services() == sorted(published)
+    for service, entry in listed.items():
+        assert entry["latest_version"] == registry.latest_version(service)
+        assert entry["trained_at"] and entry["metrics"] == {"cpu": {"mae": 0.001}}
+    assert httpx.get(f"{serve_endpoint.url}/openapi.json", timeout=30).json()["paths"]
+
+
+def test_malformed_requests_get_4xx_and_endpoint_stays_healthy(
+    serve_endpoint: Endpoint, published: dict[str, str]
+) -> None:
+    service = next(iter(published))
+    failures = []
+    for case in MALFORMED_CASES:
+        response = httpx.post(
+            f"{serve_endpoint.url}{case.path}",
+            content=case.payload(service),
+            headers=case.headers,
+            timeout=60,
+        )
+        detail = response.json().get("detail", "") if response.content else ""
+        if response.status_code != case.status or case.mentions not in detail:
+            failures.append(f"{case.name}: {response.status_code} {detail[:200]}")
+    assert not failures, "\n".join(failures)
+    assert httpx.get(f"{serve_endpoint.url}/healthz", timeout=10).status_code == 200
+    response = post(serve_endpoint, "/v1/recommendations", {"service": service})
+    assert response.status_code == 200, response.text
+
+
+def test_hot_reload_serves_new_version_without_restart(
+    serve_endpoint: Endpoint, published: dict[str, str], trained_bundles: dict[str, Any]
+) -> None:
+    service = next(iter(published))
+    before = post(serve_endpoint, "/v1/recommendations", {"service": service}).json()
+    assert before["model_version"] == published[service]
+    new_version = serve_endpoint.registry.publish(service, trained_bundles[service], metadata={"metrics": {}})
+    started = time.monotonic()
+    wait_until(
+        lambda: (
+            post(serve_endpoint, "/v1/recommendations", {"service": service}).json()["model_version"]
+            == new_version
+        ),
+        RELOAD_BOUND_S,
+        f"{service} to serve {new_version}",
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < RELOAD_BOUND_S
+    print(f"hot reload: {elapsed:.1f} s (check interval {RELOAD_INTERVAL_S:g} s)")
+    after = post(serve_endpoint, "/v1/recommendations", {"service": service}).json()
+    assert after["degraded"] is False
+
+
+def test_tampered_version_refused_previous_keeps_serving(
+    serve_endpoint: Endpoint, published: dict[str, str], trained_bundles: dict[str, Any]
+) -> None:
+    service = list(published)[1]
+    registry: ModelRegistry = serve_endpoint.registry
+    good = registry.latest_version(service)
+    assert good is not None
+    assert post(serve_endpoint, "/v1/recommendations", {"service": service}).json()["model_version"] == good
+    bad = registry.publish(service, trained_bundles[service], metadata={"metrics": {}})
+    victim = sorted(registry.read_manifest(service, bad).files)[0]
+    registry.backend.put_bytes(f"{registry.prefix}/{service}/{bad}/{victim}", b"tampered bytes")
+
+    def degraded_answer() -> dict[str, Any] | None:
+        body = post(serve_endpoint, "/v1/recommendations", {"service": service}).json()
+        return body if body.get("degraded") else None
+
+    body = wait_until(degraded_answer, RELOAD_BOUND_S, f"{service} to report the refused version")
+    assert body["model_version"] == good
+    reasons = " ".join(body["reasons"])
+    assert bad in reasons and victim in reasons and "checksum" in reasons
+    check_recommendation(body, service, good)
+    assert httpx.get(f"{serve_endpoint.url}/healthz", timeout=10).status_code == 200
+
+
+def test_bearer_token_auth(
+    serve_endpoint: Endpoint, ray_head: RayHead, s3_settings: Any, published: dict[str, str]
+) -> None:
+    from ray import serve
+
+    from serve.app import ServeAppArgs, compose_app
+
+    token = secrets.token_urlsafe(16)
+    args = ServeAppArgs(registry_prefix=serve_endpoint.registry.prefix)
+    settings = s3_settings.model_copy(update={"serve_token": SecretStr(token)})
+    serve.run(compose_app(args, settings), name="mora-secured", route_prefix="/secured", blocking=False)
+    try:
+        url = f"{serve_endpoint.url}/secured"
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 60, "secured /healthz")
+        body = {"service": next(iter(published))}
+        missing = httpx.post(f"{url}/v1/recommendations", json=body, timeout=60)
+        assert missing.status_code == 401 and "token" in missing.json()["detail"]
+        wrong = httpx.post(
+            f"{url}/v1/recommendations", json=body, headers={"authorization": "Bearer wrong"}, timeout=60
+        )
+        assert wrong.status_code == 401
+        assert httpx.get(f"{url}/v1/services", timeout=30).status_code == 401
+        right = httpx.post(
+            f"{url}/v1/recommendations", json=body, headers={"authorization": f"Bearer {token}"}, timeout=60
+        )
+        assert right.status_code == 200, right.text
+        # the open app next to it is unaffected
+        assert post(serve_endpoint, "/v1/recommendations", body).status_code == 200
+    finally:
+        serve.delete("mora-secured")
