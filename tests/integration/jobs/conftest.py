@@ -1,0 +1,80 @@
+"""A real local Ray head (dashboard + Jobs API on free 127.0.0.1 ports) and fleet datasets on S3.
+
+The head is ``infra.local.ray_head.RayHead`` (``ray start --head --block``), stopped by its PID.
+The venv's bin/ goes first on its PATH, so a job's ``python`` entrypoint is the project's Python.
+Datasets get unique service names so the shared ``models/`` prefix never mixes with other tests.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local.ray_head import RayHead, RayPorts
+from mora_platform.settings import MoraSettings
+
+#: A tiny training config (seconds per service); jobs get it through --config-json.
+TINY_CONFIG: dict[str, Any] = {
+    "seq_len": 6,
+    "lstm": {"units": [4], "dense_units": 0, "epochs": 2, "batch_size": 64, "patience": 1, "lr_patience": 1},
+    "prophet": {"grid_steps": 12, "weekly_seasonality": False},
+}
+
+
+@dataclass(frozen=True)
+class FleetCluster:
+    head: RayHead
+    settings: MoraSettings
+
+
+@pytest.fixture(scope="session")
+def fleet_cluster(s3_settings: MoraSettings) -> Iterator[FleetCluster]:
+    """A 2-CPU Ray head with dashboard; settings pointing at it and at the test S3 server."""
+    temp = Path(tempfile.mkdtemp(prefix="mora-fleet-", dir="/tmp"))
+    head = RayHead(RayPorts.free(), temp / "ray.log", temp_dir=temp / "ray", num_cpus=2)
+    venv_bin = str(Path(sys.executable).parent)
+    saved_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{venv_bin}{os.pathsep}{saved_path}"
+    try:
+        head.start(timeout=120)
+    finally:
+        os.environ["PATH"] = saved_path
+    settings = s3_settings.model_copy(
+        update={"ray_dashboard_url": head.dashboard_url, "ray_address": head.address}
+    )
+    try:
+        yield FleetCluster(head=head, settings=settings)
+    finally:
+        head.stop(timeout=30)
+
+
+@dataclass(frozen=True)
+class FleetDataset:
+    name: str
+    services: list[str]
+
+
+def write_fleet_dataset(
+    object_store: Any, n_services: int, *, days: float = 0.6, seed: int = 7
+) -> FleetDataset:
+    """Synthetic services at 5-minute steps under unique names, written to ``datasets/{name}/``."""
+    from mora_platform.data.schema import EXPERIMENT_ID, SERVICE
+    from mora_platform.data.synthetic import generate_fleet
+    from mora_platform.storage.datasets import DatasetStore
+
+    token = secrets.token_hex(3)
+    frame = generate_fleet(n_services, days=days, step_seconds=300, seed=seed)
+    renames = {old: f"fleet-{token}-{i}" for i, old in enumerate(sorted(frame[SERVICE].unique()))}
+    frame[SERVICE] = frame[SERVICE].map(renames)
+    frame[EXPERIMENT_ID] = "synthetic-" + frame[SERVICE]
+    name = f"fleet-test-{token}"
+    DatasetStore(object_store).write(name, frame)
+    return FleetDataset(name=name, services=sorted(renames.values()))

@@ -1,0 +1,208 @@
+"""Fleet retraining through the Ray Jobs API and Ray Tune, on a real local Ray head and S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY_CONFIG, FleetCluster, write_fleet_dataset
+
+from mora_platform.cli.fleet import repository_root, retrain_entrypoint, submit_retrain_job
+from mora_platform.orchestration import new_run_id
+from mora_platform.registry import ModelRegistry
+
+pytestmark = pytest.mark.integration
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _submit(cluster: FleetCluster, dataset: str, services: list[str], **options: Any) -> tuple[str, str]:
+    run_id = new_run_id("retrain")
+    entrypoint = retrain_entrypoint(
+        dataset=dataset,
+        services=",".join(services),
+        run_id=run_id,
+        num_cpus=1,
+        max_retries=options.get("max_retries", 2),
+        epochs=None,
+        config_json=json.dumps(options.get("config", TINY_CONFIG)),
+        fail_on_any=options.get("fail_on_any", False),
+        no_tuned=False,
+    )
+    return submit_retrain_job(cluster.settings, entrypoint, run_id), run_id
+
+
+def _wait_job(cluster: FleetCluster, job_id: str, timeout: float = 150.0) -> tuple[str, str]:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.settings.ray_dashboard_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id).value)
+        if status in TERMINAL:
+            return status, client.get_job_logs(job_id)
+        time.sleep(0.5)
+    logs = client.get_job_logs(job_id)
+    client.stop_job(job_id)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s; log tail:\n{logs[-3000:]}")
+
+
+def _summary(object_store: Any, run_id: str) -> dict[str, Any]:
+    return json.loads(object_store.get_bytes(f"runs/{run_id}/summary.json"))
+
+
+def test_fleet_job_isolates_a_corrupt_service(fleet_cluster: FleetCluster, object_store: Any) -> None:
+    dataset = write_fleet_dataset(object_store, 3)
+    good, bad = dataset.services[:2], dataset.services[2]
+    bad_key = f"datasets/{dataset.name}/service={bad}/part-00000.parquet"
+    assert object_store.exists(bad_key)
+    object_store.put_bytes(bad_key, b"PAR1 this is not a parquet file PAR1")
+
+    job_id, run_id = _submit(fleet_cluster, dataset.name, dataset.services)
+    status, logs = _wait_job(fleet_cluster, job_id)
+
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert f"FAILED {bad}:" in logs
+    assert "FLEET RESULT: 2 succeeded, 1 failed" in logs
+    assert "3/3 done, 1 failed" in logs  # the progress line
+    for secret in fleet_cluster.settings.s3_credentials():
+        assert secret and secret not in logs
+
+    summary = _summary(object_store, run_id)
+    rows = {row["service"]: row for row in summary["services"]}
+    assert summary["counts"] == {"total": 3, "succeeded": 2, "failed": 1}
+    registry = ModelRegistry(object_store)
+    for service in good:
+        assert rows[service]["status"] == "published"
+        assert rows[service]["version"] == registry.latest_version(service)
+        assert rows[service]["peak_rss_mb"] > 50 and rows[service]["seconds"] > 0
+        assert rows[service]["metrics"]
+        manifest = registry.read_manifest(service, rows[service]["version"])
+        assert manifest.extra["run_id"] == run_id
+        assert manifest.config["lstm"]["units"] == TINY_CONFIG["lstm"]["units"]
+    assert rows[bad]["status"] == "failed" and rows[bad]["version"] is None
+    assert bad in rows[bad]["error"] or "parquet" in rows[bad]["error"].lower()
+    assert registry.latest_version(bad) is None
+
+    # --fail-on-any turns the same partial failure into a failed job
+    job_id, _ = _submit(fleet_cluster, dataset.name, [bad], fail_on_any=True)
+    status, logs = _wait_job(fleet_cluster, job_id)
+    assert status == "FAILED" and "FLEET RESULT: 0 succeeded, 1 failed" in logs
+
+
+def test_killed_worker_is_retried_and_the_service_publishes(
+    fleet_cluster: FleetCluster, object_store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = write_fleet_dataset(object_store, 1, seed=11)
+    (service,) = dataset.services
+    pid_dir = tmp_path / "pids"
+    monkeypatch.setenv("MORA_FLEET_PID_DIR", str(pid_dir))
+    job_id, run_id = _submit(fleet_cluster, dataset.name, [service], max_retries=2)
+
+    deadline = time.monotonic() + 90
+    first: list[Path] = []
+    while not first and time.monotonic() < deadline:
+        first = sorted(pid_dir.glob(f"{service}.*.pid")) if pid_dir.exists() else []
+        time.sleep(0.05)
+    assert first, "the task never started training"
+    victim = int(first[0].read_text())
+    os.kill(victim, signal.SIGKILL)
+
+    status, logs = _wait_job(fleet_cluster, job_id)
+    assert status == "SUCCEEDED", logs[-3000:]
+    pids = {int(path.read_text()) for path in pid_dir.glob(f"{service}.*.pid")}
+    assert victim in pids and len(pids) >= 2, f"no retry after killing {victim}: {pids}"
+    row = _summary(object_store, run_id)["services"][0]
+    assert row["status"] == "published", row
+    assert ModelRegistry(object_store).latest_version(service) == row["version"]
+
+
+def test_tune_writes_to_s3_and_the_next_retrain_uses_the_best_config(
+    fleet_cluster: FleetCluster, object_store: Any, tmp_path: Path
+) -> None:
+    dataset = write_fleet_dataset(object_store, 1, seed=5)
+    (service,) = dataset.services
+    settings = fleet_cluster.settings
+    key, secret = settings.s3_credentials()
+    env = {
+        **os.environ,
+        "MORA_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "MORA_S3_BUCKET": settings.s3_bucket,
+        "MORA_S3_ACCESS_KEY": key or "",
+        "MORA_S3_SECRET_KEY": secret or "",
+        "MORA_RAY_ADDRESS": fleet_cluster.head.address,
+        "RAY_ADDRESS": fleet_cluster.head.address,
+    }
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({k: v for k, v in TINY_CONFIG.items() if k != "lstm"}))
+    tuned = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "mora"),
+            "tune",
+            "--dataset",
+            dataset.name,
+            "--service",
+            service,
+            "--samples",
+            "2",
+            "--tiny",
+            "--max-epochs",
+            "2",
+            "--time-budget-s",
+            "150",
+            "--config",
+            str(base),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=repository_root(),
+    )
+    assert tuned.returncode == 0, tuned.stdout[-2000:] + tuned.stderr[-3000:]
+    assert "tuned config saved" in tuned.stdout
+
+    keys = object_store.list_keys("tune/")
+    experiment = [k for k in keys if f"/{service}/" in k]
+    assert experiment, f"no Tune experiment for {service} under tune/: {keys[:20]}"
+    assert any(k.endswith(f"{service}/best.json") for k in experiment)
+
+    registry = ModelRegistry(object_store)
+    best = registry.load_tuned_config(service)
+    assert best is not None and best["lstm"]["units"][0] in (4, 8) and best["seq_len"] in (6, 8)
+
+    retrain = subprocess.run(
+        [
+            sys.executable,
+            "jobs/retrain_fleet.py",
+            "--dataset",
+            dataset.name,
+            "--services",
+            service,
+            "--backend",
+            "local",
+            "--epochs",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=repository_root(),
+    )
+    assert retrain.returncode == 0, retrain.stdout[-3000:] + retrain.stderr[-3000:]
+    version = registry.latest_version(service)
+    assert version is not None
+    manifest = registry.read_manifest(service, version)
+    assert manifest.extra["tuned_config"] is True
+    assert manifest.config["lstm"]["units"] == best["lstm"]["units"]
+    assert manifest.config["lstm"]["learning_rate"] == pytest.approx(best["lstm"]["learning_rate"])
+    assert manifest.config["seq_len"] == best["seq_len"]
+    assert manifest.config["lstm"]["epochs"] == 1
