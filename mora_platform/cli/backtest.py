@@ -131,7 +131,10 @@ def _replay_all(
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
+        from mora_platform.settings import MoraSettings
+
+        settings = MoraSettings()  # type: ignore[call-arg]  # fields come from the environment
+        ray.init(address=ray_address or settings.ray_address or None, log_to_driver=False)
 
     @ray.remote(num_cpus=1, max_retries=0)
     def replay_remote(one: BacktestSeries) -> SeriesReplay:
@@ -171,7 +174,7 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(3, "--epochs", help="LSTM epochs per platform fit (training budget)"),
         ray_flag: bool = typer.Option(False, "--ray", help="Run one Ray task per series"),
         ray_address: str | None = typer.Option(
-            None, "--ray-address", help="Ray address (default: settings / local)"
+            None, "--ray-address", help="Ray address (default: MORA_RAY_ADDRESS, else a local Ray)"
         ),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots"),
     ) -> None:
