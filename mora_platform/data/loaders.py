@@ -178,44 +178,80 @@ def _canonical(frame: pd.DataFrame, relative: pd.Series, step_seconds: int) -> p
     return frame[[*UNIFIED_COLUMNS, STEP, *extras]]
 
 
+def _merge_overlaps(
+    combined: pd.DataFrame, sources: np.ndarray, merged: set[str], issues: list[DataIssue]
+) -> pd.DataFrame:
+    """Experiments with real timestamps spread over several files: keep the first row of each timestamp."""
+    if not merged:
+        return combined
+    in_merged = combined[EXPERIMENT_ID].isin(merged).to_numpy()
+    repeated = combined.duplicated([EXPERIMENT_ID, TIMESTAMP], keep="first").to_numpy() & in_merged
+    for source in dict.fromkeys(sources[repeated]):
+        count = int((repeated & (sources == source)).sum())
+        issues.append(
+            DataIssue(
+                source,
+                f"{count} row(s) repeat timestamps already loaded from another file; kept the first",
+                column=TIMESTAMP,
+                severity=INFO,
+            )
+        )
+    combined = combined.loc[~repeated].copy()
+    if STEP in combined.columns:
+        combined.loc[combined[EXPERIMENT_ID].isin(merged), STEP] = np.nan  # renumbered in time order
+    return combined
+
+
 def _assemble(
     tables: list[tuple[str, ValidatedTable]],
     issues: list[DataIssue],
     step_seconds: int,
     clean: bool,
 ) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """Concatenate validated tables (an experiment seen in an earlier source wins), then canonicalise."""
+    """Concatenate validated tables, then canonicalise.
+
+    An experiment found in several sources is merged when all of them carry real timestamps (e.g. one
+    export per day); with relative ``t_N`` labels the copies cannot be told apart, so the first wins.
+    """
     parts: list[pd.DataFrame] = []
     flags: list[np.ndarray] = []
+    part_sources: list[np.ndarray] = []
     loaded: list[str] = []
     skipped_experiments: list[str] = []
-    owner: dict[str, str] = {}
+    owner: dict[str, tuple[str, bool]] = {}
+    merged: set[str] = set()
     for source, table in tables:
         skipped_experiments.extend(f"{source}: {e}" for e in table.skipped_experiments)
         if table.frame is None:
             continue
         frame = table.frame
         clash = [e for e in frame[EXPERIMENT_ID].unique() if e in owner]
-        for experiment in clash:
+        conflicting = [e for e in clash if table.relative or owner[e][1]]
+        merged.update(e for e in clash if e not in conflicting)
+        for experiment in conflicting:
             issues.append(
                 DataIssue(
-                    source, f"experiment '{experiment}' already loaded from {owner[experiment]}; skipped"
+                    source, f"experiment '{experiment}' already loaded from {owner[experiment][0]}; skipped"
                 )
             )
             skipped_experiments.append(f"{source}: {experiment}")
-        if clash:
-            frame = frame.loc[~frame[EXPERIMENT_ID].isin(clash)]
+        if conflicting:
+            frame = frame.loc[~frame[EXPERIMENT_ID].isin(conflicting)]
         if frame.empty:
             continue
-        owner.update(dict.fromkeys(frame[EXPERIMENT_ID].unique(), source))
+        for experiment in frame[EXPERIMENT_ID].unique():
+            owner.setdefault(experiment, (source, table.relative))
         parts.append(frame)
         flags.append(np.full(len(frame), table.relative))
+        part_sources.append(np.full(len(frame), source, dtype=object))
         loaded.append(source)
     if not parts:
         return empty_frame(), loaded, skipped_experiments
     combined = pd.concat(parts, ignore_index=True, sort=False)
-    relative = pd.Series(np.concatenate(flags), index=combined.index)
-    frame = _canonical(combined, relative, step_seconds)
+    combined["__relative"] = np.concatenate(flags)
+    combined = _merge_overlaps(combined, np.concatenate(part_sources), merged, issues)
+    relative = combined.pop("__relative").astype(bool).reset_index(drop=True)
+    frame = _canonical(combined.reset_index(drop=True), relative, step_seconds)
     if clean:
         from mora_platform.data.cleaning import clean_frame
 

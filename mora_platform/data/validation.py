@@ -105,23 +105,28 @@ def _is_missing(value: object) -> bool:
 
 def _blank(series: pd.Series) -> np.ndarray:
     """True where a cell is missing or only whitespace."""
-    missing = series.isna().to_numpy().copy()
+    missing = np.asarray(pd.isna(series.to_numpy()), dtype=bool).copy()
     if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
-        stripped = series.astype("string").str.strip()
-        missing |= (stripped == "").fillna(True).to_numpy(dtype=bool)
+        values = series.to_numpy(dtype=object)
+        missing |= np.fromiter((isinstance(v, str) and not v.strip() for v in values), bool, len(values))
     return missing
 
 
-def _to_float(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """Numeric view of a column and a mask of cells that held something non-numeric."""
-    if pd.api.types.is_bool_dtype(series.dtype):
-        return series.astype("float64"), np.zeros(len(series), dtype=bool)
-    if pd.api.types.is_numeric_dtype(series.dtype):
-        return series.astype("float64"), np.zeros(len(series), dtype=bool)
+def _text(series: pd.Series) -> pd.Series:
+    """Cells as stripped ``str`` (identity columns), index kept."""
+    values = [v.strip() if isinstance(v, str) else str(v) for v in series.to_numpy(dtype=object)]
+    return pd.Series(values, index=series.index, dtype=str)
+
+
+def _to_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric values of a column and a mask of cells that held something non-numeric."""
+    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        values = series.to_numpy(dtype="float64", na_value=np.nan)
+        return values, np.zeros(len(values), dtype=bool)
     text = series.astype("string").str.strip()
-    numbers = pd.to_numeric(text, errors="coerce").astype("float64")
-    bad = (~_blank(series)) & numbers.isna().to_numpy()
-    return numbers, bad
+    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    bad = (~_blank(series)) & np.isnan(values)
+    return values, bad
 
 
 def _check_columns(table: pd.DataFrame, out: _Collector) -> bool:
@@ -154,33 +159,36 @@ def _check_identity(table: pd.DataFrame, out: _Collector) -> bool:
     return ok
 
 
-def _convert_numeric(table: pd.DataFrame, out: _Collector) -> dict[str, pd.Series]:
+def _convert_numeric(table: pd.DataFrame, out: _Collector) -> dict[str, np.ndarray]:
     """Typed metric / numeric-context columns, reporting bad cells of the ones that must be clean."""
-    converted: dict[str, pd.Series] = {}
+    converted: dict[str, np.ndarray] = {}
     checked = (*RAW_METRICS, REPLICA_COUNT, LOAD_USERS)
     for column in (*RAW_METRICS, *DERIVED_METRICS, REPLICA_COUNT, LOAD_USERS):
         if column not in table.columns:
             continue
-        numbers, bad = _to_float(table[column])
+        values, bad = _to_float(table[column])
+        converted[column] = values
         if column not in checked:
-            converted[column] = numbers  # derived: recomputed by cleaning when unusable
-            continue
-        out.rows_issue(bad, "non-numeric value", column, table[column])
-        infinite = np.isinf(numbers.to_numpy())
-        out.rows_issue(infinite, "infinite value", column, table[column])
+            continue  # derived: recomputed by cleaning when unusable
+        if bad.any():
+            out.rows_issue(bad, "non-numeric value", column, table[column])
+        infinite = np.isinf(values)
+        if infinite.any():
+            out.rows_issue(infinite, "infinite value", column, table[column])
+            converted[column] = np.where(infinite, np.nan, values)
         if column in NON_NEGATIVE_METRICS or column == REPLICA_COUNT:
-            negative = (numbers < 0).to_numpy()
-            out.rows_issue(negative, "negative value (usage cannot be negative)", column, table[column])
-        converted[column] = numbers.where(~np.isinf(numbers))
+            negative = values < 0
+            if negative.any():
+                out.rows_issue(negative, "negative value (usage cannot be negative)", column, table[column])
     return converted
 
 
 def _check_experiment_coverage(
-    converted: dict[str, pd.Series], experiments: pd.Series, out: _Collector
+    converted: dict[str, np.ndarray], experiments: pd.Series, out: _Collector
 ) -> None:
     """All-NaN raw metrics (an error) and all-zero gap metrics (informational) per experiment."""
     codes, names = pd.factorize(experiments, sort=True)
-    values = np.column_stack([converted[column].to_numpy() for column in RAW_METRICS])
+    values = np.column_stack([converted[column] for column in RAW_METRICS])
     present = np.zeros((len(names), len(RAW_METRICS)), dtype=bool)
     np.logical_or.at(present, codes, ~np.isnan(values))
     nonzero = np.zeros_like(present)
@@ -214,13 +222,14 @@ def _parse_timestamps(raw: pd.Series, out: _Collector) -> tuple[pd.Series, pd.Se
     if isinstance(raw.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(raw.dtype):
         stamps = pd.to_datetime(raw, utc=True)
         return stamps, None, False
-    text = raw.astype("string").str.strip()
-    labels = text.str.extract(RELATIVE_LABEL, expand=False)
-    is_label = labels.notna().to_numpy()
     present = ~missing
-    if is_label[present].all():
-        steps = pd.to_numeric(labels, errors="coerce")
+    matches = [RELATIVE_LABEL.match(v) if isinstance(v, str) else None for v in raw.to_numpy(dtype=object)]
+    if all(m is not None for m, p in zip(matches, present, strict=True) if p):
+        steps = pd.Series(
+            [int(m.group(1)) if m else np.nan for m in matches], index=raw.index, dtype="float64"
+        )
         return pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]"), steps, True
+    text = raw.astype("string").str.strip()
     numbers = pd.to_numeric(text, errors="coerce")
     numeric = numbers.notna().to_numpy()
     if numeric[present].all():
@@ -233,6 +242,8 @@ def _parse_timestamps(raw: pd.Series, out: _Collector) -> tuple[pd.Series, pd.Se
 
 
 def _check_duplicates(key: pd.Series, experiments: pd.Series, raw: pd.Series, out: _Collector) -> None:
+    if not pd.Series(key.to_numpy()).duplicated().any():
+        return  # fast path: no repeated key at all, whatever the experiment
     frame = pd.DataFrame({"e": experiments.to_numpy(), "k": key.to_numpy()})
     valid = frame["k"].notna().to_numpy()
     duplicated = frame.duplicated(["e", "k"], keep="first").to_numpy() & valid
@@ -254,10 +265,10 @@ def _step_column(table: pd.DataFrame) -> pd.Series | None:
     """An existing integer ``step`` column (e.g. from a canonical Parquet export), else None."""
     if STEP not in table.columns:
         return None
-    numbers, bad = _to_float(table[STEP])
-    if bad.any() or numbers.isna().any() or not np.allclose(numbers, np.round(numbers)):
+    values, bad = _to_float(table[STEP])
+    if bad.any() or np.isnan(values).any() or not np.allclose(values, np.round(values)):
         return None
-    return numbers.astype("int64")
+    return pd.Series(values.astype("int64"), index=table.index)
 
 
 def validate_table(table: pd.DataFrame, source: str) -> ValidatedTable:
@@ -267,7 +278,7 @@ def validate_table(table: pd.DataFrame, source: str) -> ValidatedTable:
     if not _check_columns(table, out) or not _check_identity(table, out):
         return ValidatedTable(None, out.issues)
     table = table.reset_index(drop=True)
-    experiments = table[EXPERIMENT_ID].astype("string").str.strip().astype(str)
+    experiments = _text(table[EXPERIMENT_ID])
     out.experiments = experiments
     converted = _convert_numeric(table, out)
     _check_experiment_coverage(converted, experiments, out)
@@ -275,20 +286,19 @@ def validate_table(table: pd.DataFrame, source: str) -> ValidatedTable:
     key = steps if relative and steps is not None else stamps
     _check_duplicates(key, experiments, table[TIMESTAMP], out)
 
-    typed = table.copy()
-    typed[EXPERIMENT_ID] = experiments
-    typed[SERVICE] = table[SERVICE].astype("string").str.strip().astype(str)
-    for column, values in converted.items():
-        typed[column] = values
-    typed[TIMESTAMP] = stamps
+    columns: dict[str, object] = {c: table[c] for c in table.columns if c != STEP}
+    columns.update(converted)
+    columns[EXPERIMENT_ID] = experiments
+    columns[SERVICE] = _text(table[SERVICE])
+    columns[TIMESTAMP] = stamps
     existing_step = _step_column(table)
     if relative and steps is not None:
-        typed[STEP] = steps
+        columns[STEP] = steps
     elif existing_step is not None:
-        typed[STEP] = existing_step
-    elif STEP in typed.columns:
-        typed = typed.drop(columns=[STEP])
-    keep = ~experiments.isin(out.bad_experiments).to_numpy()
-    typed = typed.loc[keep].reset_index(drop=True)
+        columns[STEP] = existing_step
+    typed = pd.DataFrame(columns, index=table.index)
+    if out.bad_experiments:
+        keep = ~experiments.isin(out.bad_experiments).to_numpy()
+        typed = typed.loc[keep].reset_index(drop=True)
     skipped = sorted(out.bad_experiments)
     return ValidatedTable(typed if len(typed) else None, out.issues, skipped, relative)

@@ -187,3 +187,20 @@ def test_optional_context_columns_get_defaults() -> None:
     assert result.frame["scenario"].eq("unknown").all()
     assert result.frame["replica_count"].eq(3).all()
     assert result.frame["load_users"].isna().all()
+
+
+def test_real_timestamped_experiment_split_over_files_is_merged(tmp_path: Path) -> None:
+    frame = relative_frame().iloc[:3].copy()
+    frame["experiment_id"] = "prod"
+    day_one = frame.assign(timestamp=["2026-02-01T00:00:00Z", "2026-02-01T00:00:30Z", "2026-02-01T00:01:00Z"])
+    day_two = frame.assign(timestamp=["2026-02-01T00:01:00Z", "2026-02-01T00:01:30Z", "2026-02-01T00:02:00Z"])
+    day_one.to_csv(tmp_path / "day1.csv", index=False)
+    day_two.to_csv(tmp_path / "day2.csv", index=False)
+    result = load_path(tmp_path)
+    assert result.errors == []
+    assert result.loaded == ["day1.csv", "day2.csv"]
+    assert len(result.frame) == 5  # the overlapping 00:01:00 row is kept once
+    assert list(result.frame[STEP]) == [0, 1, 2, 3, 4]
+    assert [str(issue) for issue in result.issues] == [
+        "day2.csv: column 'timestamp': 1 row(s) repeat timestamps already loaded from another file; kept the first"
+    ]
