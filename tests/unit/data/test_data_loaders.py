@@ -204,3 +204,31 @@ def test_real_timestamped_experiment_split_over_files_is_merged(tmp_path: Path) 
     assert [str(issue) for issue in result.issues] == [
         "day2.csv: column 'timestamp': 1 row(s) repeat timestamps already loaded from another file; kept the first"
     ]
+
+
+def test_directory_of_mixed_csv_and_nested_parquet(tmp_path: Path) -> None:
+    fleet = generate_fleet(2, 0.1, step_seconds=300, seed=1)
+    for service, part in fleet.groupby("service"):
+        write_frame(part, tmp_path / f"service={service}" / "part-00000.parquet")
+    relative_frame().to_csv(tmp_path / "experiments.csv", index=False)
+    (tmp_path / ".hidden").mkdir()
+    relative_frame().to_csv(tmp_path / ".hidden" / "ignored.csv", index=False)
+    result = load_path(tmp_path)
+    assert result.errors == []
+    assert result.loaded == [
+        "experiments.csv",
+        "service=svc-00/part-00000.parquet",
+        "service=svc-01/part-00000.parquet",
+    ]
+    assert sorted(result.frame["service"].unique()) == ["svc", "svc-00", "svc-01"]
+    assert len(result.frame) == len(fleet) + 6
+
+
+def test_the_shipped_example_subset_loads() -> None:
+    examples = Path(__file__).resolve().parents[3] / "examples" / "online-boutique"
+    result = load_path(examples)
+    assert result.errors == []
+    assert result.frame["service"].nunique() == 7
+    assert result.frame["experiment_id"].nunique() == 42
+    assert len(result.frame) == count_data_rows(examples) == 3281
+    assert sum(p.stat().st_size for p in examples.iterdir()) < 1_500_000
