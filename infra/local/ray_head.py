@@ -42,9 +42,23 @@ class RayPorts:
 
     @classmethod
     def free(cls, host: str = "127.0.0.1") -> RayPorts:
-        """Free listening ports for a throw-away head (worker range left at the default)."""
+        """Free listening ports for a throw-away head.
+
+        Raylets hand out worker ports from the bottom of their range, so two heads with the same
+        range collide on their first workers; each throw-away head gets one of 27 windows of 100
+        ports in 30000-32699 (chosen from its GCS port): below the OS's ephemeral range, away from
+        the stack's default 20002-29999 and from Ray's own default 10002-19999.
+        """
         gcs, dashboard, client, agent = free_ports(4, host)
-        return cls(gcs=gcs, dashboard=dashboard, client=client, dashboard_agent=agent)
+        low = 30_000 + 100 * (gcs % 27)
+        return cls(
+            gcs=gcs,
+            dashboard=dashboard,
+            client=client,
+            dashboard_agent=agent,
+            min_worker=low,
+            max_worker=low + 99,
+        )
 
     def listening(self) -> dict[str, int]:
         """The single ports that must be free before starting (not the worker range)."""

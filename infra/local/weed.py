@@ -99,6 +99,10 @@ class WeedServer:
         """The S3 endpoint, ``http://127.0.0.1:PORT``."""
         return f"http://{self.host}:{self.ports.s3}"
 
+    def credentials(self) -> tuple[str, str]:
+        """The access key and secret this server accepts (for clients; never log them)."""
+        return self._access_key, self._secret_key
+
     def command(self) -> list[str]:
         """The full ``weed server`` command line (no secrets in it: they are in the identities file)."""
         binary = self._binary or find_executable("weed")

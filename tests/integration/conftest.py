@@ -1,0 +1,98 @@
+"""Integration fixtures: a real SeaweedFS S3 server (auth on, free 127.0.0.1 ports) and the shared data.
+
+The server is started once per session with a random access key / secret and stopped by PID at
+the end, whatever the tests did. Its data is thrown away, so teardown does not wait for weed's
+slow graceful exit (~16 s): SIGKILL follows SIGTERM after a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.local.processes import ProcessStartError
+from infra.local.weed import WeedPorts, WeedServer
+from mora_platform.settings import MoraSettings
+from mora_platform.storage.object_store import ObjectStore
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEST_BUCKET = "mora-test"
+
+
+def _find_shared_data() -> Path:
+    configured = os.environ.get("MORA_SHARED_DATA")
+    candidates = [Path(configured)] if configured else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data" / "online-boutique")
+    for candidate in candidates:
+        if candidate.is_dir() and any(candidate.glob("*.csv")):
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    pytest.fail(
+        f"the shared Online Boutique data is missing (tried {tried}); "
+        "put shared/ beside the clone or set MORA_SHARED_DATA to the directory of CSVs",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The directory of Online Boutique CSVs (``<repo>/../shared/data/online-boutique`` or MORA_SHARED_DATA)."""
+    return _find_shared_data()
+
+
+@pytest.fixture(scope="session")
+def weed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
+    """A running ``weed server`` with S3 auth on; retried on fresh ports if a port was taken meanwhile."""
+    root = tmp_path_factory.mktemp("weed")
+    access_key = "test" + secrets.token_hex(6)
+    secret_key = secrets.token_urlsafe(24)
+    server: WeedServer | None = None
+    failures: list[str] = []
+    for attempt in range(3):
+        candidate = WeedServer(
+            root / f"data-{attempt}",
+            WeedPorts.free(),
+            access_key,
+            secret_key,
+            log_path=root / f"weed-{attempt}.log",
+            config_path=root / "identities.json",
+        )
+        try:
+            candidate.start(timeout=60)
+        except ProcessStartError as exc:
+            failures.append(str(exc))
+            continue
+        server = candidate
+        break
+    if server is None:
+        pytest.fail("the S3 test server did not start:\n" + "\n".join(failures), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def s3_settings(weed_server: WeedServer, tmp_path_factory: pytest.TempPathFactory) -> MoraSettings:
+    """Settings for the session's S3 server (bucket created); env files are ignored."""
+    access_key, secret_key = weed_server.credentials()
+    settings = MoraSettings(  # type: ignore[call-arg]
+        _env_file=None,
+        home=tmp_path_factory.mktemp("mora-home"),
+        s3_endpoint_url=weed_server.endpoint_url,
+        s3_bucket=TEST_BUCKET,
+        s3_access_key=access_key,
+        s3_secret_key=secret_key,
+    )
+    ObjectStore.from_settings(settings).ensure_bucket()
+    return settings
+
+
+@pytest.fixture(scope="session")
+def object_store(s3_settings: MoraSettings) -> ObjectStore:
+    """An ``ObjectStore`` on the session's S3 server and bucket."""
+    return ObjectStore.from_settings(s3_settings)
