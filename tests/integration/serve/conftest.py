@@ -8,7 +8,6 @@ with the real registry, under a registry prefix only these tests use.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
@@ -36,24 +35,28 @@ from mora_platform.registry import ModelRegistry
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[RayHead]:
-    """A single-node Ray cluster on 127.0.0.1 (2 CPUs, no dashboard), stopped by PID."""
+    """A single-node Ray cluster on 127.0.0.1 (2 CPUs, no dashboard), stopped by PID.
+
+    The cluster gets a token of its own (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN in this process and
+    the cluster's environment), so a shared ``~/.ray/auth_token`` written by other clusters on
+    the machine cannot lock the test out.
+    """
     temp_dir = Path(tempfile.mkdtemp(prefix="mora-ray-", dir="/tmp"))
     gcs_port = free_port()
     ray_bin = Path(sys.executable).parent / "ray"
-    command = [
-        str(ray_bin),
-        "start",
-        "--head",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        f"--port={gcs_port}",
-        f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}",
-        f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
+    ports = {
+        "port": gcs_port,
+        "node-manager-port": free_port(),
+        "object-manager-port": free_port(),
+        "ray-client-server-port": free_port(),
+        "dashboard-agent-listen-port": free_port(),
+        "dashboard-agent-grpc-port": free_port(),
+        "runtime-env-agent-port": free_port(),
+        "metrics-export-port": free_port(),
+    }
+    command = [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1"]
+    command += [f"--{name}={port}" for name, port in ports.items()]
+    command += [
         "--min-worker-port=0",
         "--max-worker-port=0",
         "--num-cpus=2",
@@ -61,28 +64,26 @@ def ray_head() -> Iterator[RayHead]:
         "--disable-usage-stats",
         f"--temp-dir={temp_dir}",
     ]
-    env = {
-        **os.environ,
-        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_ADDRESS", None)
-    log = open(temp_dir / "ray-start.log", "wb")  # noqa: SIM115 - closed in the teardown
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    address = f"127.0.0.1:{gcs_port}"
-    try:
-        wait_until(
-            lambda: (
-                process.poll() is None and b"Ray runtime started" in (temp_dir / "ray-start.log").read_bytes()
-            ),
-            90,
-            "the Ray head to start",
-        )
-        yield RayHead(address, temp_dir)
-    finally:
-        stop_process(process)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "token")
+        patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        patch.setenv("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        patch.delenv("RAY_ADDRESS", raising=False)
+        patch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        log_path = temp_dir / "ray-start.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until(
+                lambda: process.poll() is None and b"Ray runtime started" in log_path.read_bytes(),
+                90,
+                "the Ray head to start",
+            )
+            yield RayHead(f"127.0.0.1:{gcs_port}", temp_dir)
+        finally:
+            stop_process(process)
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +95,10 @@ def serve_registry(object_store: Any) -> ModelRegistry:
 @pytest.fixture(scope="module")
 def trained_bundles(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """service -> bundle directory, two services trained with the tiny config on a few experiments."""
-    from mora_platform.training.config import TrainingConfig
     from mora_platform.training.service_trainer import train_service
 
     from mora_platform.data.loaders import load_path
+    from mora_platform.training.config import TrainingConfig
 
     root = tmp_path_factory.mktemp("serve-bundles")
     config = TrainingConfig.model_validate(TINY_CONFIG)
