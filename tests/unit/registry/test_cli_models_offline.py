@@ -149,3 +149,24 @@ def test_models_prune_keeps_latest(registry_dir: Path, tmp_path: Path) -> None:
     assert result.stdout.strip() == f"deleted 1 version(s) of frontend: {first}"
     assert registry.list_versions("frontend", include_incomplete=True) == [newer]
     assert registry.latest_version("frontend") == newer
+
+
+def test_training_config_source_precedence(tmp_path: Path) -> None:
+    import typer
+
+    from mora_platform.cli.models import _training_config
+
+    registry = ModelRegistry(LocalBlobBackend(tmp_path / "registry"))
+    config, source = _training_config(registry, "frontend", None, None)
+    assert source == "defaults" and config.seq_len == 30
+    registry.save_tuned_config("frontend", {"seq_len": 12, "lstm": {"units": [16]}})
+    config, source = _training_config(registry, "frontend", None, 3)
+    assert source == "tuned config from the registry, epochs=3"
+    assert (config.seq_len, config.lstm.units, config.lstm.epochs) == (12, [16], 3)
+    explicit = tmp_path / "explicit.json"
+    explicit.write_text('{"seq_len": 8}')
+    config, source = _training_config(registry, "frontend", explicit, None)
+    assert source == f"file {explicit}" and config.seq_len == 8 and config.lstm.units == [64, 32]
+    explicit.write_text("{seq_len: 8}")
+    with pytest.raises(typer.Exit):
+        _training_config(registry, "frontend", explicit, None)
