@@ -210,9 +210,10 @@ def train(
         typer.echo(f"config: {source}")
 
         from mora_platform.storage.datasets import DatasetStore
-        from mora_platform.training.service_trainer import train_service
 
         frame = DatasetStore(store).read(dataset, service)
+        from mora_platform.training.service_trainer import train_service  # heavy: after the cheap checks
+
         with tempfile.TemporaryDirectory(prefix=f"mora-train-{service}-") as tmp:
             report = train_service(frame, service, training_config, Path(tmp))
             dumped = report.model_dump(mode="json")
