@@ -97,7 +97,7 @@ class DatasetStore:
 
     def list_datasets(self) -> list[str]:
         """Names of every dataset in the bucket, sorted."""
-        prefixes = self.store.list_prefixes(DATASETS_PREFIX)
+        prefixes = [p for p in self.store.list_prefixes(DATASETS_PREFIX) if self.store.has_prefix(p)]
         return sorted(prefix[len(DATASETS_PREFIX) :].rstrip("/") for prefix in prefixes)
 
     def list_services(self, name: str) -> list[str]:
@@ -127,7 +127,8 @@ class DatasetStore:
     def _services_or_none(self, name: str) -> list[str] | None:
         prefix = self.dataset_prefix(name)
         marker = f"{prefix}service="
-        services = [entry[len(marker) :].rstrip("/") for entry in self.store.list_prefixes(marker)]
+        entries = [entry for entry in self.store.list_prefixes(marker) if self.store.has_prefix(entry)]
+        services = [entry[len(marker) :].rstrip("/") for entry in entries]
         services = [service for service in services if service]
         return sorted(services) or None
 

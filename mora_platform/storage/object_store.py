@@ -193,7 +193,8 @@ class ObjectStore:
     def check(self) -> None:
         """Fail fast, with a clear message, unless the endpoint answers and accepts the credentials."""
         client = self._make_client(max_attempts=1, connect_timeout=min(self._connect_timeout, 3.0))
-        self._call("check", lambda: client.head_bucket(Bucket=self.bucket), attempts=1)
+        # A GET (not HEAD) so that a refusal carries its error code, e.g. SignatureDoesNotMatch.
+        self._call("check", lambda: client.list_objects_v2(Bucket=self.bucket, MaxKeys=1), attempts=1)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist yet (safe to call concurrently and repeatedly)."""
@@ -273,8 +274,19 @@ class ObjectStore:
         """Every key under ``prefix`` (all pages), sorted."""
         return [info.key for info in self.list_objects(prefix)]
 
+    def has_prefix(self, prefix: str) -> bool:
+        """Whether at least one object lies under ``prefix`` (one small request)."""
+        response = self._call(
+            "list", lambda: self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        )
+        return bool(response.get("Contents"))
+
     def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> list[str]:
-        """The "directories" directly under ``prefix`` (S3 common prefixes), sorted, each ending in ``delimiter``."""
+        """The "directories" directly under ``prefix`` (S3 common prefixes), sorted, each ending in ``delimiter``.
+
+        Some servers (SeaweedFS) keep listing a directory for a while after its last object went;
+        callers that care use ``has_prefix``.
+        """
 
         def collect() -> list[str]:
             paginator = self._client.get_paginator("list_objects_v2")

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from infra.local.processes import ProcessStartError
 from infra.local.weed import WeedPorts, WeedServer
@@ -85,8 +86,8 @@ def s3_settings(weed_server: WeedServer, tmp_path_factory: pytest.TempPathFactor
         home=tmp_path_factory.mktemp("mora-home"),
         s3_endpoint_url=weed_server.endpoint_url,
         s3_bucket=TEST_BUCKET,
-        s3_access_key=access_key,
-        s3_secret_key=secret_key,
+        s3_access_key=SecretStr(access_key),
+        s3_secret_key=SecretStr(secret_key),
     )
     ObjectStore.from_settings(settings).ensure_bucket()
     return settings

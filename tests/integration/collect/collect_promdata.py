@@ -1,0 +1,267 @@
+"""Known cluster metrics as OpenMetrics (cAdvisor / kube-state-metrics / node-exporter shapes).
+
+Every value is a closed-form function of the service, pod and time, so a test can say what
+Prometheus must give back. Counters grow linearly inside each 30-minute segment, so ``rate()``
+over a window that lies inside one segment returns the segment's slope exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from infra.local.prometheus import PrometheusServer
+from mora_platform.data import schema
+
+SCRAPE = 30  # seconds between samples
+SEGMENT = 1800  # the rates change every 30 minutes
+WARMUP = 600  # samples before the collected range, so rate windows and context rows are full
+RATE_WINDOW = 120  # the default rate window (2m)
+NAMESPACE = "shop"
+PROXY_TOKEN = "proxy-token-5c1d"  # a test credential for the test proxy, not a real secret
+
+
+@dataclass(frozen=True)
+class FakeService:
+    name: str
+    index: int
+    pods: tuple[str, ...]
+
+
+SERVICES: tuple[FakeService, ...] = (
+    FakeService("frontend", 0, ("frontend-7d4b9c8f6-x2kq9", "frontend-7d4b9c8f6-bq7zt")),
+    FakeService("cart", 1, ("cart-5f6c7d8b9-h4j2k",)),
+    FakeService("ads", 2, ("ads-6b7c8d9f5-m3n4p", "ads-6b7c8d9f5-r5s6t")),
+    FakeService("locked", 3, ("locked-7b8c9d6f5-a1b2c",)),
+    FakeService("slow", 4, ("slow-8c9d6f5b7-d3e4f",)),
+)
+
+
+def cpu_rate(service: FakeService, pod: int, segment: int) -> float:
+    return 0.05 * (service.index + 1) + 0.01 * segment + 0.002 * pod
+
+
+def rx_rate(service: FakeService, pod: int, segment: int) -> float:
+    return 1000.0 * (service.index + 1) + 100.0 * segment + 10.0 * pod
+
+
+def tx_rate(service: FakeService, pod: int, segment: int) -> float:
+    return 500.0 * (service.index + 1) + 50.0 * segment + 5.0 * pod
+
+
+def memory(service: FakeService, pod: int, i: int) -> float:
+    return 1e8 * (service.index + 1) + 1e5 * i + 1e6 * pod
+
+
+def restarts(service: FakeService, pod: int, seconds_since_start: float) -> float:
+    return float(pod + max(0, int(seconds_since_start // 3600)))
+
+
+def replicas(service: FakeService, segment: int) -> float:
+    return float(len(service.pods) + (1 if segment >= 3 else 0))
+
+
+def idle_rate(cpu: int, segment: int) -> float:
+    return (0.8 if cpu == 0 else 0.6) - 0.05 * segment
+
+
+def mem_available(segment: int) -> float:
+    return 8e9 - 1e8 * segment
+
+
+MEM_TOTAL = 16e9
+
+
+class Timeline:
+    """Sample times: ``start - WARMUP`` .. ``start + hours``; segment 0 also covers the warm-up."""
+
+    def __init__(self, start: int, hours: int) -> None:
+        self.start = start
+        self.end = start + hours * 3600
+        self.times = np.arange(start - WARMUP, self.end + 1, SCRAPE, dtype=np.int64)
+
+    def segment(self, t: int | np.ndarray) -> np.ndarray:
+        return np.maximum(0, (np.asarray(t) - self.start) // SEGMENT)
+
+    def counter(self, rate_of_segment: object, t0: float = 1e6) -> np.ndarray:
+        """A counter at every sample time whose slope in segment j is ``rate_of_segment(j)``."""
+        values = np.empty(len(self.times))
+        value = t0
+        for k, t in enumerate(self.times):
+            if k:
+                value += rate_of_segment(int(self.segment(t - SCRAPE))) * SCRAPE  # type: ignore[operator]
+            values[k] = value
+        return values
+
+
+def write_openmetrics(path: Path, timeline: Timeline) -> None:
+    """All series of all services (plus decoys the queries must ignore) into ``path``."""
+    families: dict[str, tuple[str, list[str]]] = {}
+
+    def add(family: str, kind: str, sample: str, labels: str, values: np.ndarray) -> None:
+        lines = families.setdefault(family, (kind, []))[1]
+        for t, v in zip(timeline.times, values, strict=True):
+            lines.append(f"{sample}{{{labels}}} {float(v)!r} {int(t)}")
+
+    seg = timeline.segment(timeline.times)
+    for svc in SERVICES:
+        for p, pod in enumerate(svc.pods):
+            base = f'namespace="{NAMESPACE}",pod="{pod}"'
+            add(
+                "container_cpu_usage_seconds",
+                "counter",
+                "container_cpu_usage_seconds_total",
+                f'{base},container="app"',
+                timeline.counter(lambda j, p=p, svc=svc: cpu_rate(svc, p, j)),
+            )
+            # decoys: the pause container and the pod-level cgroup total must not be summed in
+            add(
+                "container_cpu_usage_seconds",
+                "counter",
+                "container_cpu_usage_seconds_total",
+                f'{base},container="POD"',
+                timeline.counter(lambda j: 5.0),
+            )
+            add(
+                "container_cpu_usage_seconds",
+                "counter",
+                "container_cpu_usage_seconds_total",
+                f'{base},container=""',
+                timeline.counter(lambda j: 9.0),
+            )
+            index = (timeline.times - timeline.start) // SCRAPE
+            add(
+                "container_memory_working_set_bytes",
+                "gauge",
+                "container_memory_working_set_bytes",
+                f'{base},container="app"',
+                np.array([memory(svc, p, int(i)) for i in index]),
+            )
+            add(
+                "container_memory_working_set_bytes",
+                "gauge",
+                "container_memory_working_set_bytes",
+                f'{base},container="POD"',
+                np.full(len(index), 7e8),
+            )
+            add(
+                "container_network_receive_bytes",
+                "counter",
+                "container_network_receive_bytes_total",
+                f'{base},interface="eth0"',
+                timeline.counter(lambda j, p=p, svc=svc: rx_rate(svc, p, j)),
+            )
+            add(
+                "container_network_transmit_bytes",
+                "counter",
+                "container_network_transmit_bytes_total",
+                f'{base},interface="eth0"',
+                timeline.counter(lambda j, p=p, svc=svc: tx_rate(svc, p, j)),
+            )
+            add(
+                "kube_pod_container_status_restarts",
+                "counter",
+                "kube_pod_container_status_restarts_total",
+                f'{base},container="app"',
+                np.array([restarts(svc, p, float(t - timeline.start)) for t in timeline.times]),
+            )
+        add(
+            "kube_deployment_status_replicas",
+            "gauge",
+            "kube_deployment_status_replicas",
+            f'namespace="{NAMESPACE}",deployment="{svc.name}"',
+            np.array([replicas(svc, int(j)) for j in seg]),
+        )
+    # the same deployment name in another namespace must not leak in
+    add(
+        "container_memory_working_set_bytes",
+        "gauge",
+        "container_memory_working_set_bytes",
+        'namespace="staging",pod="frontend-7d4b9c8f6-zzzzz",container="app"',
+        np.full(len(seg), 5e9),
+    )
+    for cpu in (0, 1):
+        add(
+            "node_cpu_seconds",
+            "counter",
+            "node_cpu_seconds_total",
+            f'instance="node-a",cpu="{cpu}",mode="idle"',
+            timeline.counter(lambda j, cpu=cpu: idle_rate(cpu, j)),
+        )
+        add(
+            "node_cpu_seconds",
+            "counter",
+            "node_cpu_seconds_total",
+            f'instance="node-a",cpu="{cpu}",mode="user"',
+            timeline.counter(lambda j: 0.2),
+        )
+    add(
+        "node_memory_MemAvailable_bytes",
+        "gauge",
+        "node_memory_MemAvailable_bytes",
+        'instance="node-a"',
+        np.array([mem_available(int(j)) for j in seg]),
+    )
+    add(
+        "node_memory_MemTotal_bytes",
+        "gauge",
+        "node_memory_MemTotal_bytes",
+        'instance="node-a"',
+        np.full(len(seg), MEM_TOTAL),
+    )
+
+    with path.open("w", encoding="utf-8") as out:
+        for family, (kind, lines) in families.items():
+            out.write(f"# TYPE {family} {kind}\n")
+            out.write("\n".join(lines) + "\n")
+        out.write("# EOF\n")
+
+
+def expected_raw(service: FakeService, timeline: Timeline, times: np.ndarray) -> pd.DataFrame:
+    """The 8 queried metrics as the default PromQL must return them at ``times``."""
+    seg = timeline.segment(times)
+    # a counter's slope up to t is the one of the interval ending at t (matters at t = segment end)
+    rate_seg = timeline.segment(times - SCRAPE)
+    pods = range(len(service.pods))
+    index = (times - timeline.start) // SCRAPE
+    frame = pd.DataFrame(
+        {
+            "cpu_cores_value": [sum(cpu_rate(service, p, int(j)) for p in pods) for j in rate_seg],
+            "mem_bytes_value": [sum(memory(service, p, int(i)) for p in pods) for i in index],
+            "net_rx_bytes_value": [sum(rx_rate(service, p, int(j)) for p in pods) for j in rate_seg],
+            "net_tx_bytes_value": [sum(tx_rate(service, p, int(j)) for p in pods) for j in rate_seg],
+            "pod_restarts_value": [
+                sum(restarts(service, p, float(t - timeline.start)) for p in pods) for t in times
+            ],
+            "replica_count_value": [replicas(service, int(j)) for j in seg],
+            "node_cpu_util_value": [
+                100.0 * (1 - (idle_rate(0, int(j)) + idle_rate(1, int(j))) / 2) for j in rate_seg
+            ],
+            "node_mem_util_value": [100.0 * (1 - mem_available(int(j)) / MEM_TOTAL) for j in seg],
+        }
+    )
+    frame.insert(0, schema.TIMESTAMP, pd.to_datetime(times, unit="s", utc=True))
+    return frame
+
+
+def exact_rows(timeline: Timeline, times: np.ndarray) -> np.ndarray:
+    """Rows where every rate window (and the derived network diff) lies inside one segment."""
+    since_segment = (times - timeline.start) % SEGMENT
+    return since_segment >= RATE_WINDOW + 2 * SCRAPE
+
+
+@dataclass
+class BackfilledPrometheus:
+    """A running test Prometheus and what was put into it."""
+
+    server: PrometheusServer
+    timeline: Timeline
+    backfill_seconds: float
+    start_seconds: float
+
+    @property
+    def url(self) -> str:
+        return self.server.url
