@@ -1,9 +1,201 @@
-"""`mora` commands: serving (placeholder until implemented)."""
+"""`mora serve up | down | status`: the recommendation endpoint on the local Ray cluster.
+
+``up`` resolves ``serve/config.yaml`` for this machine (HTTP host/port from settings, the env
+files that hold the S3 credentials and token) into ``{home}/serve/config.yaml`` and runs
+``serve deploy`` against the Ray dashboard in settings; ``down`` runs ``serve shutdown``.
+Secrets never go into the generated config: it only lists env files (mode 0600) to read.
+"""
 
 from __future__ import annotations
 
+import copy
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
 import typer
+
+if TYPE_CHECKING:
+    from mora_platform.settings import MoraSettings
+
+serve_app = typer.Typer(
+    help="The recommendation endpoint on Ray Serve (local cluster).", no_args_is_help=True
+)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "serve" / "config.yaml"
+SHELL_ENV_NAME = "serve.env"
+APP_IMPORT_PATH = "serve.app:build_app"
+
+
+def _settings() -> MoraSettings:
+    from infra.local.envfile import load_settings
+
+    return load_settings()
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _serve_cli() -> str:
+    """The ``serve`` executable of this environment."""
+    candidate = Path(sys.executable).parent / "serve"
+    return str(candidate) if candidate.exists() else "serve"
+
+
+def _write_private_env(path: Path, values: dict[str, str]) -> None:
+    """A 0600 dotenv file with ``values`` (replaced as a whole)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(
+            "# Written by `mora serve up`: MORA_* settings from the shell, for the Serve replicas.\n"
+        )
+        handle.writelines(f"{key}={value}\n" for key, value in sorted(values.items()))
+    tmp.replace(path)
+
+
+def env_files_for_cluster(home: Path, environ: dict[str, str] | None = None) -> list[str]:
+    """Absolute env files the replicas read, lowest priority first (as MoraSettings does locally).
+
+    MORA_* variables set only in this shell are copied to ``{home}/serve.env`` (0600), so the
+    cluster (started earlier, with another environment) sees the same settings as this command.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    files = [Path(home) / "stack.env", Path(".env")]
+    shell = {key: value for key, value in environ.items() if key.startswith("MORA_") and "\n" not in value}
+    shell_file = Path(home) / SHELL_ENV_NAME
+    if shell:
+        _write_private_env(shell_file, shell)
+        files.append(shell_file)
+    elif shell_file.exists():
+        shell_file.unlink()
+    return [str(path.resolve()) for path in files if path.is_file()]
+
+
+def resolve_config(config: dict[str, Any], settings: MoraSettings, env_files: list[str]) -> dict[str, Any]:
+    """``config`` with this machine's HTTP host/port and env files filled in (input untouched)."""
+    resolved = copy.deepcopy(config)
+    http = resolved.setdefault("http_options", {})
+    http["host"] = settings.serve_host
+    http["port"] = settings.serve_port
+    for application in resolved.get("applications", []):
+        if application.get("import_path") == APP_IMPORT_PATH:
+            args = application.setdefault("args", {}) or {}
+            args["env_files"] = list(env_files)
+            application["args"] = args
+    return resolved
+
+
+def _base_url(settings: MoraSettings) -> str:
+    return f"http://{settings.serve_host}:{settings.serve_port}"
+
+
+def _auth_headers(settings: MoraSettings) -> dict[str, str]:
+    token = settings.serve_token.get_secret_value() if settings.serve_token else None
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def _wait_healthy(settings: MoraSettings, timeout: float) -> str | None:
+    """None once /healthz answers 200, else the last problem seen."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    problem: str | None = "not polled"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{_base_url(settings)}/healthz", timeout=5)
+        except httpx.HTTPError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code == 200:
+                return None
+            problem = f"/healthz answered {response.status_code}: {response.text[:200]}"
+        time.sleep(1.0)
+    return problem
+
+
+@serve_app.command("up")
+def up(
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Serve config YAML to deploy.", exists=True),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until /healthz answers 200."),
+    timeout: float = typer.Option(180.0, "--timeout", min=1, help="Seconds to wait for health."),
+) -> None:
+    """Deploy the endpoint to the local Ray cluster (``serve deploy``) and wait until it is healthy."""
+    import yaml
+
+    settings = _settings()
+    try:
+        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        _fail(f"--config {config}: {exc}")
+    if not isinstance(raw, dict):
+        _fail(f"--config {config}: expected a YAML mapping")
+    resolved = resolve_config(raw, settings, env_files_for_cluster(Path(settings.home)))
+    target = Path(settings.home) / "serve" / "config.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    command = [_serve_cli(), "deploy", str(target), "--address", settings.ray_dashboard_url]
+    typer.echo(f"deploying {target} to {settings.ray_dashboard_url}")
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        _fail(
+            f"serve deploy failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}"
+        )
+    if not wait:
+        typer.echo(f"deployment submitted; endpoint {_base_url(settings)}")
+        return
+    problem = _wait_healthy(settings, timeout)
+    if problem is not None:
+        _fail(f"endpoint not healthy after {timeout:g} s: {problem} (see `mora serve status`)", code=1)
+    typer.echo(f"endpoint ready: {_base_url(settings)}  (docs {_base_url(settings)}/docs)")
+
+
+@serve_app.command("down")
+def down() -> None:
+    """Remove every Serve application from the local cluster (``serve shutdown``)."""
+    settings = _settings()
+    command = [_serve_cli(), "shutdown", "--address", settings.ray_dashboard_url, "--yes"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        _fail(
+            f"serve shutdown failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}"
+        )
+    typer.echo("Serve shut down")
+
+
+@serve_app.command("status")
+def status() -> None:
+    """Applications and deployments (``serve status``), endpoint health and published services."""
+    import httpx
+
+    settings = _settings()
+    command = [_serve_cli(), "status", "--address", settings.ray_dashboard_url]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    typer.echo((result.stdout or result.stderr).rstrip())
+    base = _base_url(settings)
+    try:
+        health = httpx.get(f"{base}/healthz", timeout=5)
+        typer.echo(f"endpoint {base}: /healthz {health.status_code} {health.text.strip()[:200]}")
+        services = httpx.get(f"{base}/v1/services", headers=_auth_headers(settings), timeout=30)
+        if services.status_code == 200:
+            listed = services.json().get("services", [])
+            names = ", ".join(f"{s['service']}@{s['latest_version']}" for s in listed) or "none"
+            typer.echo(f"services ({len(listed)}): {names}")
+        else:
+            typer.echo(f"/v1/services {services.status_code}: {services.text.strip()[:200]}")
+    except httpx.HTTPError as exc:
+        typer.echo(f"endpoint {base}: unreachable ({type(exc).__name__})")
+        raise typer.Exit(1) from None
+    if result.returncode != 0 or health.status_code != 200:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``serve up | down | status`` to ``app``."""
+    app.add_typer(serve_app, name="serve")
