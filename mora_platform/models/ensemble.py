@@ -1,0 +1,225 @@
+"""The ensemble: itself a forecaster, fusing its members by per-target weights.
+
+``fused = sum(w_m * yhat_m) / sum(w_m)`` over the members that answered (default weights:
+Prophet 0.4, LSTM 0.6). A member that is missing (not configured / not trainable) or failed is
+left out, the other answers alone and the ensemble is flagged ``degraded``. When, for one row,
+only some members answer (e.g. the LSTM lacks a full window) that row is answered in that
+member's *mode*, so calibration can use the right head-room (see ``calibration``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+
+from mora_platform.models.base import Forecaster, ModelError, ModelLoadError, read_json, write_json
+from mora_platform.models.calibration import FUSED
+from mora_platform.recommend.types import TARGETS
+
+ENSEMBLE_FILE = "ensemble.json"
+OK, FAILED, MISSING = "ok", "failed", "missing"
+
+
+def default_weights(prophet_weight: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """``{"prophet": {t: w}, "lstm": {t: 1 - w}}`` from Prophet's weight per target."""
+    return {
+        "prophet": {t: float(prophet_weight[t]) for t in TARGETS},
+        "lstm": {t: 1.0 - float(prophet_weight[t]) for t in TARGETS},
+    }
+
+
+def member_types() -> dict[str, type[Forecaster]]:
+    """Member name -> class, for loading (imports are cheap: TF/Prophet load lazily)."""
+    from mora_platform.models.baselines import LastValueForecaster, PercentileForecaster
+    from mora_platform.models.lstm import LSTMForecaster
+    from mora_platform.models.prophet_model import ProphetForecaster
+
+    return {
+        "prophet": ProphetForecaster,
+        "lstm": LSTMForecaster,
+        "percentile": PercentileForecaster,
+        "naive": LastValueForecaster,
+    }
+
+
+@dataclass
+class NextForecast:
+    """``forecast_next`` with its parts: fused point, each member's point, weights used and mode."""
+
+    point: dict[str, float]
+    members: dict[str, dict[str, float]]
+    weights: dict[str, dict[str, float]]
+    mode: str
+
+
+class EnsembleForecaster(Forecaster):
+    """Weighted fusion of named members; see the module docstring."""
+
+    name = "ensemble"
+
+    def __init__(
+        self,
+        members: Mapping[str, Forecaster | None],
+        weights: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.candidates = dict(members)
+        self.members: dict[str, Forecaster] = {}
+        self.status: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}
+        given = {m: dict(w) for m, w in (weights or {}).items()}
+        self.weights = {m: {t: float(given.get(m, {}).get(t, 1.0)) for t in TARGETS} for m in self.candidates}
+
+    @property
+    def degraded(self) -> bool:
+        return any(s != OK for s in self.status.values())
+
+    # ---- fitting -------------------------------------------------------------------------
+    def _fit(self, frame: pd.DataFrame) -> None:
+        self.members, self.status, self.reasons = {}, {}, {}
+        for name, member in self.candidates.items():
+            if member is None:
+                self.status[name], self.reasons[name] = MISSING, f"{name}: not configured"
+                continue
+            try:
+                member.fit(frame)
+            except Exception as exc:  # one member's failure must leave the other usable
+                self.status[name], self.reasons[name] = FAILED, f"{name}: {type(exc).__name__}: {exc}"
+                continue
+            self.members[name], self.status[name] = member, OK
+        if not self.members:
+            raise ModelError("every ensemble member failed: " + "; ".join(self.reasons.values()))
+        self._collect_fallbacks()
+
+    def _collect_fallbacks(self) -> None:
+        self.fallbacks = [f for m in self.members.values() for f in m.fallbacks]
+        self.fallbacks += [f"ensemble: degraded, {r}" for r in self.reasons.values()]
+
+    # ---- fusion --------------------------------------------------------------------------
+    def member_predictions(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        self._require_fitted()
+        return {name: m.predict(frame) for name, m in self.members.items()}
+
+    def fuse(self, predictions: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+        """Row-wise weighted mean over the members that answered each row."""
+        names = list(predictions)
+        index = next(iter(predictions.values())).index
+        out = pd.DataFrame(index=index, columns=list(TARGETS), dtype="float64")
+        for target in TARGETS:
+            values = np.column_stack([predictions[n][target].to_numpy(dtype="float64") for n in names])
+            finite = np.isfinite(values)
+            w = np.array([self.weights[n][target] for n in names])[None, :] * finite
+            total = w.sum(axis=1, keepdims=True)
+            equal = finite / np.maximum(finite.sum(axis=1, keepdims=True), 1)
+            w = np.where(total > 0, w / np.where(total > 0, total, 1), equal)
+            fused = np.where(finite, values, 0.0) * w
+            out[target] = np.where(finite.any(axis=1), fused.sum(axis=1), np.nan)
+        return out
+
+    def mode_predictions(self, predictions: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """Predictions per calibration mode: ``fused`` where every member answered, each member alone."""
+        fused = self.fuse(predictions)
+        complete = np.logical_and.reduce(
+            [np.isfinite(p.to_numpy(dtype="float64")) for p in predictions.values()]
+        )
+        modes = {FUSED: fused.where(complete)}
+        modes.update(predictions)
+        return modes
+
+    def choose_weights(
+        self, actual: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], step: float = 0.05
+    ) -> None:
+        """Pick Prophet's weight per target minimising MAE on ``actual`` (validation rows); two members only."""
+        if set(predictions) != {"prophet", "lstm"}:
+            return
+        grid = np.round(np.arange(0.0, 1.0 + step / 2, step), 6)
+        for target in TARGETS:
+            p = predictions["prophet"][target].to_numpy(dtype="float64")
+            lstm = predictions["lstm"][target].to_numpy(dtype="float64")
+            y = actual[target].to_numpy(dtype="float64")
+            ok = np.isfinite(p) & np.isfinite(lstm) & np.isfinite(y)
+            if not ok.any():
+                continue
+            errors = [np.mean(np.abs(y[ok] - (w * p[ok] + (1 - w) * lstm[ok]))) for w in grid]
+            best = float(grid[int(np.argmin(errors))])
+            self.weights["prophet"][target], self.weights["lstm"][target] = best, 1.0 - best
+
+    def _predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return self.fuse(self.member_predictions(frame))
+
+    # ---- serving -------------------------------------------------------------------------
+    def explain_next(
+        self, history: pd.DataFrame, context: Mapping[str, float | str] | None = None
+    ) -> NextForecast:
+        """``forecast_next`` plus each member's answer, the weights used and the calibration mode."""
+        self._require_fitted()
+        answers = {name: m.forecast_next(history, context) for name, m in self.members.items()}
+        frames = {name: pd.DataFrame([a]) for name, a in answers.items()}
+        fused = self.fuse(frames).iloc[0]
+        answered = [n for n, a in answers.items() if all(np.isfinite(a[t]) for t in TARGETS)]
+        if len(answered) == len(answers):
+            mode = FUSED
+        elif answered:
+            mode = answered[0]
+        else:
+            raise ModelError("no ensemble member could answer for this history")
+        used = {}
+        for name in answers:
+            raw = {t: self.weights[name][t] if np.isfinite(answers[name][t]) else 0.0 for t in TARGETS}
+            used[name] = raw
+        for t in TARGETS:
+            total = sum(used[n][t] for n in used)
+            count = sum(np.isfinite(answers[n][t]) for n in used)
+            for n in used:
+                if total > 0:
+                    used[n][t] = used[n][t] / total
+                else:
+                    used[n][t] = (1.0 / count) if np.isfinite(answers[n][t]) and count else 0.0
+        return NextForecast({t: float(fused[t]) for t in TARGETS}, answers, used, mode)
+
+    def _forecast_next(self, history: pd.DataFrame, context: dict[str, float | str]) -> dict[str, float]:
+        return self.explain_next(history, context).point
+
+    # ---- persistence ---------------------------------------------------------------------
+    def _save(self, directory: Path) -> list[str]:
+        files = [f for m in self.members.values() for f in m.save(directory)]
+        meta = {
+            "format": 1,
+            "members": {
+                n: {"status": self.status[n], "reason": self.reasons.get(n, "")} for n in self.status
+            },
+            "weights": self.weights,
+            "fallbacks": self.fallbacks,
+        }
+        files.append(write_json(directory / ENSEMBLE_FILE, meta))
+        return files
+
+    @classmethod
+    def _load(cls, directory: Path) -> Self:
+        meta: Any = read_json(directory / ENSEMBLE_FILE)
+        types = member_types()
+        try:
+            status = {str(n): str(s["status"]) for n, s in meta["members"].items()}
+            reasons = {str(n): str(s.get("reason", "")) for n, s in meta["members"].items()}
+            weights = {str(m): {t: float(w[t]) for t in TARGETS} for m, w in meta["weights"].items()}
+            unknown = [n for n in status if n not in types]
+            if unknown:
+                raise ValueError(f"unknown member(s) {unknown}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"{ENSEMBLE_FILE}: malformed ({exc})") from exc
+        members: dict[str, Forecaster | None] = {n: None for n in status}
+        model = cls(members, weights)
+        model.status = status
+        model.reasons = {n: r for n, r in reasons.items() if r}
+        model.members = {n: types[n].load(directory) for n, s in status.items() if s == OK}
+        if not model.members:
+            raise ModelLoadError(f"{ENSEMBLE_FILE}: no usable member")
+        model._collect_fallbacks()
+        return model

@@ -1,0 +1,302 @@
+"""LSTM member (Keras 3 / TensorFlow): one-step-ahead forecast of the three targets.
+
+Inputs: windows of ``seq_len`` steps x 14 min-max-scaled features (scaler fitted on the training
+rows only), built inside one experiment. Default architecture (the seed's):
+LSTM 64 -> Dropout 0.2 -> LSTM 32 -> Dropout 0.2 -> Dense 16 relu -> Dense out, Adam,
+EarlyStopping(restore_best_weights) and ReduceLROnPlateau on the last ``validation_fraction``
+of each series' windows (time-ordered, not a random 20%). ``multi_output=True`` trains one
+network with 3 outputs; ``False`` trains one network per target (the seed), combined into one
+saved model with 3 outputs. Files: ``lstm.keras`` (no optimizer state; loaded with
+``safe_mode=True``) and ``scaler.json``.
+
+Inference runs a NumPy forward pass over the saved weights (dropout is inactive at inference),
+checked against ``model(x, training=False)``; it answers one window in well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+
+from mora_platform.data.schema import EXPERIMENT_ID
+from mora_platform.features.scaling import MinMaxScaler
+from mora_platform.features.targets import FEATURE_COLUMNS, feature_matrix, target_matrix
+from mora_platform.features.windows import build_windows
+from mora_platform.models.base import Forecaster, ModelError, ModelLoadError, read_json, write_json
+from mora_platform.models.config import LSTMConfig
+from mora_platform.models.tf_runtime import configure_tensorflow
+from mora_platform.recommend.types import TARGETS
+
+MODEL_FILE = "lstm.keras"
+SCALER_FILE = "scaler.json"
+SCALER_FORMAT = 1
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+def _lstm_forward(
+    x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray, sequences: bool
+) -> np.ndarray:
+    """Keras LSTM (gates i, f, c, o; tanh / sigmoid) over (batch, time, features)."""
+    batch, steps, _ = x.shape
+    u = recurrent.shape[0]
+    projected = x @ kernel + bias
+    h = np.zeros((batch, u))
+    c = np.zeros((batch, u))
+    outputs = []
+    for t in range(steps):
+        z = projected[:, t] + h @ recurrent
+        i, f = _sigmoid(z[:, :u]), _sigmoid(z[:, u : 2 * u])
+        g, o = np.tanh(z[:, 2 * u : 3 * u]), _sigmoid(z[:, 3 * u :])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        if sequences:
+            outputs.append(h)
+    return np.stack(outputs, axis=1) if sequences else h
+
+
+class LSTMForecaster(Forecaster):
+    """Keras LSTM over windows of the 14 scaled features; see the module docstring."""
+
+    name = "lstm"
+
+    def __init__(
+        self, config: LSTMConfig | None = None, seq_len: int = 30, seed: int = 0, cpu_threads: int = 1
+    ) -> None:
+        super().__init__()
+        self.config = config or LSTMConfig()
+        self.seq_len = self.config.seq_len or seq_len
+        self.seed = seed
+        self.cpu_threads = cpu_threads
+        self.feature_scaler: MinMaxScaler | None = None
+        self.target_scaler: MinMaxScaler | None = None
+        self.model: Any = None
+        self.branches: list[str] = []
+        self.training: dict[str, Any] = {}
+        self._layers: list[list[tuple[str, tuple[np.ndarray, ...], str]]] = []
+
+    # ---- network ---------------------------------------------------------------------------
+    def _branch(self, keras: Any, outputs: int, name: str) -> Any:
+        cfg = self.config
+        layers: list[Any] = [keras.Input(shape=(self.seq_len, len(FEATURE_COLUMNS)))]
+        for k, units in enumerate(cfg.units):
+            layers.append(keras.layers.LSTM(units, return_sequences=k < len(cfg.units) - 1))
+            layers.append(keras.layers.Dropout(cfg.dropout))
+        if cfg.dense_units:
+            layers.append(keras.layers.Dense(cfg.dense_units, activation="relu"))
+        layers.append(keras.layers.Dense(outputs))
+        return keras.Sequential(layers, name=name)
+
+    def _fit(self, frame: pd.DataFrame) -> None:
+        features, targets = feature_matrix(frame), target_matrix(frame)
+        self.feature_scaler = MinMaxScaler.fit(features, FEATURE_COLUMNS)
+        self.target_scaler = MinMaxScaler.fit(targets, TARGETS)
+        experiments = frame[EXPERIMENT_ID].to_numpy()
+        windows = build_windows(
+            self.feature_scaler.transform(features),
+            self.target_scaler.transform(targets),
+            experiments,
+            self.seq_len,
+        )
+        if len(windows) < 2:
+            raise ModelError(
+                f"lstm: {len(windows)} training window(s) of {self.seq_len} steps; "
+                f"experiments need more than {self.seq_len} training rows"
+            )
+        holdout = self._holdout_mask(experiments[windows.rows])
+        x_tr, y_tr = windows.x[~holdout], windows.y[~holdout]
+        x_va, y_va = windows.x[holdout], windows.y[holdout]
+        configure_tensorflow(self.cpu_threads, self.seed)
+        import keras
+
+        cfg = self.config
+        monitor = "val_loss" if len(x_va) else "loss"
+        groups = [list(range(len(TARGETS)))] if cfg.multi_output else [[k] for k in range(len(TARGETS))]
+        self.branches = ["branch_all"] if cfg.multi_output else [f"branch_{t}" for t in TARGETS]
+        trained, started, epochs = [], time.perf_counter(), []
+        for name, cols in zip(self.branches, groups, strict=True):
+            net = self._branch(keras, len(cols), name)
+            net.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate), loss="mse")
+            callbacks = [
+                keras.callbacks.EarlyStopping(
+                    monitor=monitor, patience=cfg.patience, restore_best_weights=True
+                ),
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor=monitor, factor=0.5, patience=cfg.lr_patience, min_lr=1e-5
+                ),
+            ]
+            history = net.fit(
+                x_tr.astype("float32"),
+                y_tr[:, cols].astype("float32"),
+                validation_data=(x_va.astype("float32"), y_va[:, cols].astype("float32"))
+                if len(x_va)
+                else None,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                callbacks=callbacks,
+                shuffle=True,
+                verbose=0,
+            )
+            epochs.append(len(history.history["loss"]))
+            trained.append(net)
+        # Fresh, uncompiled copies: the saved model then carries no optimizer state (a third of the size).
+        inference = []
+        for name, net, cols in zip(self.branches, trained, groups, strict=True):
+            clean = self._branch(keras, len(cols), name)
+            clean.set_weights(net.get_weights())
+            inference.append(clean)
+        inputs = keras.Input(shape=(self.seq_len, len(FEATURE_COLUMNS)), name="window")
+        outs = [net(inputs) for net in inference]
+        output = outs[0] if len(outs) == 1 else keras.layers.Concatenate(name="targets")(outs)
+        self.model = keras.Model(inputs, output, name="mora_lstm")
+        self.training = {
+            "windows_train": len(x_tr),
+            "windows_validation": len(x_va),
+            "epochs": epochs,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        self._extract_weights()
+
+    def _holdout_mask(self, window_experiments: np.ndarray) -> np.ndarray:
+        """Last ``validation_fraction`` of each experiment's windows (time-ordered)."""
+        labels = pd.Series(window_experiments)
+        position = labels.groupby(labels, sort=False).cumcount().to_numpy()
+        count = labels.groupby(labels, sort=False).transform("size").to_numpy()
+        n_hold = np.floor(count * self.config.validation_fraction).astype(int)
+        n_hold = np.where(count >= 2, np.maximum(n_hold, 1), 0)
+        return position >= count - n_hold
+
+    def _extract_weights(self) -> None:
+        """Copy the saved network's weights into NumPy for the fast forward pass."""
+        self._layers = []
+        for name in self.branches:
+            stack = []
+            for layer in self.model.get_layer(name).layers:
+                kind = type(layer).__name__
+                if kind == "LSTM":
+                    cfg = layer.get_config()
+                    if cfg.get("activation") != "tanh" or cfg.get("recurrent_activation") != "sigmoid":
+                        raise ModelLoadError(f"{MODEL_FILE}: unsupported LSTM activations in {layer.name}")
+                    stack.append(
+                        (
+                            "lstm",
+                            tuple(np.asarray(w, dtype="float64") for w in layer.get_weights()),
+                            "seq" if cfg["return_sequences"] else "last",
+                        )
+                    )
+                elif kind == "Dense":
+                    stack.append(
+                        (
+                            "dense",
+                            tuple(np.asarray(w, dtype="float64") for w in layer.get_weights()),
+                            str(layer.get_config().get("activation")),
+                        )
+                    )
+                elif kind in ("Dropout", "InputLayer"):
+                    continue
+                else:
+                    raise ModelLoadError(f"{MODEL_FILE}: unexpected layer {kind} in {name}")
+            self._layers.append(stack)
+
+    # ---- asking ------------------------------------------------------------------------------
+    def forward(self, x: np.ndarray, engine: str = "numpy") -> np.ndarray:
+        """Scaled outputs (batch, 3) for scaled windows ``x`` (batch, seq_len, 14)."""
+        if engine == "keras":
+            return np.asarray(self.model(x.astype("float32"), training=False), dtype="float64")
+        outputs = []
+        for stack in self._layers:
+            h = np.asarray(x, dtype="float64")
+            for kind, weights, extra in stack:
+                if kind == "lstm":
+                    h = _lstm_forward(h, weights[0], weights[1], weights[2], extra == "seq")
+                else:
+                    h = h @ weights[0] + weights[1]
+                    if extra == "relu":
+                        h = np.maximum(h, 0.0)
+                    elif extra not in ("linear", "None"):
+                        raise ModelError(f"lstm: unsupported dense activation {extra}")
+            outputs.append(h)
+        return np.concatenate(outputs, axis=1)
+
+    def _predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        assert self.feature_scaler is not None and self.target_scaler is not None
+        out = pd.DataFrame(np.nan, index=frame.index, columns=list(TARGETS), dtype="float64")
+        windows = build_windows(
+            self.feature_scaler.transform(feature_matrix(frame)),
+            np.zeros((len(frame), len(TARGETS))),
+            frame[EXPERIMENT_ID].to_numpy(),
+            self.seq_len,
+        )
+        if len(windows):
+            values = self.target_scaler.inverse(self.forward(windows.x))
+            out.iloc[windows.rows] = values
+        return out
+
+    def _forecast_next(self, history: pd.DataFrame, context: dict[str, float | str]) -> dict[str, float]:
+        assert self.feature_scaler is not None and self.target_scaler is not None
+        experiments = history[EXPERIMENT_ID].to_numpy()
+        tail = history[experiments == experiments[-1]].tail(self.seq_len)
+        if len(tail) < self.seq_len:
+            return dict.fromkeys(TARGETS, float("nan"))
+        x = self.feature_scaler.transform(feature_matrix(tail))[None, :, :]
+        values = self.target_scaler.inverse(self.forward(x))[0]
+        return {t: float(v) for t, v in zip(TARGETS, values, strict=True)}
+
+    # ---- persistence ------------------------------------------------------------------------
+    def _save(self, directory: Path) -> list[str]:
+        assert self.feature_scaler is not None and self.target_scaler is not None
+        self.model.save(directory / MODEL_FILE)
+        meta = {
+            "format": SCALER_FORMAT,
+            "seq_len": self.seq_len,
+            "branches": self.branches,
+            "config": self.config.model_dump(),
+            "features": self.feature_scaler.to_dict(),
+            "targets": self.target_scaler.to_dict(),
+            "training": self.training,
+        }
+        return [MODEL_FILE, write_json(directory / SCALER_FILE, meta)]
+
+    @classmethod
+    def _load(cls, directory: Path, cpu_threads: int = 1) -> Self:
+        meta = read_json(directory / SCALER_FILE)
+        try:
+            if meta["format"] != SCALER_FORMAT:
+                raise ValueError(f"unsupported format {meta['format']!r}")
+            model = cls(
+                LSTMConfig.model_validate(meta["config"]), int(meta["seq_len"]), cpu_threads=cpu_threads
+            )
+            model.seq_len = int(meta["seq_len"])
+            model.branches = [str(b) for b in meta["branches"]]
+            model.feature_scaler = MinMaxScaler.from_dict(meta["features"])
+            model.target_scaler = MinMaxScaler.from_dict(meta["targets"])
+            model.training = dict(meta.get("training", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{SCALER_FILE}: malformed ({exc})") from exc
+        path = directory / MODEL_FILE
+        if not path.is_file():
+            raise ModelLoadError(f"{MODEL_FILE}: file missing in {directory}")
+        configure_tensorflow(cpu_threads)
+        import keras
+
+        try:
+            model.model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # Keras raises many types for a bad archive
+            raise ModelLoadError(f"{MODEL_FILE}: cannot load ({type(exc).__name__}: {exc})") from exc
+        expected_in = (None, model.seq_len, len(FEATURE_COLUMNS))
+        if tuple(model.model.input_shape) != expected_in or tuple(model.model.output_shape) != (
+            None,
+            len(TARGETS),
+        ):
+            raise ModelLoadError(
+                f"{MODEL_FILE}: shapes {model.model.input_shape} -> {model.model.output_shape} do not match "
+                f"{expected_in} -> (None, {len(TARGETS)})"
+            )
+        model._extract_weights()
+        return model

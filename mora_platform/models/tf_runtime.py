@@ -1,0 +1,44 @@
+"""TensorFlow set-up in one place: thread caps, quiet logs, seeds.
+
+Ray's CPU resources are bookkeeping, not limits: without a cap every TF process starts as many
+threads as there are cores. The cap must be set before TF runs its first op; later calls
+with a different value cannot change it, so they log a warning instead of raising.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+_threads: int | None = None
+
+
+def configure_tensorflow(cpu_threads: int, seed: int | None = None) -> int:
+    """Cap TF intra/inter-op threads to ``cpu_threads`` and seed Python, NumPy and TF.
+
+    Safe to call many times; returns the thread count actually in effect.
+    """
+    global _threads
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+
+    cpu_threads = max(1, int(cpu_threads))
+    if _threads is None:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(cpu_threads)
+            _threads = cpu_threads
+        except RuntimeError:
+            _threads = tf.config.threading.get_intra_op_parallelism_threads() or cpu_threads
+            logger.warning("TensorFlow already initialised; thread cap stays at %s", _threads)
+    elif _threads != cpu_threads:
+        logger.warning(
+            "TensorFlow threads already capped at %s; ignoring request for %s", _threads, cpu_threads
+        )
+    if seed is not None:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+    return _threads

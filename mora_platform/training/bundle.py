@@ -1,0 +1,199 @@
+"""A trained service on disk, and the fast path that answers recommendation requests from it.
+
+Bundle files (written by ``train_service``): ``ensemble.json``, the members' files
+(``prophet_{target}.json`` or ``percentile_{target}.json``, ``prophet_grid.json``,
+``lstm.keras``, ``scaler.json``), ``calibration.json``, ``config.json``, ``metrics.json`` and
+``history_tail.json`` (the last ``seq_len`` rows of the latest experiment, prepared).
+Checksums are the registry's job; loading refuses any file it cannot parse, naming it.
+
+A request: the ensemble's next-step forecast (Prophet from its precomputed grid, the LSTM by a
+NumPy forward pass) plus the calibrated head-room of the mode that answered, then floors and
+rounding (``recommend.policy``). ``context`` may set ``load_users`` and ``replica_count``
+(Prophet's regressors); the LSTM forecasts from the history alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mora_platform.data.schema import (
+    EXPERIMENT_ID,
+    LOAD_USERS,
+    REPLICA_COUNT,
+    SCENARIO,
+    SERVICE,
+    STEP,
+    TIMESTAMP,
+)
+from mora_platform.features.targets import FEATURE_COLUMNS, TARGET_COLUMNS, FeatureError, prepare_frame
+from mora_platform.models.base import ModelLoadError, read_json, write_json
+from mora_platform.models.calibration import FUSED, Calibration
+from mora_platform.models.ensemble import OK, EnsembleForecaster
+from mora_platform.recommend.policy import build_recommendation
+from mora_platform.recommend.types import TARGETS, MemberContribution, Recommendation
+from mora_platform.training.config import TrainingConfig
+
+CONFIG_FILE = "config.json"
+CALIBRATION_FILE = "calibration.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history_tail.json"
+CONTEXT_KEYS: tuple[str, ...] = (LOAD_USERS, REPLICA_COUNT)
+HISTORY_COLUMNS: tuple[str, ...] = (
+    TIMESTAMP,
+    EXPERIMENT_ID,
+    SCENARIO,
+    REPLICA_COUNT,
+    STEP,
+    *FEATURE_COLUMNS,
+    *TARGET_COLUMNS.values(),
+)
+
+
+def write_history_tail(directory: Path, prepared: pd.DataFrame, seq_len: int) -> str:
+    """Store the last ``seq_len`` rows of the latest experiment (serving's default history)."""
+    latest = prepared[EXPERIMENT_ID].iloc[-1]
+    tail = prepared[prepared[EXPERIMENT_ID] == latest].tail(seq_len)
+    data: dict[str, list[Any]] = {}
+    for column in HISTORY_COLUMNS:
+        if column == TIMESTAMP:
+            data[column] = [ts.isoformat() for ts in tail[column]]
+        elif column in (EXPERIMENT_ID, SCENARIO):
+            data[column] = [str(v) for v in tail[column]]
+        else:
+            data[column] = [float(v) for v in tail[column]]
+    return write_json(directory / HISTORY_FILE, {"format": 1, "columns": data})
+
+
+def read_history_tail(directory: Path) -> pd.DataFrame:
+    raw = read_json(directory / HISTORY_FILE)
+    try:
+        columns = raw["columns"]
+        frame = pd.DataFrame({c: columns[c] for c in HISTORY_COLUMNS})
+        frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{HISTORY_FILE}: malformed ({exc})") from exc
+    if frame.empty:
+        raise ModelLoadError(f"{HISTORY_FILE}: no rows")
+    return frame
+
+
+def _check_context(context: Mapping[str, float | str] | None) -> dict[str, float]:
+    """Numeric, finite, non-negative ``load_users`` / ``replica_count``; anything else is refused."""
+    checked: dict[str, float] = {}
+    for key, value in (context or {}).items():
+        if key not in CONTEXT_KEYS:
+            raise ValueError(f"context key {key!r} is not supported; use {', '.join(CONTEXT_KEYS)}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"context {key!r} must be a number, got {value!r}") from exc
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"context {key!r} must be a finite number >= 0, got {value!r}")
+        checked[key] = number
+    return checked
+
+
+@dataclass
+class ServiceModel:
+    """A loaded bundle: ensemble, calibration, config and the stored history tail."""
+
+    service: str
+    ensemble: EnsembleForecaster
+    calibration: Calibration
+    config: TrainingConfig
+    history: pd.DataFrame
+    metrics: dict[str, Any]
+    directory: Path
+
+    @classmethod
+    def load(cls, directory: Path) -> ServiceModel:
+        """Read a bundle directory; ``ModelLoadError`` names any file it cannot parse."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelLoadError(f"{directory}: bundle directory not found")
+        meta = read_json(directory / CONFIG_FILE)
+        try:
+            service = str(meta["service"])
+            config = TrainingConfig.model_validate(meta["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{CONFIG_FILE}: malformed ({exc})") from exc
+        try:
+            calibration = Calibration.from_dict(read_json(directory / CALIBRATION_FILE))
+        except ValueError as exc:
+            raise ModelLoadError(f"{CALIBRATION_FILE}: {exc}") from exc
+        metrics = read_json(directory / METRICS_FILE)
+        if not isinstance(metrics, dict):
+            raise ModelLoadError(f"{METRICS_FILE}: not a JSON object")
+        ensemble = EnsembleForecaster.load(directory)
+        return cls(service, ensemble, calibration, config, read_history_tail(directory), metrics, directory)
+
+    def prepare_history(self, history: pd.DataFrame) -> pd.DataFrame:
+        """A caller's canonical frame -> prepared rows of this service's latest experiment."""
+        if SERVICE in history.columns:
+            history = history[history[SERVICE].astype(str) == self.service]
+        if history.empty:
+            raise ValueError(f"history has no rows for service {self.service!r}")
+        try:
+            prepared = prepare_frame(history)
+        except FeatureError as exc:
+            raise ValueError(f"history: {exc}") from exc
+        latest = prepared[EXPERIMENT_ID].iloc[-1]
+        return prepared[prepared[EXPERIMENT_ID] == latest].tail(max(self.config.effective_seq_len, 1))
+
+    def recommend(
+        self,
+        history: pd.DataFrame | None = None,
+        context: Mapping[str, float | str] | None = None,
+        *,
+        model_version: str | None = None,
+    ) -> Recommendation:
+        """Recommendation for the next step after ``history`` (default: the stored tail)."""
+        checked = _check_context(context)
+        window = self.history if history is None else self.prepare_history(history)
+        answer = self.ensemble.explain_next(window, checked)
+        per = self.calibration.for_mode(answer.mode)
+        requests = {t: max(answer.point[t] + per[t].quantile, 0.0) for t in TARGETS}
+        confidence = min(per[t].confidence for t in TARGETS)
+        contributions = {}
+        for name, status in self.ensemble.status.items():
+            values = answer.members.get(name, {})
+            member = self.ensemble.members.get(name)
+            weights = answer.weights.get(name, dict.fromkeys(TARGETS, 0.0))
+            label = (
+                status if status != OK else ("fallback" if member is not None and member.fallbacks else OK)
+            )
+            contributions[name] = MemberContribution(
+                weight=float(np.clip(np.mean([weights[t] for t in TARGETS]), 0, 1)),
+                cpu_cores=_finite_or_none(values.get("cpu")),
+                memory_bytes=_finite_or_none(values.get("memory")),
+                replicas=_finite_or_none(values.get("replicas")),
+                status=label,
+            )
+        reasons = list(self.ensemble.reasons.values())
+        if answer.mode != FUSED:
+            silent = [n for n in self.ensemble.members if n != answer.mode]
+            reasons.append(
+                f"answered by {answer.mode} alone: {', '.join(silent)} could not answer for this history"
+            )
+        return build_recommendation(
+            self.service,
+            requests,
+            confidence,
+            contributions=contributions,
+            degraded=self.ensemble.degraded or answer.mode != FUSED,
+            fallbacks=[*self.ensemble.fallbacks, *self.calibration.fallbacks],
+            reasons=reasons,
+            model_version=model_version,
+            coverage=self.calibration.coverage,
+        )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None

@@ -1,0 +1,52 @@
+"""``TrainingConfig``: everything one service's training needs, as a pydantic model Tune can fill.
+
+``fusion_weights`` is Prophet's weight per target (the LSTM gets ``1 - w``); ``fusion="auto"``
+chooses it on the validation split instead.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mora_platform.models.config import LSTMConfig, ProphetConfig
+from mora_platform.recommend.types import TARGETS
+
+MEMBERS: tuple[str, ...] = ("prophet", "lstm")
+
+
+class TrainingConfig(BaseModel):
+    """One service's training settings (defaults are the platform's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq_len: int = Field(default=30, ge=2, le=512, description="LSTM window length (steps)")
+    lstm: LSTMConfig = Field(default_factory=LSTMConfig)
+    prophet: ProphetConfig = Field(default_factory=ProphetConfig)
+    members: list[Literal["prophet", "lstm"]] = Field(default_factory=lambda: ["prophet", "lstm"], min_length=1)
+    fusion_weights: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(TARGETS, 0.4), description="Prophet's weight per target"
+    )
+    fusion: Literal["fixed", "auto"] = "fixed"
+    coverage: float = Field(default=0.95, gt=0.5, lt=1)
+    validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.15, ge=0, lt=0.5)
+    min_rows: int = Field(default=12, ge=3, description="fewer rows than this is unusable data")
+    seed: int = 0
+    cpu_threads: int = Field(default=1, ge=1, le=256)
+
+    @field_validator("fusion_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(TARGETS))
+        if unknown:
+            raise ValueError(f"unknown target(s) {unknown}; expected {list(TARGETS)}")
+        bad = {t: w for t, w in value.items() if not 0 <= w <= 1}
+        if bad:
+            raise ValueError(f"weights must be in [0, 1], got {bad}")
+        return {t: float(value.get(t, 0.4)) for t in TARGETS}
+
+    @property
+    def effective_seq_len(self) -> int:
+        return self.lstm.seq_len or self.seq_len

@@ -1,0 +1,265 @@
+"""``train_service``: one service's frame -> a calibrated ensemble bundle on disk + a report.
+
+Steps: validate the data (``ServiceDataError`` on unusable input), prepare targets and
+features, split each experiment in time order (train / validation / test), fit the members on
+train, fuse (fixed weights or ``fusion="auto"`` on validation), calibrate on validation,
+evaluate on test, write the bundle files (no manifest: the registry adds it).
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mora_platform.data.schema import EXPERIMENT_ID, SERVICE, TIMESTAMP
+from mora_platform.features.split import Split, split_frame
+from mora_platform.features.targets import (
+    REQUIRED_COLUMNS,
+    TARGET_COLUMNS,
+    TARGET_SOURCES,
+    FeatureError,
+    prepare_frame,
+)
+from mora_platform.models.base import Forecaster, ModelError, write_json
+from mora_platform.models.baselines import LastValueForecaster
+from mora_platform.models.calibration import FUSED, Calibration, calibrate
+from mora_platform.models.ensemble import EnsembleForecaster, default_weights
+from mora_platform.models.lstm import LSTMForecaster
+from mora_platform.models.prophet_model import ProphetForecaster
+from mora_platform.recommend.types import TARGETS
+from mora_platform.training.bundle import (
+    CALIBRATION_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    write_history_tail,
+)
+from mora_platform.training.config import TrainingConfig
+from mora_platform.training.report import DataWindow, ServiceDataError, TargetMetrics, TrainingReport
+
+LIBRARIES = ("numpy", "pandas", "prophet", "cmdstanpy", "tensorflow-cpu", "keras", "pydantic")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _select_service(frame: pd.DataFrame, service: str) -> pd.DataFrame:
+    if not isinstance(frame, pd.DataFrame):
+        raise ServiceDataError(service, f"expected a pandas DataFrame, got {type(frame).__name__}")
+    if SERVICE in frame.columns:
+        services = frame[SERVICE].astype(str)
+        if (services != service).any():
+            frame = frame[services == service]
+    if frame.empty:
+        raise ServiceDataError(service, "no rows for this service")
+    return frame
+
+
+def validate_service_frame(frame: pd.DataFrame, service: str, config: TrainingConfig) -> pd.DataFrame:
+    """Rows of ``service`` fit for training, or ``ServiceDataError`` saying why not."""
+    frame = _select_service(frame, service)
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ServiceDataError(service, f"missing column(s): {', '.join(missing)}")
+    timestamps = pd.to_datetime(frame[TIMESTAMP], utc=True, errors="coerce")
+    if timestamps.isna().all():
+        raise ServiceDataError(service, f"column {TIMESTAMP!r} has no parseable timestamps")
+    frame = frame[timestamps.notna().to_numpy()]
+    for name, (source, _) in TARGET_SOURCES.items():
+        values = pd.to_numeric(frame[source], errors="coerce")
+        if values.isna().all():
+            raise ServiceDataError(
+                service, f"target {name!r}: column {source!r} has no numeric values (all NaN)"
+            )
+        negative = values < 0
+        if negative.any():
+            row = int(np.flatnonzero(negative.to_numpy())[0])
+            raise ServiceDataError(
+                service,
+                f"target {name!r}: column {source!r} has negative usage {values.iloc[row]!r} at row {row + 1}",
+            )
+    if len(frame) < config.min_rows:
+        raise ServiceDataError(
+            service, f"only {len(frame)} usable rows; training needs at least {config.min_rows}"
+        )
+    return frame
+
+
+def _members(config: TrainingConfig) -> dict[str, Forecaster | None]:
+    members: dict[str, Forecaster | None] = {"prophet": None, "lstm": None}
+    if "prophet" in config.members:
+        members["prophet"] = ProphetForecaster(config.prophet)
+    if "lstm" in config.members:
+        members["lstm"] = LSTMForecaster(config.lstm, config.seq_len, config.seed, config.cpu_threads)
+    return members
+
+
+def _actual(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {t: frame[TARGET_COLUMNS[t]].to_numpy(dtype="float64") for t in TARGETS}, index=frame.index
+    )
+
+
+def _requests(modes: dict[str, pd.DataFrame], calibration: Calibration) -> pd.DataFrame:
+    """Per row: forecast + head-room of the mode that answered it (fused first, then members)."""
+    fused = modes[FUSED]
+    out = pd.DataFrame(np.nan, index=fused.index, columns=list(TARGETS))
+    for mode, predicted in modes.items():
+        per = calibration.for_mode(mode)
+        for t in TARGETS:
+            fill = out[t].isna() & predicted[t].notna()
+            out.loc[fill, t] = (predicted.loc[fill, t] + per[t].quantile).clip(lower=0)
+    return out
+
+
+def evaluate(
+    frame: pd.DataFrame,
+    rows: np.ndarray,
+    modes: dict[str, pd.DataFrame],
+    members: dict[str, pd.DataFrame],
+    calibration: Calibration,
+) -> dict[str, TargetMetrics]:
+    """Metrics per target on the selected ``rows`` of a prepared frame."""
+    actual = _actual(frame)[rows]
+    requests = _requests({m: p[rows] for m, p in modes.items()}, calibration)
+    point = modes[FUSED][rows].combine_first(next(iter(members.values()))[rows])
+    for p in members.values():
+        point = point.combine_first(p[rows])
+    result = {}
+    for t in TARGETS:
+        y, req, yhat = actual[t].to_numpy(), requests[t].to_numpy(), point[t].to_numpy()
+        ok = np.isfinite(y) & np.isfinite(req)
+        usage = frame.loc[rows, TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
+        fused_cal = calibration.for_mode(FUSED)[t]
+        level = float(np.mean(np.abs(y[ok]))) if ok.any() else 0.0
+        result[t] = TargetMetrics(
+            n=int(ok.sum()),
+            mae=float(np.mean(np.abs(y[ok] - yhat[ok]))) if ok.any() else None,
+            coverage=float(np.mean(req[ok] >= y[ok])) if ok.any() else None,
+            usage_coverage=float(np.mean(req[ok] >= usage[ok])) if ok.any() else None,
+            mean_slack=float(np.mean(req[ok] - y[ok]) / level) if ok.any() and level > 0 else None,
+            mae_members={
+                name: float(np.nanmean(np.abs(y - p[t].to_numpy())))
+                for name, p in ((n, q[rows]) for n, q in members.items())
+                if np.isfinite(p[t].to_numpy()).any()
+            },
+            quantile=fused_cal.quantile,
+            confidence=fused_cal.confidence,
+        )
+    return result
+
+
+def train_service(frame: pd.DataFrame, service: str, config: TrainingConfig, out_dir: Path) -> TrainingReport:
+    """Train, calibrate and evaluate one service; write its bundle files into ``out_dir``."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    selected = validate_service_frame(frame, service, config)
+    try:
+        prepared = prepare_frame(selected)
+    except FeatureError as exc:
+        raise ServiceDataError(service, str(exc)) from exc
+    labels = split_frame(prepared, config.validation_fraction, config.test_fraction).to_numpy()
+    train_rows = labels == Split.TRAIN.value
+    val_rows = labels == Split.VALIDATION.value
+    test_rows = labels == Split.TEST.value
+    ensemble = EnsembleForecaster(_members(config), default_weights(config.fusion_weights))
+    tick = time.perf_counter()
+    try:
+        ensemble.fit(prepared[train_rows])
+    except ModelError as exc:
+        raise ServiceDataError(service, f"no model could be trained: {exc}") from exc
+    timings["fit"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    members = ensemble.member_predictions(prepared)
+    members_and_naive = {
+        **members,
+        "naive": LastValueForecaster().fit(prepared[train_rows]).predict(prepared),
+    }
+    actual = _actual(prepared)
+    if config.fusion == "auto":
+        ensemble.choose_weights(actual[val_rows], {n: p[val_rows] for n, p in members.items()})
+    modes = ensemble.mode_predictions(members)
+    timings["predict"] = time.perf_counter() - tick
+    calibration = _calibrate(service, actual, modes, val_rows, train_rows, config.coverage)
+    test_metrics = (
+        evaluate(prepared, test_rows, modes, members_and_naive, calibration) if test_rows.any() else {}
+    )
+    val_metrics = evaluate(prepared, val_rows, modes, members_and_naive, calibration)
+    fallbacks = [*ensemble.fallbacks, *calibration.fallbacks]
+    confidence = min(c.confidence for c in calibration.for_mode(FUSED).values())
+
+    tick = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = ensemble.save(out_dir)
+    files.append(write_json(out_dir / CALIBRATION_FILE, calibration.to_dict()))
+    files.append(write_history_tail(out_dir, prepared, config.effective_seq_len))
+    window = DataWindow(
+        start=prepared[TIMESTAMP].min().to_pydatetime(),
+        end=prepared[TIMESTAMP].max().to_pydatetime(),
+        rows=len(prepared),
+        experiments=int(prepared[EXPERIMENT_ID].nunique()),
+    )
+    files.append(
+        write_json(
+            out_dir / CONFIG_FILE,
+            {
+                "format": 1,
+                "service": service,
+                "config": config.model_dump(),
+                "fusion_weights": ensemble.weights.get("prophet", {}),
+                "libraries": library_versions(),
+            },
+        )
+    )
+    timings["save"] = time.perf_counter() - tick
+    report = TrainingReport(
+        service=service,
+        metrics=test_metrics,
+        validation=val_metrics,
+        fallbacks=fallbacks,
+        members=dict(ensemble.status),
+        degraded=ensemble.degraded,
+        confidence=confidence,
+        fusion_weights=dict(ensemble.weights.get("prophet", {})),
+        data_window=window,
+        seconds=0.0,
+        timings={k: round(v, 3) for k, v in timings.items()},
+        files=[],
+        config=config.model_dump(),
+    )
+    report.files = sorted({*files, METRICS_FILE})
+    report.seconds = round(time.perf_counter() - started, 3)
+    write_json(out_dir / METRICS_FILE, report.model_dump(mode="json"))
+    return report
+
+
+def _calibrate(
+    service: str,
+    actual: pd.DataFrame,
+    modes: dict[str, pd.DataFrame],
+    val_rows: np.ndarray,
+    train_rows: np.ndarray,
+    coverage: float,
+) -> Calibration:
+    """Calibrate on validation; without validation residuals fall back to training ones (recorded)."""
+    try:
+        return calibrate(actual[val_rows], {m: p[val_rows] for m, p in modes.items()}, coverage)
+    except ValueError as first:
+        try:
+            calibration = calibrate(
+                actual[train_rows], {m: p[train_rows] for m, p in modes.items()}, coverage, source="training"
+            )
+        except ValueError as exc:
+            raise ServiceDataError(service, f"cannot calibrate: {first}; {exc}") from exc
+        calibration.fallbacks.append(f"calibration: {first}; used in-sample training residuals (optimistic)")
+        return calibration
