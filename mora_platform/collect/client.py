@@ -168,7 +168,7 @@ class PrometheusClient:
         from prometheus_api_client import PrometheusApiClientException
 
         where = f"Prometheus at {self.display_url}"
-        if isinstance(exc, requests.Timeout):
+        if isinstance(exc, requests.Timeout) or _is_timeout(exc):
             return PrometheusTimeoutError(
                 f"{what}: {where} did not answer within {self._settings.timeout_seconds:g}s"
             ), True
@@ -216,6 +216,18 @@ def _to_float(value: Any) -> float:
         return math.nan
 
 
+def _is_timeout(exc: Exception) -> bool:
+    """A timeout that urllib3 wrapped into a connection error (its retry layer does that)."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    inner = exc.args[0] if exc.args else None
+    if not isinstance(inner, MaxRetryError):
+        return False
+    # NewConnectionError (refused, DNS) subclasses urllib3's ConnectTimeoutError: not a timeout
+    return isinstance(inner.reason, Urllib3Timeout) and not isinstance(inner.reason, NewConnectionError)
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc)
     for marker in (
@@ -223,10 +235,14 @@ def _reason(exc: Exception) -> str:
         "Name or service not known",
         "No route to host",
         "certificate verify failed",
+        "Connection reset",
+        "Remote end closed connection",
     ):
         if marker in text:
             return marker.lower()
-    return text[:200]
+    inner = exc.args[0] if exc.args else None
+    reason = getattr(inner, "reason", None)  # urllib3's MaxRetryError: the cause without the request URL
+    return str(reason or text)[:200]
 
 
 def _server_message(text: str) -> str:

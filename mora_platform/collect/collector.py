@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -25,6 +26,7 @@ from mora_platform.collect.client import (
     PrometheusError,
     PrometheusQueryError,
     PrometheusUnavailableError,
+    Series,
 )
 from mora_platform.collect.frame import Derive, build_chunk_frame, default_derive
 from mora_platform.collect.queries import DISCOVERY_LABEL, discovery_selector
@@ -168,6 +170,7 @@ class Collector:
         service = result.service
         queries = self._table.render_all(namespace, service)
         checkpoint = self._checkpoint(dataset, namespace, service, queries)
+        self._tally(result, checkpoint, windows)
         step = self._settings.step_seconds
         for window in windows:
             part = window.chunk.part
@@ -202,18 +205,24 @@ class Collector:
             )
             self._checkpoints.save(checkpoint)
             self._written += 1
+            self._tally(result, checkpoint, windows)
             result.chunks_written += 1
             result.new_rows += len(chunk.frame) - (previous.rows if previous else 0)
             result.empty_metrics = sorted(set(result.empty_metrics) | set(chunk.empty_metrics))
             self._progress(ChunkEvent(service, part, "written", len(chunk.frame)))
         self._finish(result, checkpoint, windows)
 
-    def _finish(self, result: ServiceResult, checkpoint: Checkpoint, windows: list[ChunkWindow]) -> None:
+    @staticmethod
+    def _tally(result: ServiceResult, checkpoint: Checkpoint, windows: list[ChunkWindow]) -> None:
+        """Rows, missing points and gaps stored so far for the requested chunks."""
         parts = {w.chunk.part for w in windows}
         records = [r for name, r in checkpoint.chunks.items() if name in parts]
         result.rows = sum(r.rows for r in records)
         result.missing_points = sum(r.missing_points for r in records)
         result.gaps = sum(r.gaps for r in records)
+
+    def _finish(self, result: ServiceResult, checkpoint: Checkpoint, windows: list[ChunkWindow]) -> None:
+        self._tally(result, checkpoint, windows)
         if result.rows == 0:
             result.status = "no data"
             result.message = self._explain_no_data(checkpoint.namespace, result.service, windows)
@@ -227,10 +236,20 @@ class Collector:
         self, pool: ThreadPoolExecutor, queries: dict[str, str], start: int, end: int
     ) -> dict[str, list[tuple[float, float]]]:
         step = self._settings.step_seconds
-        futures = {
-            metric: pool.submit(self._client.query_range, query, start, end, step, what=f"query {metric}")
-            for metric, query in queries.items()
-        }
+        failed = threading.Event()
+
+        def run(metric: str, query: str) -> list[Series] | None:
+            # Once one query of the chunk failed, the chunk fails anyway: queued queries are skipped.
+            if failed.is_set():
+                return None
+            try:
+                return self._client.query_range(query, start, end, step, what=f"query {metric}")
+            except PrometheusError:
+                failed.set()
+                raise
+
+        futures = {metric: pool.submit(run, metric, query) for metric, query in queries.items()}
+        wait(futures.values())
         samples: dict[str, list[tuple[float, float]]] = {}
         errors: list[PrometheusError] = []
         for metric, future in futures.items():
@@ -238,6 +257,8 @@ class Collector:
                 series = future.result()
             except PrometheusError as exc:
                 errors.append(exc)
+                continue
+            if series is None:
                 continue
             if len(series) > 1:
                 errors.append(

@@ -7,7 +7,9 @@ over a window that lies inside one segment returns the segment's slope exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +88,13 @@ class Timeline:
     def segment(self, t: int | np.ndarray) -> np.ndarray:
         return np.maximum(0, (np.asarray(t) - self.start) // SEGMENT)
 
-    def counter(self, rate_of_segment: object, t0: float = 1e6) -> np.ndarray:
+    def counter(self, rate_of_segment: Callable[[int], float], t0: float = 1e6) -> np.ndarray:
         """A counter at every sample time whose slope in segment j is ``rate_of_segment(j)``."""
         values = np.empty(len(self.times))
         value = t0
         for k, t in enumerate(self.times):
             if k:
-                value += rate_of_segment(int(self.segment(t - SCRAPE))) * SCRAPE  # type: ignore[operator]
+                value += rate_of_segment(int(self.segment(int(t) - SCRAPE))) * SCRAPE
             values[k] = value
         return values
 
@@ -115,7 +117,7 @@ def write_openmetrics(path: Path, timeline: Timeline) -> None:
                 "counter",
                 "container_cpu_usage_seconds_total",
                 f'{base},container="app"',
-                timeline.counter(lambda j, p=p, svc=svc: cpu_rate(svc, p, j)),
+                timeline.counter(partial(cpu_rate, svc, p)),
             )
             # decoys: the pause container and the pod-level cgroup total must not be summed in
             add(
@@ -152,14 +154,14 @@ def write_openmetrics(path: Path, timeline: Timeline) -> None:
                 "counter",
                 "container_network_receive_bytes_total",
                 f'{base},interface="eth0"',
-                timeline.counter(lambda j, p=p, svc=svc: rx_rate(svc, p, j)),
+                timeline.counter(partial(rx_rate, svc, p)),
             )
             add(
                 "container_network_transmit_bytes",
                 "counter",
                 "container_network_transmit_bytes_total",
                 f'{base},interface="eth0"',
-                timeline.counter(lambda j, p=p, svc=svc: tx_rate(svc, p, j)),
+                timeline.counter(partial(tx_rate, svc, p)),
             )
             add(
                 "kube_pod_container_status_restarts",
@@ -189,7 +191,7 @@ def write_openmetrics(path: Path, timeline: Timeline) -> None:
             "counter",
             "node_cpu_seconds_total",
             f'instance="node-a",cpu="{cpu}",mode="idle"',
-            timeline.counter(lambda j, cpu=cpu: idle_rate(cpu, j)),
+            timeline.counter(partial(idle_rate, cpu)),
         )
         add(
             "node_cpu_seconds",

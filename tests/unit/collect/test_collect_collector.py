@@ -106,6 +106,7 @@ def test_interrupted_run_resumes_to_the_same_rows_without_duplicates() -> None:
     )
     assert first.interrupted
     assert [s.status for s in first.services] == ["ok", "interrupted"]
+    assert first.services[1].rows == 40 and first.services[1].chunks_written == 2
     fake = FakePrometheus({"cart", "shop"})
     second = _collector(fake, ds, blobs).collect("resumed", "ns", ["cart", "shop"], T0, end)
     assert not second.interrupted
