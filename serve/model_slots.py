@@ -20,15 +20,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
-from mora_platform.data.schema import SERVICE, TIMESTAMP
+from mora_platform.data.schema import (
+    DEFAULT_RELATIVE_STEP_SECONDS,
+    EXPERIMENT_ID,
+    LOAD_USERS,
+    METRIC_COLUMNS,
+    REPLICA_COUNT,
+    SCENARIO,
+    SERVICE,
+    STEP,
+    TIMESTAMP,
+)
 from mora_platform.recommend.types import Recommendation
 from mora_platform.registry import ArtifactIntegrityError, ModelNotFoundError, ModelRegistry
 
 logger = logging.getLogger(__name__)
 
-_CONTEXT_KEYS = ("load_users", "replica_count", "scenario")
+MODEL_CONTEXT_KEYS = (LOAD_USERS, REPLICA_COUNT)  # what ServiceModel.recommend takes as context
 
 
 class ServedModel(Protocol):
@@ -107,27 +118,56 @@ def outcome(
 
 def request_inputs(
     service: str, payload: Mapping[str, Any]
-) -> tuple[pd.DataFrame | None, dict[str, float | str]]:
-    """(history frame or None, context mapping) from a validated request payload.
+) -> tuple[pd.DataFrame | None, dict[str, float | str], list[str]]:
+    """(history frame or None, model context, notes) from a validated request payload.
 
-    ``current`` metric values join the context: they describe the present, as the context does.
+    The model's context takes ``load_users`` and ``replica_count``. A given history becomes a
+    complete frame in the unified schema (oldest row first): missing metrics are left empty
+    for the model to fill, missing context columns come from ``context``, missing timestamps
+    are laid out every ``DEFAULT_RELATIVE_STEP_SECONDS``. ``current`` is appended as the newest
+    row of the history; without a history it cannot be used, and a note says so.
     """
-    context: dict[str, float | str] = {}
-    for key in _CONTEXT_KEYS:
-        value = (payload.get("context") or {}).get(key)
-        if value is not None:
-            context[key] = value
-    for key, value in (payload.get("current") or {}).items():
-        if value is not None:
-            context[key] = value
-    rows = payload.get("history")
+    given = dict(payload.get("context") or {})
+    context: dict[str, float | str] = {k: given[k] for k in MODEL_CONTEXT_KEYS if given.get(k) is not None}
+    rows = [dict(row) for row in payload.get("history") or []]
+    current = {k: v for k, v in (payload.get("current") or {}).items() if v is not None}
+    notes: list[str] = []
     if not rows:
-        return None, context
-    history = pd.DataFrame.from_records(list(rows))
+        if current:
+            notes.append(
+                "'current' was not used: send it together with 'history' (the stored history was used)"
+            )
+        return None, context, notes
+    if current:
+        rows.append(current)
+    history = pd.DataFrame.from_records(rows)
+    for column in METRIC_COLUMNS:
+        if column not in history:
+            history[column] = np.nan
+    for column in (LOAD_USERS, REPLICA_COUNT, SCENARIO):
+        fallback = given.get(column)
+        if column not in history:
+            history[column] = fallback
+        elif fallback is not None:
+            history[column] = history[column].where(history[column].notna(), fallback)
+    history[SCENARIO] = history[SCENARIO].fillna("unknown").astype(str)
     history[SERVICE] = service
-    if TIMESTAMP in history:
-        history[TIMESTAMP] = pd.to_datetime(history[TIMESTAMP], utc=True, format="ISO8601")
-    return history, context
+    history[EXPERIMENT_ID] = f"{service}-request"
+    observed = len(rows) - (1 if current else 0)  # rows that came with the history
+    stamps = pd.to_datetime(history[TIMESTAMP], utc=True, format="ISO8601") if TIMESTAMP in history else None
+    if stamps is None or stamps.iloc[:observed].isna().any():
+        if stamps is not None and stamps.iloc[:observed].notna().any():
+            notes.append("history rows without a timestamp: all rows were laid out in order instead")
+        origin = pd.Timestamp("2026-01-01T00:00:00Z")
+        offsets = pd.to_timedelta(np.arange(len(history)) * DEFAULT_RELATIVE_STEP_SECONDS, unit="s")
+        stamps = pd.Series(origin + offsets)
+    elif current:  # the appended current row: one typical step after the last observation
+        steps = stamps.iloc[:observed].diff().dropna()
+        step = steps.median() if len(steps) else pd.Timedelta(seconds=DEFAULT_RELATIVE_STEP_SECONDS)
+        stamps.iloc[-1] = stamps.iloc[observed - 1] + step
+    history[TIMESTAMP] = stamps.to_numpy()
+    history = history.drop(columns=[STEP], errors="ignore")
+    return history, context, notes
 
 
 class ModelLoader:
@@ -210,7 +250,8 @@ class ModelLoader:
         results = []
         for payload in payloads:
             try:
-                history, context = request_inputs(slot.service, payload)
+                model_service = str(getattr(loaded.model, "service", slot.service))
+                history, context, notes = request_inputs(model_service, payload)
                 rec = loaded.model.recommend(history, context, model_version=loaded.version)
             except ValueError as exc:  # the model's own input checks (e.g. unusable history)
                 results.append(outcome(422, error=f"{slot.service}: {exc}"))
@@ -219,6 +260,8 @@ class ModelLoader:
                 logger.exception("%s/%s failed to recommend", slot.service, loaded.version)
                 results.append(outcome(500, error=f"{slot.service}: model failed ({type(exc).__name__})"))
                 continue
+            if notes or rec.service != slot.service:
+                rec = rec.model_copy(update={"service": slot.service, "reasons": [*rec.reasons, *notes]})
             if reason:
                 rec = rec.model_copy(update={"degraded": True, "reasons": [*rec.reasons, reason]})
             results.append(outcome(200, rec.model_dump(mode="json")))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mora_platform.data.schema import UNIFIED_COLUMNS
 from mora_platform.recommend.types import Recommendation, ResourceRecommendation
 from mora_platform.registry import LocalBlobBackend, ModelRegistry
 from serve.model_slots import ModelLoader, NoUsableVersionError, UnknownServiceError, request_inputs
@@ -33,7 +34,7 @@ class FakeModel:
         model_version: str | None = None,
     ) -> Recommendation:
         self.seen.append((history, context))
-        if history is not None and "cpu_cores_value" not in history:
+        if history is not None and history["cpu_cores_value"].isna().all():
             raise ValueError("history lacks column 'cpu_cores_value'")
         return Recommendation(
             service="svc-a",
@@ -159,20 +160,35 @@ def test_request_inputs_builds_history_and_context() -> None:
     payload = {
         "service": "svc-a",
         "context": {"load_users": 50.0, "replica_count": 2, "scenario": "browsing"},
-        "current": {"cpu_cores_value": 0.01},
+        "current": {"cpu_cores_value": 0.03},
         "history": [
             {"timestamp": "2026-01-01T00:00:00Z", "cpu_cores_value": 0.01},
-            {"timestamp": "2026-01-01T00:00:15Z", "cpu_cores_value": 0.02},
+            {"timestamp": "2026-01-01T00:00:30Z", "cpu_cores_value": 0.02, "load_users": 40.0},
         ],
     }
-    history, context = request_inputs("svc-a", payload)
-    assert context == {
-        "load_users": 50.0,
-        "replica_count": 2,
-        "scenario": "browsing",
-        "cpu_cores_value": 0.01,
-    }
+    history, context, notes = request_inputs("svc-a", payload)
+    assert context == {"load_users": 50.0, "replica_count": 2}
+    assert notes == []
+    assert history is not None and len(history) == 3
+    assert set(UNIFIED_COLUMNS) <= set(history.columns)
+    assert list(history["cpu_cores_value"]) == [0.01, 0.02, 0.03]
+    assert list(history["load_users"]) == [50.0, 40.0, 50.0]
+    assert list(history["scenario"]) == ["browsing"] * 3
+    assert history["mem_bytes_value"].isna().all()
+    stamps = pd.DatetimeIndex(history["timestamp"])
+    assert str(stamps.tz) == "UTC"
+    assert stamps[2] - stamps[1] == pd.Timedelta(seconds=30)
+
+
+def test_request_inputs_without_history() -> None:
+    assert request_inputs("svc-a", {"service": "svc-a"}) == (None, {}, [])
+    history, _, notes = request_inputs("svc-a", {"service": "svc-a", "current": {"cpu_cores_value": 0.1}})
+    assert history is None and "current" in notes[0]
+
+
+def test_request_inputs_lays_out_missing_timestamps() -> None:
+    history, _, _ = request_inputs("svc-a", {"service": "svc-a", "history": [{"cpu_cores_value": 0.1}] * 4})
     assert history is not None
-    assert list(history["service"]) == ["svc-a", "svc-a"]
-    assert str(history["timestamp"].dt.tz) == "UTC"
-    assert request_inputs("svc-a", {"service": "svc-a"}) == (None, {})
+    stamps = pd.DatetimeIndex(history["timestamp"])
+    assert stamps.is_monotonic_increasing and stamps.is_unique
+    assert list(history["scenario"]) == ["unknown"] * 4
