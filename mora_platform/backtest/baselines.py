@@ -4,7 +4,7 @@ Every recommender answers one question at one origin: given only the usage *befo
 what request (cores or bytes) should hold for the next horizon? The answer is split in two so the
 backtest can sweep the safety margin without recomputing anything:
 
-    request = max(base * margin, floor)
+    request = max(base * margin, floor), rounded up to the method's quantum (if any)
 
 ``Recommender.suggest`` returns the unmargined ``base`` (plus an optional point forecast);
 ``Recommender.apply_margin`` turns it into a request. Baselines are stateless per origin.
@@ -84,10 +84,15 @@ class Recommender(ABC):
         """Smallest request the method ever gives (0 unless the peer enforces a minimum)."""
         return 0.0
 
+    def quantum(self, resource: str) -> float:
+        """Requests are rounded up to a multiple of this (0 = no rounding)."""
+        return 0.0
+
     def apply_margin(self, base: float, resource: str, margin: float | None = None) -> float:
-        """Request from a base: ``max(base * margin, floor)``; ``margin`` defaults to ``margin_for``."""
+        """Request from a base: ``max(base * margin, floor)`` rounded up to the quantum;
+        ``margin`` defaults to ``margin_for``."""
         m = self.margin_for(resource) if margin is None else margin
-        return max(base * m, self.floor(resource))
+        return float(finalize_requests(np.array([base]), m, self.floor(resource), self.quantum(resource))[0])
 
     def suggest(
         self,
@@ -175,6 +180,15 @@ def create_recommender(name: str, margin: float | None = None) -> Recommender:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def finalize_requests(base: np.ndarray, margin: float, floor: float, quantum: float) -> np.ndarray:
+    """``max(base * margin, floor)``, rounded up to a multiple of ``quantum`` when it is > 0."""
+    requests = np.maximum(np.asarray(base, dtype="float64") * margin, floor)
+    if quantum > 0:
+        # round to 1e-6 of a step first, so 0.5 / 0.001 does not become 501 steps through float noise
+        requests = np.ceil(np.round(requests / quantum, 6)) * quantum
+    return requests
 
 
 def _check_resource(resource: str) -> None:

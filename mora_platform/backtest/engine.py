@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mora_platform.backtest.baselines import RESOURCES, Recommender
+from mora_platform.backtest.baselines import RESOURCES, Recommender, finalize_requests
 from mora_platform.data import schema
 
 DEFAULT_MARGIN_GRID: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(51))  # 0.50 .. 3.00
@@ -73,6 +73,7 @@ class MethodTrace:
     forecast: np.ndarray
     default_margin: float
     floor: float
+    quantum: float = 0.0
     error: str | None = None
 
     @property
@@ -80,9 +81,9 @@ class MethodTrace:
         return self.error is None
 
     def requests(self, margin: float | None = None) -> np.ndarray:
-        """Requests at ``margin`` (default: the method's own margin), floor applied."""
+        """Requests at ``margin`` (default: the method's own margin), floor and rounding applied."""
         m = self.default_margin if margin is None else margin
-        return np.maximum(self.base * m, self.floor)
+        return finalize_requests(self.base, m, self.floor, self.quantum)
 
     @property
     def has_forecast(self) -> bool:
@@ -228,6 +229,7 @@ def replay_series(
                 forecast=np.full(n, np.nan),
                 default_margin=method.margin_for(resource),
                 floor=method.floor(resource),
+                quantum=method.quantum(resource),
             )
     frame, frame_times = _sorted_frame(series.frame)
     positions = {r: {t: k for k, t in enumerate(rep.origins)} for r, rep in result.resources.items()}

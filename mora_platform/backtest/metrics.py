@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mora_platform.backtest.baselines import finalize_requests
+
 
 @dataclass(frozen=True)
 class RequestScore:
@@ -143,15 +145,18 @@ def efficiency_curve(
     margins: Sequence[float],
     usage: np.ndarray,
     window_ids: np.ndarray,
+    quantum: float = 0.0,
 ) -> list[CurvePoint]:
-    """Slack and under-provisioning for each margin, requests = max(base * margin, floor)."""
+    """Slack and under-provisioning for each margin, requests = max(base * margin, floor)
+    rounded up to ``quantum``."""
     base = np.asarray(base, dtype="float64")
     usage = np.asarray(usage, dtype="float64")
     window_ids = np.asarray(window_ids, dtype=np.int64)
     _check_shapes(base, usage, window_ids)
     points = []
     for margin in margins:
-        slack, under = slack_and_under_provisioning(np.maximum(base * margin, floor), usage, window_ids)
+        requests = finalize_requests(base, margin, floor, quantum)
+        slack, under = slack_and_under_provisioning(requests, usage, window_ids)
         points.append(CurvePoint(margin=float(margin), slack=slack, under_provisioning_rate=under))
     return points
 

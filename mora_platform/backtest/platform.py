@@ -18,11 +18,13 @@ import pandas as pd
 
 from mora_platform.backtest.baselines import Recommender, Suggestion, register_recommender
 from mora_platform.data import schema
+from mora_platform.recommend.policy import CPU_FLOOR_MILLICORES, MEMORY_FLOOR_MIB, MIB
 
 
 @dataclass(frozen=True)
 class PlatformForecast:
-    """The model's answer at one origin: request and point forecast per resource (cores / bytes)."""
+    """The model's answer at one origin: calibrated request (before the serving policy's floors and
+    rounding) and point forecast of usage, per resource (cores / bytes)."""
 
     requests: Mapping[str, float]
     forecasts: Mapping[str, float | None]
@@ -45,7 +47,10 @@ class PlatformUnavailableError(RuntimeError):
 class PlatformRecommender(Recommender):
     """MOrA's recommendation (Prophet + LSTM, fused and calibrated), refitted every ``refit``.
 
-    Its default margin is 1.0: the calibrated request already carries the model's head-room.
+    Its default margin is 1.0: the calibrated request already carries the model's head-room. The
+    base is the calibrated request before the serving policy; ``floor`` and ``quantum`` are that
+    policy's (10 millicores / 32 MiB floors, rounded up to whole millicores / MiB), so the default
+    request equals what ``ServiceModel.recommend`` serves and the margin sweep stays consistent.
     """
 
     description = "MOrA platform: Prophet + LSTM fused, calibrated request"
@@ -68,6 +73,12 @@ class PlatformRecommender(Recommender):
         self.fits: list[pd.Timestamp] = []
         self._model: PlatformModel | None = None
         self._answer: tuple[pd.Timestamp, PlatformForecast] | None = None
+
+    def floor(self, resource: str) -> float:
+        return CPU_FLOOR_MILLICORES / 1000 if resource == "cpu" else float(MEMORY_FLOOR_MIB * MIB)
+
+    def quantum(self, resource: str) -> float:
+        return 0.001 if resource == "cpu" else float(MIB)
 
     def _ensure_model(self, frame: pd.DataFrame, origin: pd.Timestamp) -> PlatformModel:
         if self._model is None or not self.fits or origin - self.fits[-1] >= self.refit:

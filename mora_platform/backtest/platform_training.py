@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mora_platform.backtest.platform import PlatformForecast
+from mora_platform.data.schema import CPU_TARGET_FACTOR, MEMORY_TARGET_FACTOR
 
 # Where MODELS keeps ServiceModel (the contract says training/bundle.py "or similar").
 _SERVICE_MODEL_MODULES: tuple[str, ...] = (
@@ -31,9 +32,11 @@ BACKTEST_BUDGET: dict[str, Any] = {
     "seed": 0,
     "cpu_threads": 1,
     "lstm": {"units": [16], "dense_units": 8, "epochs": 3, "patience": 2, "lr_patience": 1, "batch_size": 64},
+    # the precomputed Prophet grid must reach past the next refit (beyond it Prophet's answer is clipped)
+    "prophet": {"grid_steps": 3_000, "max_rows": 6_000},
 }
 HISTORY_TAIL_ROWS = 2_000
-_RESOURCE_FIELDS = {"cpu": "cpu_cores", "memory": "memory_bytes"}
+_TARGET_FACTORS = {"cpu": CPU_TARGET_FACTOR, "memory": MEMORY_TARGET_FACTOR}
 
 
 def _service_model_class() -> Any:
@@ -73,32 +76,30 @@ def budget_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 class ServiceModelAdapter:
-    """A loaded ``ServiceModel`` answering the backtest's ``PlatformModel.predict``."""
+    """A loaded ``ServiceModel`` answering the backtest's ``PlatformModel.predict``.
+
+    It takes the same steps as ``ServiceModel.recommend`` (latest experiment's tail, ensemble's
+    next-step forecast, head-room calibrated for the mode that answered) but stops before the
+    serving policy, whose floors and rounding the backtest applies itself (``PlatformRecommender``).
+    The point forecast is of the *target* (usage x the seed's factor), so it is divided back to usage.
+    No context is passed: the future load is unknown at the origin.
+    """
 
     def __init__(self, model: Any) -> None:
         self.model = model
 
     def predict(self, history: pd.DataFrame, horizon: pd.Timedelta) -> PlatformForecast:
-        recommendation = self.model.recommend(history=history.tail(HISTORY_TAIL_ROWS))
+        window = self.model.prepare_history(history.tail(HISTORY_TAIL_ROWS))
+        answer = self.model.ensemble.explain_next(window, {})
+        head_room = self.model.calibration.for_mode(answer.mode)
         requests = {
-            resource: float(getattr(recommendation.recommendations, field))
-            for resource, field in _RESOURCE_FIELDS.items()
+            r: max(float(answer.point[r]) + float(head_room[r].quantile), 0.0) for r in _TARGET_FACTORS
         }
-        return PlatformForecast(requests=requests, forecasts=fused_point_forecast(recommendation))
-
-
-def fused_point_forecast(recommendation: Any) -> dict[str, float | None]:
-    """Weighted mean of the members' point forecasts (weights renormalised over the members that answered)."""
-    out: dict[str, float | None] = {}
-    for resource, field in _RESOURCE_FIELDS.items():
-        pairs = [
-            (float(c.weight), float(getattr(c, field)))
-            for c in recommendation.contributions.values()
-            if getattr(c, field) is not None and np.isfinite(getattr(c, field))
-        ]
-        total = sum(w for w, _ in pairs)
-        out[resource] = sum(w * v for w, v in pairs) / total if total > 0 else None
-    return out
+        forecasts: dict[str, float | None] = {}
+        for resource, factor in _TARGET_FACTORS.items():
+            value = float(answer.point[resource])
+            forecasts[resource] = value / factor if np.isfinite(value) else None
+        return PlatformForecast(requests=requests, forecasts=forecasts)
 
 
 class ServiceModelTrainer:

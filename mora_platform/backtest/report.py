@@ -10,7 +10,8 @@
                  "margins": [float], "risk_targets": [float], ...extra run settings},
       "methods": [{"name": str, "description": str,
                    "default_margins": {"cpu": float, "memory": float},
-                   "floors": {"cpu": float, "memory": float}}],
+                   "floors": {"cpu": float, "memory": float},
+                   "quanta": {"cpu": float, "memory": float}}],   # requests rounded up to these (0 = none)
       "series": [{
         "name": str, "notes": [str], "errors": [str],
         "resources": {"cpu" | "memory": {
@@ -193,6 +194,7 @@ def describe_methods(methods: Sequence[Recommender]) -> list[dict[str, Any]]:
             "description": m.description,
             "default_margins": {r: m.margin_for(r) for r in RESOURCES},
             "floors": {r: m.floor(r) for r in RESOURCES},
+            "quanta": {r: m.quantum(r) for r in RESOURCES},
         }
         for m in methods
     ]

@@ -72,3 +72,29 @@ def test_platform_without_trainer_fails_cleanly(small_config: BacktestConfig) ->
         PlatformRecommender(trainer=lambda f, s: MeanModel(f)).recommend(
             daily_series(days=1).usage["cpu"], "cpu"
         )
+
+
+def test_platform_floor_and_rounding_follow_the_serving_policy() -> None:
+    platform = PlatformRecommender()
+    assert platform.apply_margin(0.0031, "cpu") == pytest.approx(0.010)  # 10m floor
+    assert platform.apply_margin(0.2501, "cpu") == pytest.approx(0.251)  # up to whole millicores
+    assert platform.apply_margin(0.5, "cpu") == pytest.approx(0.5)  # no float-noise bump
+    assert platform.apply_margin(100.5 * 2**20, "memory") == 101 * 2**20
+    assert platform.apply_margin(2**20, "memory") == 32 * 2**20
+
+
+def test_adapter_matches_what_the_service_model_serves() -> None:
+    """Train the real ensemble on a tiny synthetic service: the backtest's request at margin 1 is
+    the request ``ServiceModel.recommend`` serves for the same history."""
+    from mora_platform.backtest.platform_training import ServiceModelTrainer
+    from mora_platform.data.synthetic import generate_fleet
+
+    fleet = generate_fleet(n_services=1, days=1.5, step_seconds=300, seed=3)
+    trainer = ServiceModelTrainer({"epochs": 1, "lstm": {"units": [4], "dense_units": 0}})
+    adapter = trainer(fleet, "svc-00")
+    answer = adapter.predict(fleet, pd.Timedelta(hours=1))
+    served = adapter.model.recommend(history=fleet.tail(2000)).recommendations
+    platform = PlatformRecommender()
+    assert platform.apply_margin(answer.requests["cpu"], "cpu") == pytest.approx(served.cpu_cores)
+    assert platform.apply_margin(answer.requests["memory"], "memory") == served.memory_bytes
+    assert answer.forecasts["cpu"] is not None and 0 < answer.forecasts["cpu"] < answer.requests["cpu"]
