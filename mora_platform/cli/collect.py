@@ -23,6 +23,16 @@ USAGE_ERROR = 2
 SERVICE_FAILED = 1
 
 
+def _described(field: str) -> str:
+    """A flag's help from the settings field it overrides (one description, one place)."""
+    from mora_platform.collect.settings import PrometheusSettings
+
+    info = PrometheusSettings.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    suffix = "" if default is None else f", default {default}"
+    return f"{info.description} (env MORA_PROMETHEUS_{field.upper()}{suffix})"
+
+
 def register(app: typer.Typer) -> None:
     """Add ``mora collect`` to ``app``."""
     app.command(
@@ -33,9 +43,7 @@ def register(app: typer.Typer) -> None:
 def collect(
     namespace: str = typer.Option(..., "--namespace", "-n", help="Kubernetes namespace of the services"),
     dataset: str = typer.Option(..., "--dataset", help="Dataset name on S3 (datasets/{name}/...)"),
-    prometheus: str | None = typer.Option(
-        None, "--prometheus", help="Prometheus URL [env MORA_PROMETHEUS_URL]"
-    ),
+    prometheus: str | None = typer.Option(None, "--prometheus", help=_described("url")),
     services: str | None = typer.Option(
         None, "--services", help="Comma-separated service (deployment) names"
     ),
@@ -46,16 +54,16 @@ def collect(
     until: str = typer.Option(
         "now", "--until", help="End: 'now', duration before now, ISO time or unix seconds"
     ),
-    step: str | None = typer.Option(None, "--step", help="Resolution, e.g. 30s [settings default 30s]"),
+    step: str | None = typer.Option(None, "--step", help=_described("step")),
     settings_file: Path | None = typer.Option(
         None,
         "--settings",
         help="YAML/JSON file with Prometheus settings and PromQL overrides (key 'queries')",
     ),
-    timeout: float | None = typer.Option(None, "--timeout", help="Seconds per HTTP request"),
-    max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="Queries in flight at once"),
+    timeout: float | None = typer.Option(None, "--timeout", help=_described("timeout_seconds")),
+    max_concurrency: int | None = typer.Option(None, "--max-concurrency", help=_described("max_concurrency")),
     points_per_chunk: int | None = typer.Option(
-        None, "--points-per-chunk", help="Points per range query (<= 11000)"
+        None, "--points-per-chunk", help=_described("points_per_chunk")
     ),
     max_chunks: int | None = typer.Option(
         None, "--max-chunks", min=0, help="Stop after writing this many chunks (resume by running again)"

@@ -89,7 +89,7 @@ def auth_proxy(backfilled_prometheus: BackfilledPrometheus) -> Iterator[str]:
     proxy = _Proxy(("127.0.0.1", 0), _ProxyHandler)
     proxy.upstream = backfilled_prometheus.url
     proxy.release = threading.Event()
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{proxy.server_address[1]}"
