@@ -95,10 +95,9 @@ def serve_registry(object_store: Any) -> ModelRegistry:
 @pytest.fixture(scope="module")
 def trained_bundles(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """service -> bundle directory, two services trained with the tiny config on a few experiments."""
-    from mora_platform.training.service_trainer import train_service
-
     from mora_platform.data.loaders import load_path
     from mora_platform.training.config import TrainingConfig
+    from mora_platform.training.service_trainer import train_service
 
     root = tmp_path_factory.mktemp("serve-bundles")
     config = TrainingConfig.model_validate(TINY_CONFIG)
