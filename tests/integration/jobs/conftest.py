@@ -41,12 +41,19 @@ def fleet_cluster(s3_settings: MoraSettings) -> Iterator[FleetCluster]:
     temp = Path(tempfile.mkdtemp(prefix="mora-fleet-", dir="/tmp"))
     head = RayHead(RayPorts.free(), temp / "ray.log", temp_dir=temp / "ray", num_cpus=2)
     venv_bin = str(Path(sys.executable).parent)
-    saved_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{venv_bin}{os.pathsep}{saved_path}"
+    saved = {name: os.environ.get(name) for name in ("PATH", "RAY_AUTH_MODE")}
+    os.environ["PATH"] = f"{venv_bin}{os.pathsep}{saved['PATH'] or ''}"
+    # Ray 2.60 turns token auth on by default for a new head, and the head helper's readiness probe
+    # (plain HTTP to /api/version) gets 401 then; this throw-away head on 127.0.0.1 runs without it,
+    # and this process and its children (mora tune) talk to it the same way.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
         head.start(timeout=120)
+    except BaseException:
+        _restore(saved)
+        raise
     finally:
-        os.environ["PATH"] = saved_path
+        os.environ["PATH"] = saved["PATH"] or ""
     settings = s3_settings.model_copy(
         update={"ray_dashboard_url": head.dashboard_url, "ray_address": head.address}
     )
@@ -54,6 +61,15 @@ def fleet_cluster(s3_settings: MoraSettings) -> Iterator[FleetCluster]:
         yield FleetCluster(head=head, settings=settings)
     finally:
         head.stop(timeout=30)
+        _restore(saved)
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ def test_killed_worker_is_retried_and_the_service_publishes(
     assert victim in pids and len(pids) >= 2, f"no retry after killing {victim}: {pids}"
     row = _summary(object_store, run_id)["services"][0]
     assert row["status"] == "published", row
+    assert row["attempts"] >= 2, row  # Ray's state API saw the retry too
     assert ModelRegistry(object_store).latest_version(service) == row["version"]
 
 
@@ -205,4 +206,5 @@ def test_tune_writes_to_s3_and_the_next_retrain_uses_the_best_config(
     assert manifest.config["lstm"]["units"] == best["lstm"]["units"]
     assert manifest.config["lstm"]["learning_rate"] == pytest.approx(best["lstm"]["learning_rate"])
     assert manifest.config["seq_len"] == best["seq_len"]
+    assert manifest.config["fusion_weights"] == pytest.approx(best["fusion_weights"])
     assert manifest.config["lstm"]["epochs"] == 1
