@@ -4,6 +4,11 @@
 stopping it (SIGTERM to that one PID) shuts the whole node down cleanly; signalling the whole
 group at once instead kills the GCS first and makes the leader hang 30 s trying to drain.
 Ray resolves 127.0.0.1 to the machine's address internally; the dashboard still binds 127.0.0.1.
+
+Token authentication: Ray 2.60 turns it on for a new head whenever ``~/.ray/auth_token`` exists
+(any earlier ``ray.init()`` on the machine writes one), and then every client must send the token.
+The mode is therefore set explicitly (``RAY_AUTH_MODE`` of the child), default "disabled", so the
+stack behaves the same on every machine; ``extra_env`` can pass RAY_AUTH_MODE=token and a token.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class RayHead:
         host: str = "127.0.0.1",
         num_cpus: int | None = None,
         object_store_memory: int | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.ports = ports
         self.log_path = log_path
@@ -93,6 +99,7 @@ class RayHead:
         self.host = host
         self.num_cpus = num_cpus
         self.object_store_memory = object_store_memory
+        self.extra_env = {"RAY_AUTH_MODE": "disabled", **(extra_env or {})}
         self.record: ProcessRecord | None = None
 
     @property
@@ -156,6 +163,7 @@ class RayHead:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env.update(self.extra_env)
         record = spawn(
             "ray",
             self.command(),
@@ -184,8 +192,9 @@ class RayHead:
                 return f"`ray start` exited during start-up; log {self.log_path}:\n{log_tail(self.log_path)}"
             return None
 
+        headers = _auth_headers(self.extra_env)
         wait_until(
-            lambda: dashboard_healthy(self.dashboard_url),
+            lambda: dashboard_healthy(self.dashboard_url, headers=headers),
             timeout=timeout,
             what=f"Ray head (dashboard {self.dashboard_url})",
             abort=died,
@@ -201,13 +210,22 @@ class RayHead:
         return pids
 
 
-def dashboard_healthy(dashboard_url: str, timeout: float = 3.0) -> bool:
+def dashboard_healthy(
+    dashboard_url: str, timeout: float = 3.0, headers: dict[str, str] | None = None
+) -> bool:
     """Whether the Ray dashboard answers ``/api/version`` and its GCS health check succeeds."""
     try:
-        version = httpx.get(f"{dashboard_url}/api/version", timeout=timeout)
+        version = httpx.get(f"{dashboard_url}/api/version", timeout=timeout, headers=headers)
         if version.status_code != 200:
             return False
-        health = httpx.get(f"{dashboard_url}/api/gcs_healthz", timeout=timeout)
+        health = httpx.get(f"{dashboard_url}/api/gcs_healthz", timeout=timeout, headers=headers)
     except httpx.HTTPError:
         return False
     return health.status_code == 200
+
+
+def _auth_headers(env: dict[str, str]) -> dict[str, str] | None:
+    """The bearer header for a head started with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN."""
+    if env.get("RAY_AUTH_MODE") == "token" and env.get("RAY_AUTH_TOKEN"):
+        return {"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
+    return None
