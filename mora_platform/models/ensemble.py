@@ -77,6 +77,24 @@ class EnsembleForecaster(Forecaster):
         given = {m: dict(w) for m, w in (weights or {}).items()}
         self.weights = {m: {t: float(given.get(m, {}).get(t, 1.0)) for t in TARGETS} for m in self.candidates}
 
+    @classmethod
+    def from_fitted(
+        cls, members: Mapping[str, Forecaster | None], weights: Mapping[str, Mapping[str, float]] | None = None
+    ) -> EnsembleForecaster:
+        """An ensemble over members fitted elsewhere (``None`` = missing); no refit."""
+        ensemble = cls(members, weights)
+        for name, member in members.items():
+            if member is None or not member.fitted:
+                ensemble.status[name] = MISSING
+                ensemble.reasons[name] = f"{name}: not configured" if member is None else f"{name}: not fitted"
+            else:
+                ensemble.members[name], ensemble.status[name] = member, OK
+        if not ensemble.members:
+            raise ModelError("an ensemble needs at least one fitted member")
+        ensemble.fitted = True
+        ensemble._collect_fallbacks()
+        return ensemble
+
     @property
     def degraded(self) -> bool:
         return any(s != OK for s in self.status.values())
@@ -150,6 +168,13 @@ class EnsembleForecaster(Forecaster):
             errors = [np.mean(np.abs(y[ok] - (w * p[ok] + (1 - w) * lstm[ok]))) for w in grid]
             best = float(grid[int(np.argmin(errors))])
             self.weights["prophet"][target], self.weights["lstm"][target] = best, 1.0 - best
+
+    def anchor(self, last_timestamp: pd.Timestamp) -> None:
+        """Tell members with precomputed forecasts where the data ends (see ``ProphetForecaster.anchor_grid``)."""
+        for member in self.members.values():
+            anchor = getattr(member, "anchor_grid", None)
+            if anchor is not None:
+                anchor(last_timestamp)
 
     def _predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         return self.fuse(self.member_predictions(frame))

@@ -27,7 +27,7 @@ import pandas as pd
 
 from mora_platform.data.schema import LOAD_USERS, REPLICA_COUNT, TIMESTAMP
 from mora_platform.features.targets import TARGET_COLUMNS, median_step_seconds
-from mora_platform.models.base import Forecaster, ModelLoadError, read_json, write_json
+from mora_platform.models.base import Forecaster, ModelError, ModelLoadError, read_json, write_json
 from mora_platform.models.baselines import PercentileLevel
 from mora_platform.models.config import ProphetConfig
 from mora_platform.recommend.types import TARGETS
@@ -128,9 +128,17 @@ class ProphetForecaster(Forecaster):
                 self._models[target] = self._fit_one(frame, target)
             except Exception as exc:  # Prophet/Stan failures come in many types; the member must not fail
                 self._fallback(target, y, f"Prophet fit failed: {type(exc).__name__}: {exc}")
-        self.grid_start = pd.to_datetime(frame[TIMESTAMP], utc=True).max() + pd.Timedelta(
-            seconds=self.step_seconds
-        )
+        self.anchor_grid(pd.to_datetime(frame[TIMESTAMP], utc=True).max())
+
+    def anchor_grid(self, last_timestamp: pd.Timestamp) -> None:
+        """(Re)compute the serving grid for the ``grid_steps`` steps after ``last_timestamp``.
+
+        ``fit`` anchors it at the end of the training rows; the trainer re-anchors it at the
+        end of all the data (validation and test rows come after training).
+        """
+        if len(self._models) + len(self._model_dicts) + len(self.fallback_levels) < len(TARGETS):
+            raise ModelError("prophet: anchor_grid before fit")
+        self.grid_start = pd.Timestamp(last_timestamp) + pd.Timedelta(seconds=self.step_seconds)
         self._build_grid()
 
     def _fallback(self, target: str, y: np.ndarray, reason: str) -> None:

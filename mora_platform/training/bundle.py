@@ -56,10 +56,16 @@ HISTORY_COLUMNS: tuple[str, ...] = (
 )
 
 
-def write_history_tail(directory: Path, prepared: pd.DataFrame, seq_len: int) -> str:
-    """Store the last ``seq_len`` rows of the latest experiment (serving's default history)."""
+def history_tail(prepared: pd.DataFrame, seq_len: int) -> pd.DataFrame:
+    """The last ``seq_len`` rows of the latest experiment, in ``HISTORY_COLUMNS``."""
     latest = prepared[EXPERIMENT_ID].iloc[-1]
     tail = prepared[prepared[EXPERIMENT_ID] == latest].tail(seq_len)
+    return tail[list(HISTORY_COLUMNS)].reset_index(drop=True)
+
+
+def write_history_tail(directory: Path, prepared: pd.DataFrame, seq_len: int) -> str:
+    """Store ``history_tail`` (serving's default history) as ``history_tail.json``."""
+    tail = history_tail(prepared, seq_len)
     data: dict[str, list[Any]] = {}
     for column in HISTORY_COLUMNS:
         if column == TIMESTAMP:
@@ -110,7 +116,7 @@ class ServiceModel:
     config: TrainingConfig
     history: pd.DataFrame
     metrics: dict[str, Any]
-    directory: Path
+    directory: Path | None = None
 
     @classmethod
     def load(cls, directory: Path) -> ServiceModel:

@@ -13,7 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mora_platform.models.config import LSTMConfig, ProphetConfig
 from mora_platform.recommend.types import TARGETS
 
-MEMBERS: tuple[str, ...] = ("prophet", "lstm")
+MemberName = Literal["prophet", "lstm"]
+MEMBERS: tuple[MemberName, ...] = ("prophet", "lstm")
+
+
+def _all_members() -> list[MemberName]:
+    return list(MEMBERS)
 
 
 class TrainingConfig(BaseModel):
@@ -24,7 +29,7 @@ class TrainingConfig(BaseModel):
     seq_len: int = Field(default=30, ge=2, le=512, description="LSTM window length (steps)")
     lstm: LSTMConfig = Field(default_factory=LSTMConfig)
     prophet: ProphetConfig = Field(default_factory=ProphetConfig)
-    members: list[Literal["prophet", "lstm"]] = Field(default_factory=lambda: ["prophet", "lstm"], min_length=1)
+    members: list[MemberName] = Field(default_factory=_all_members, min_length=1)
     fusion_weights: dict[str, float] = Field(
         default_factory=lambda: dict.fromkeys(TARGETS, 0.4), description="Prophet's weight per target"
     )

@@ -9,6 +9,7 @@ evaluate on test, write the bundle files (no manifest: the registry adds it).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from mora_platform.training.bundle import (
     CALIBRATION_FILE,
     CONFIG_FILE,
     METRICS_FILE,
+    ServiceModel,
+    history_tail,
     write_history_tail,
 )
 from mora_platform.training.config import TrainingConfig
@@ -159,8 +162,50 @@ def evaluate(
     return result
 
 
-def train_service(frame: pd.DataFrame, service: str, config: TrainingConfig, out_dir: Path) -> TrainingReport:
-    """Train, calibrate and evaluate one service; write its bundle files into ``out_dir``."""
+@dataclass
+class FittedService:
+    """A trained service in memory (before it is written): what ``train_service`` saves."""
+
+    service: str
+    config: TrainingConfig
+    ensemble: EnsembleForecaster
+    calibration: Calibration
+    prepared: pd.DataFrame
+    report: TrainingReport
+
+    def save(self, out_dir: Path) -> list[str]:
+        """Write the bundle files (no manifest); returns their names, ``metrics.json`` last."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = self.ensemble.save(out_dir)
+        files.append(write_json(out_dir / CALIBRATION_FILE, self.calibration.to_dict()))
+        files.append(write_history_tail(out_dir, self.prepared, self.config.effective_seq_len))
+        config = {
+            "format": 1,
+            "service": self.service,
+            "config": self.config.model_dump(),
+            "fusion_weights": self.ensemble.weights.get("prophet", {}),
+            "libraries": library_versions(),
+        }
+        files.append(write_json(out_dir / CONFIG_FILE, config))
+        self.report.files = sorted({*files, METRICS_FILE})
+        files.append(write_json(out_dir / METRICS_FILE, self.report.model_dump(mode="json")))
+        return files
+
+    def service_model(self) -> ServiceModel:
+        """The in-memory equivalent of ``ServiceModel.load`` on the saved bundle."""
+        return ServiceModel(
+            self.service,
+            self.ensemble,
+            self.calibration,
+            self.config,
+            history_tail(self.prepared, self.config.effective_seq_len),
+            self.report.model_dump(mode="json"),
+            None,
+        )
+
+
+def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> FittedService:
+    """Validate, split, fit, fuse, calibrate and evaluate one service, in memory."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     selected = validate_service_frame(frame, service, config)
@@ -179,6 +224,10 @@ def train_service(frame: pd.DataFrame, service: str, config: TrainingConfig, out
     except ModelError as exc:
         raise ServiceDataError(service, f"no model could be trained: {exc}") from exc
     timings["fit"] = time.perf_counter() - tick
+    for name, member in ensemble.members.items():
+        member_seconds = getattr(member, "training", {}).get("seconds")
+        if member_seconds is not None:
+            timings[f"fit_{name}"] = float(member_seconds)
     tick = time.perf_counter()
     members = ensemble.member_predictions(prepared)
     members_and_naive = {
@@ -189,58 +238,52 @@ def train_service(frame: pd.DataFrame, service: str, config: TrainingConfig, out
     if config.fusion == "auto":
         ensemble.choose_weights(actual[val_rows], {n: p[val_rows] for n, p in members.items()})
     modes = ensemble.mode_predictions(members)
+    ensemble.anchor(prepared[TIMESTAMP].max())
     timings["predict"] = time.perf_counter() - tick
     calibration = _calibrate(service, actual, modes, val_rows, train_rows, config.coverage)
     test_metrics = (
         evaluate(prepared, test_rows, modes, members_and_naive, calibration) if test_rows.any() else {}
     )
     val_metrics = evaluate(prepared, val_rows, modes, members_and_naive, calibration)
-    fallbacks = [*ensemble.fallbacks, *calibration.fallbacks]
-    confidence = min(c.confidence for c in calibration.for_mode(FUSED).values())
-
-    tick = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = ensemble.save(out_dir)
-    files.append(write_json(out_dir / CALIBRATION_FILE, calibration.to_dict()))
-    files.append(write_history_tail(out_dir, prepared, config.effective_seq_len))
     window = DataWindow(
         start=prepared[TIMESTAMP].min().to_pydatetime(),
         end=prepared[TIMESTAMP].max().to_pydatetime(),
         rows=len(prepared),
         experiments=int(prepared[EXPERIMENT_ID].nunique()),
     )
-    files.append(
-        write_json(
-            out_dir / CONFIG_FILE,
-            {
-                "format": 1,
-                "service": service,
-                "config": config.model_dump(),
-                "fusion_weights": ensemble.weights.get("prophet", {}),
-                "libraries": library_versions(),
-            },
-        )
-    )
-    timings["save"] = time.perf_counter() - tick
     report = TrainingReport(
         service=service,
         metrics=test_metrics,
         validation=val_metrics,
-        fallbacks=fallbacks,
+        fallbacks=[*ensemble.fallbacks, *calibration.fallbacks],
         members=dict(ensemble.status),
         degraded=ensemble.degraded,
-        confidence=confidence,
+        confidence=min(c.confidence for c in calibration.for_mode(FUSED).values()),
         fusion_weights=dict(ensemble.weights.get("prophet", {})),
         data_window=window,
-        seconds=0.0,
+        seconds=round(time.perf_counter() - started, 3),
         timings={k: round(v, 3) for k, v in timings.items()},
-        files=[],
         config=config.model_dump(),
     )
-    report.files = sorted({*files, METRICS_FILE})
-    report.seconds = round(time.perf_counter() - started, 3)
-    write_json(out_dir / METRICS_FILE, report.model_dump(mode="json"))
-    return report
+    return FittedService(service, config, ensemble, calibration, prepared, report)
+
+
+def train_service(frame: pd.DataFrame, service: str, config: TrainingConfig, out_dir: Path) -> TrainingReport:
+    """Train, calibrate and evaluate one service; write its bundle files into ``out_dir``.
+
+    Raises ``ServiceDataError`` (naming the service and the problem) for unusable data; a member
+    that cannot be trained is left out and recorded (``report.degraded``, ``report.fallbacks``).
+    """
+    started = time.perf_counter()
+    fitted = fit_service(frame, service, config)
+    tick = time.perf_counter()
+    fitted.report.timings["save"] = 0.0
+    fitted.report.seconds = round(time.perf_counter() - started, 3)
+    fitted.save(out_dir)
+    fitted.report.timings["save"] = round(time.perf_counter() - tick, 3)
+    fitted.report.seconds = round(time.perf_counter() - started, 3)
+    write_json(Path(out_dir) / METRICS_FILE, fitted.report.model_dump(mode="json"))
+    return fitted.report
 
 
 def _calibrate(
