@@ -91,6 +91,11 @@ class ObjectStore:
     ) -> None:
         if not bucket:
             raise ValueError("bucket name is empty (set MORA_S3_BUCKET)")
+        parts = urlsplit(endpoint_url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(
+                f"invalid S3 endpoint URL {endpoint_url!r}: expected http(s)://host:port (MORA_S3_ENDPOINT_URL)"
+            )
         if (access_key is None) != (secret_key is None):
             raise ValueError("set both the S3 access key and the secret key, or neither (anonymous)")
         self.endpoint_url = endpoint_url.rstrip("/")
@@ -371,11 +376,9 @@ class ObjectStore:
         from pyarrow import fs
 
         parts = urlsplit(self.endpoint_url)
-        if not parts.netloc:
-            raise ValueError(f"S3 endpoint URL {self.endpoint_url!r} has no host (expected http://host:port)")
         options: dict[str, Any] = {
             "endpoint_override": parts.netloc,
-            "scheme": parts.scheme or "http",
+            "scheme": parts.scheme,
             "region": self.region,
             "connect_timeout": self._connect_timeout,
             "request_timeout": self._read_timeout,
