@@ -66,12 +66,11 @@ def fused_nmae(actual: np.ndarray, prophet: np.ndarray, lstm: np.ndarray, weight
 
 def prepare_reference(frame: pd.DataFrame, service: str, base_config: dict[str, Any]) -> ValidationReference:
     """Split ``frame`` as training does, fit Prophet on the training rows, forecast the validation rows."""
-    from mora_platform.training.config import TrainingConfig
-
     from mora_platform.features import prepare_frame, split_frame
     from mora_platform.features.split import Split
     from mora_platform.features.targets import target_matrix
     from mora_platform.models.prophet_model import ProphetForecaster
+    from mora_platform.training.config import TrainingConfig
 
     config = TrainingConfig.model_validate(base_config)
     prepared = prepare_frame(frame).reset_index(drop=True)
@@ -122,10 +121,10 @@ def run_trial(
     cpu_threads: int = 1,
 ) -> None:
     """The Tune trainable: one report per epoch rung (lower ``METRIC`` is better)."""
-    from mora_platform.training.config import TrainingConfig
     from ray import tune
 
     from jobs.fleet_service import cap_compute_threads
+    from mora_platform.training.config import TrainingConfig
 
     cap_compute_threads(cpu_threads)
     weight = float(config["fusion_weight"])

