@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ from mora_platform.backtest.engine import BacktestConfig, SeriesReplay
 from mora_platform.backtest.inputs import series_from_frame
 from mora_platform.backtest.plots import write_plots
 from mora_platform.backtest.report import build_report, format_table, write_report
-from mora_platform.cli.backtest import MethodSpec, _platform_available, _replay_all, build_methods
+from mora_platform.cli.backtest import (
+    MethodSpec,
+    _platform_available,
+    _replay_all,
+    build_methods,
+    horizon_steps,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "backtest"
@@ -46,6 +53,7 @@ def run(
     name: str, frame: pd.DataFrame, config: BacktestConfig, spec: MethodSpec, use_ray: bool, notes: list[str]
 ) -> dict[str, Any]:
     series_set = series_from_frame(frame)
+    spec = replace(spec, horizon_steps=horizon_steps(series_set.series, config.horizon))
     started = time.perf_counter()
     replays: list[SeriesReplay] = _replay_all(series_set.series, spec, config, use_ray, None)
     seconds = time.perf_counter() - started
@@ -129,7 +137,7 @@ def main() -> None:
     if not args.no_platform:
         reason = _platform_available()
         if reason is None:
-            names = ("platform", *BASELINES)
+            names = ("platform", "platform-1step", *BASELINES)
         else:
             notes.append(f"platform left out: {reason}")
             print("platform left out:", reason)

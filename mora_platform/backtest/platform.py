@@ -3,7 +3,8 @@
 ``PlatformRecommender`` is stateful per series: at the first origin, and again whenever ``refit``
 has passed since the last fit, it trains a model on the unified rows *before* the origin (the
 ``frame`` the engine hands it) and then asks that model for the calibrated request and the point
-forecast. CPU and memory come from one model, so one fit serves both. The training itself is a
+forecast. CPU and memory come from one model, so one fit serves both. ``platform`` holds the
+request calibrated for the whole horizon; ``platform-1step`` the one-step request as served today. The training itself is a
 ``PlatformTrainer`` (a callable), so this module stays pure and light; ``ServiceModelTrainer``
 plugs in MODELS' ``train_service`` / ``ServiceModel`` and imports them only when called.
 """
@@ -28,6 +29,7 @@ class PlatformForecast:
 
     requests: Mapping[str, float]
     forecasts: Mapping[str, float | None]
+    one_step_requests: Mapping[str, float] | None = None  # head-room calibrated for one step only
 
 
 class PlatformModel(Protocol):
@@ -53,8 +55,9 @@ class PlatformRecommender(Recommender):
     request equals what ``ServiceModel.recommend`` serves and the margin sweep stays consistent.
     """
 
-    description = "MOrA platform: Prophet + LSTM fused, calibrated request"
+    description = "MOrA platform: Prophet + LSTM fused, head-room calibrated for the horizon"
     default_margins = {"cpu": 1.0, "memory": 1.0}
+    one_step = False
 
     def __init__(
         self,
@@ -105,6 +108,17 @@ class PlatformRecommender(Recommender):
             model = self._ensure_model(frame, origin)
             self._answer = (origin, model.predict(frame, horizon))
         answer = self._answer[1]
-        if resource not in answer.requests:
-            raise PlatformUnavailableError(f"platform: the model gave no {resource} request")
-        return Suggestion(base=float(answer.requests[resource]), forecast=answer.forecasts.get(resource))
+        requests = answer.requests
+        if self.one_step:
+            requests = answer.one_step_requests or {}
+        if resource not in requests:
+            raise PlatformUnavailableError(f"{self.name}: the model gave no {resource} request")
+        return Suggestion(base=float(requests[resource]), forecast=answer.forecasts.get(resource))
+
+
+@register_recommender("platform-1step")
+class PlatformOneStepRecommender(PlatformRecommender):
+    """The platform with the head-room it serves today: calibrated for the next step only."""
+
+    description = "MOrA platform, one-step calibration (as served)"
+    one_step = True

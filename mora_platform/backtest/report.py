@@ -166,7 +166,7 @@ def _comparison(per_method: Mapping[str, Any], reference: str = REFERENCE_METHOD
         return None
     baselines: dict[str, Any] = {}
     for name, stats in per_method.items():
-        if name == reference:
+        if name.startswith(reference):  # the platform's own variants are not baselines
             continue
         curve = [CurvePoint(**p) for p in stats["curve"]]
         at_risk = slack_at_risk(curve, ref["under_provisioning_rate"])

@@ -50,6 +50,7 @@ class MethodSpec:
     names: tuple[str, ...]
     refit_seconds: float
     training: dict[str, Any]
+    horizon_steps: int = 1
 
 
 def build_methods(spec: MethodSpec) -> list[Recommender]:
@@ -60,18 +61,30 @@ def build_methods(spec: MethodSpec) -> list[Recommender]:
     from mora_platform.backtest.platform import PlatformRecommender
 
     methods: list[Recommender] = []
+    trainer = None
     for name in spec.names:
-        if name == "platform":
+        if name.startswith("platform"):
+            from mora_platform.backtest.baselines import registered_recommenders
             from mora_platform.backtest.platform_training import ServiceModelTrainer
 
-            methods.append(
-                PlatformRecommender(
-                    trainer=ServiceModelTrainer(spec.training), refit=pd.Timedelta(seconds=spec.refit_seconds)
-                )
-            )
+            cls = registered_recommenders()[name]
+            assert issubclass(cls, PlatformRecommender)
+            trainer = trainer or ServiceModelTrainer(spec.training, horizon_steps=spec.horizon_steps)
+            methods.append(cls(trainer=trainer, refit=pd.Timedelta(seconds=spec.refit_seconds)))
         else:
             methods.append(create_recommender(name))
     return methods
+
+
+def horizon_steps(series: Sequence[BacktestSeries], horizon: pd.Timedelta) -> int:
+    """Rows per horizon at the finest typical sampling interval of the series (at least 1)."""
+    import math
+
+    import pandas as pd
+
+    spacings = [(u.index[1:] - u.index[:-1]).median() for s in series for u in s.usage.values() if len(u) > 1]
+    spacing = min(spacings) if spacings else horizon
+    return max(1, math.ceil(horizon / spacing)) if spacing > pd.Timedelta(0) else 1
 
 
 def _platform_available() -> str | None:
@@ -160,7 +173,9 @@ def register(app: typer.Typer) -> None:
         season: str = typer.Option("24h", "--season", help="Season of the naive forecast behind MASE"),
         refit: str = typer.Option("24h", "--refit", help="Retrain the platform this often"),
         methods: str = typer.Option(
-            "platform,vpa,krr,crane,max,reactive", "--methods", help="Comma-separated methods to compare"
+            "platform,platform-1step,vpa,krr,crane,max,reactive",
+            "--methods",
+            help="Comma-separated methods to compare",
         ),
         mode: str = typer.Option("auto", "--mode", help="auto | continuous | concatenated | experiment"),
         unit: str = typer.Option(
@@ -197,17 +212,17 @@ def register(app: typer.Typer) -> None:
         )
         names = tuple(n.strip() for n in methods.split(",") if n.strip())
         notes: list[str] = []
-        if "platform" in names:
+        if any(n.startswith("platform") for n in names):
             reason = _platform_available()
             if reason is not None:
-                names = tuple(n for n in names if n != "platform")
+                names = tuple(n for n in names if not n.startswith("platform"))
                 notes.append(f"platform left out: {reason}")
                 typer.echo(f"warning: platform left out ({reason})", err=True)
         try:
             from mora_platform.backtest.baselines import create_recommender
 
             for name in names:
-                if name != "platform":
+                if not name.startswith("platform"):
                     create_recommender(name)
         except ValueError as exc:
             _fail(str(exc))
@@ -235,7 +250,12 @@ def register(app: typer.Typer) -> None:
             source=f"{source} ({described})",
             mode=series_set.mode,
             notes=notes + [f"skipped: {s}" for s in series_set.skipped],
-            extra_config={"refit_seconds": spec.refit_seconds, "training": spec.training, "ray": ray_flag},
+            extra_config={
+                "refit_seconds": spec.refit_seconds,
+                "training": spec.training,
+                "horizon_steps": spec.horizon_steps,
+                "ray": ray_flag,
+            },
         )
         path = write_report(report, out)
         typer.echo(format_table(report))

@@ -95,6 +95,23 @@ def test_adapter_matches_what_the_service_model_serves() -> None:
     answer = adapter.predict(fleet, pd.Timedelta(hours=1))
     served = adapter.model.recommend(history=fleet.tail(2000)).recommendations
     platform = PlatformRecommender()
-    assert platform.apply_margin(answer.requests["cpu"], "cpu") == pytest.approx(served.cpu_cores)
-    assert platform.apply_margin(answer.requests["memory"], "memory") == served.memory_bytes
+    assert answer.one_step_requests is not None
+    assert platform.apply_margin(answer.one_step_requests["cpu"], "cpu") == pytest.approx(served.cpu_cores)
+    assert platform.apply_margin(answer.one_step_requests["memory"], "memory") == served.memory_bytes
+    # without a horizon the held request is the served one
+    assert answer.requests == answer.one_step_requests
     assert answer.forecasts["cpu"] is not None and 0 < answer.forecasts["cpu"] < answer.requests["cpu"]
+    # held for 12 steps (1 h at 5 min), the head-room can only grow
+    held = ServiceModelTrainer({"epochs": 1, "lstm": {"units": [4], "dense_units": 0}}, horizon_steps=12)(
+        fleet, "svc-00"
+    ).predict(fleet, pd.Timedelta(hours=1))
+    for resource in ("cpu", "memory"):
+        assert held.requests[resource] >= answer.one_step_requests[resource] - 1e-9
+
+
+def test_forward_peak_stays_inside_each_experiment() -> None:
+    from mora_platform.backtest.platform_training import _forward_peak
+
+    values = pd.Series([1.0, 5.0, 2.0, 9.0, 3.0, 4.0])
+    groups = pd.Series(["a", "a", "a", "b", "b", "b"])
+    assert _forward_peak(values, groups, 2).tolist() == [5.0, 5.0, 2.0, 9.0, 4.0, 4.0]
