@@ -26,6 +26,7 @@ logger = logging.getLogger("ray.serve")
 
 SERVICES_TTL_S = 5.0
 HEALTH_TTL_S = 2.0
+MAX_CACHED_HANDLES = 4096
 
 
 class ServeBackend:
@@ -40,10 +41,15 @@ class ServeBackend:
         self._services: tuple[float, list[ServiceInfo]] | None = None
         self._health: tuple[float, str | None] | None = None
         self._lock = asyncio.Lock()
+        self._handles: dict[str, DeploymentHandle] = {}  # one routed handle per service, reused
 
     async def recommend(self, service: str, requests: Sequence[RecommendationRequest]) -> list[ModelOutcome]:
         payloads = [request.model_dump(mode="json", exclude_none=True) for request in requests]
-        handle = self._models.options(multiplexed_model_id=service)
+        handle = self._handles.get(service)
+        if handle is None:
+            if len(self._handles) >= MAX_CACHED_HANDLES:
+                self._handles.clear()
+            handle = self._handles[service] = self._models.options(multiplexed_model_id=service)
         try:
             answers = await asyncio.wait_for(handle.recommend.remote(payloads), timeout=self._timeout)
         except TimeoutError:

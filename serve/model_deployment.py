@@ -48,6 +48,8 @@ DEFAULT_RELOAD_INTERVAL_S = 10.0
     max_ongoing_requests=64,
     ray_actor_options={"num_cpus": 0.5},
     user_config={"reload_interval_s": DEFAULT_RELOAD_INTERVAL_S},
+    # The ingress logs every HTTP request; per-call logs here would double the logging cost.
+    logging_config={"enable_access_log": False},
 )
 class ServiceModels:
     """Per-service ensembles behind one deployment (multiplexed)."""
@@ -99,6 +101,9 @@ class ServiceModels:
             return [
                 outcome(503, error=f"model for {service!r} unavailable: {type(exc).__name__}: {exc}")
             ] * len(payloads)
+        cached = self._loader.cached_answers(slot, payloads)
+        if cached is not None:  # memoised: no thread hop, no model run
+            return cached
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._infer_pool, self._loader.answer, slot, payloads)
 

@@ -14,8 +14,9 @@ import logging
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ from mora_platform.registry import ArtifactIntegrityError, ModelNotFoundError, M
 logger = logging.getLogger(__name__)
 
 MODEL_CONTEXT_KEYS = (LOAD_USERS, REPLICA_COUNT)  # what ServiceModel.recommend takes as context
+ANSWER_CACHE_SIZE = 1024  # memoised history-less answers per loaded version
 
 
 class ServedModel(Protocol):
@@ -83,12 +85,18 @@ def load_service_model(directory: Path) -> ServedModel:
 
 @dataclass(frozen=True)
 class LoadedVersion:
-    """One loaded model and where it came from; replaced as a whole on reload."""
+    """One loaded model and where it came from; replaced as a whole on reload.
+
+    ``answers`` memoises answers to history-less requests: with the stored history tail,
+    ``recommend`` is a pure function of (model version, context), so repeated questions are
+    answered without running the model. It dies with the version, so a reload invalidates it.
+    """
 
     version: str
     model: ServedModel
     trained_at: datetime | None
     directory: Path
+    answers: OrderedDict[tuple[tuple[str, Any], ...], dict[str, Any]] = field(default_factory=OrderedDict)
 
 
 class ServiceSlot:
@@ -247,27 +255,65 @@ class ModelLoader:
     def answer(self, slot: ServiceSlot, payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """One outcome envelope per payload; a failing request never affects the others."""
         loaded, reason = slot.loaded, slot.degraded_reason
+        return [self._answer_one(slot.service, loaded, reason, payload) for payload in payloads]
+
+    def cached_answers(
+        self, slot: ServiceSlot, payloads: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]] | None:
+        """The answers if every payload is a memoised history-less question, else None (cheap)."""
+        loaded, reason = slot.loaded, slot.degraded_reason
         results = []
         for payload in payloads:
-            try:
-                model_service = str(getattr(loaded.model, "service", slot.service))
-                history, context, notes = request_inputs(model_service, payload)
-                rec = loaded.model.recommend(history, context, model_version=loaded.version)
-            except ValueError as exc:  # the model's own input checks (e.g. unusable history)
-                results.append(outcome(422, error=f"{slot.service}: {exc}"))
-                continue
-            except Exception as exc:
-                logger.exception("%s/%s failed to recommend", slot.service, loaded.version)
-                results.append(outcome(500, error=f"{slot.service}: model failed ({type(exc).__name__})"))
-                continue
-            if notes or rec.service != slot.service:
-                rec = rec.model_copy(update={"service": slot.service, "reasons": [*rec.reasons, *notes]})
-            if reason:
-                rec = rec.model_copy(update={"degraded": True, "reasons": [*rec.reasons, reason]})
-            results.append(outcome(200, rec.model_dump(mode="json")))
+            key = _memo_key(payload)
+            hit = loaded.answers.get(key) if key is not None else None
+            if hit is None:
+                return None
+            results.append(outcome(200, _decorated(hit, [], reason)))
         return results
+
+    def _answer_one(
+        self, service: str, loaded: LoadedVersion, reason: str | None, payload: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        key = _memo_key(payload)
+        if key is not None and key in loaded.answers:
+            return outcome(200, _decorated(loaded.answers[key], [], reason))
+        try:
+            model_service = str(getattr(loaded.model, "service", service))
+            history, context, notes = request_inputs(model_service, payload)
+            rec = loaded.model.recommend(history, context, model_version=loaded.version)
+        except ValueError as exc:  # the model's own input checks (e.g. unusable history)
+            return outcome(422, error=f"{service}: {exc}")
+        except Exception as exc:
+            logger.exception("%s/%s failed to recommend", service, loaded.version)
+            return outcome(500, error=f"{service}: model failed ({type(exc).__name__})")
+        answer = rec.model_dump(mode="json")
+        answer["service"] = service
+        if key is not None:
+            loaded.answers[key] = answer
+            while len(loaded.answers) > ANSWER_CACHE_SIZE:
+                loaded.answers.popitem(last=False)
+        return outcome(200, _decorated(answer, notes, reason))
 
     def close(self) -> None:
         """Remove the local bundle copies."""
         with contextlib.suppress(OSError):
             shutil.rmtree(self.cache_dir)
+
+
+def _memo_key(payload: Mapping[str, Any]) -> tuple[tuple[str, Any], ...] | None:
+    """Cache key of a history-less request (its model context), None when it carries data."""
+    if payload.get("history") or payload.get("current"):
+        return None
+    context = payload.get("context") or {}
+    return tuple((key, context[key]) for key in MODEL_CONTEXT_KEYS if context.get(key) is not None)
+
+
+def _decorated(answer: dict[str, Any], notes: list[str], reason: str | None) -> dict[str, Any]:
+    """``answer`` with request notes and the slot's degraded reason added (a copy when changed)."""
+    if not notes and not reason:
+        return answer
+    decorated = {**answer, "reasons": [*answer.get("reasons", []), *notes]}
+    if reason:
+        decorated["degraded"] = True
+        decorated["reasons"].append(reason)
+    return decorated

@@ -192,3 +192,35 @@ def test_request_inputs_lays_out_missing_timestamps() -> None:
     stamps = pd.DatetimeIndex(history["timestamp"])
     assert stamps.is_monotonic_increasing and stamps.is_unique
     assert list(history["scenario"]) == ["unknown"] * 4
+
+
+def test_history_less_answers_are_memoised_per_version(
+    registry: ModelRegistry, loader: ModelLoader, tmp_path: Path
+) -> None:
+    publish(registry, tmp_path, "svc-a", 0.25)
+    slot = loader.load("svc-a")
+    model = slot.loaded.model
+    assert isinstance(model, FakeModel)
+    ask = {"service": "svc-a", "context": {"load_users": 5.0}}
+    assert loader.cached_answers(slot, [ask]) is None
+    first = loader.answer(slot, [ask])
+    assert loader.cached_answers(slot, [ask]) == first
+    assert loader.answer(slot, [ask]) == first
+    assert len(model.seen) == 1
+    other = loader.answer(slot, [{"service": "svc-a", "context": {"load_users": 6.0}}])
+    assert other[0]["status"] == 200 and len(model.seen) == 2
+    with_history = {"service": "svc-a", "history": [{"cpu_cores_value": 0.1}]}
+    loader.answer(slot, [with_history, with_history])
+    assert len(model.seen) == 4, "requests carrying data are never memoised"
+    # a refused newer version marks memoised answers degraded too
+    bad = publish(registry, tmp_path, "svc-a", 0.5)
+    tamper(registry, "svc-a", bad)
+    loader.refresh(slot)
+    [cached] = loader.cached_answers(slot, [ask]) or []
+    assert cached["recommendation"]["degraded"] is True and bad in cached["recommendation"]["reasons"][-1]
+    assert first[0]["recommendation"]["degraded"] is False, "the memo itself stays undecorated"
+    # a reload starts a fresh memo
+    publish(registry, tmp_path, "svc-a", 0.75)
+    assert loader.refresh(slot) is True
+    assert loader.cached_answers(slot, [ask]) is None
+    assert served(loader, slot)["recommendations"]["cpu_cores"] == 0.75
