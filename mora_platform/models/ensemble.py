@@ -79,14 +79,18 @@ class EnsembleForecaster(Forecaster):
 
     @classmethod
     def from_fitted(
-        cls, members: Mapping[str, Forecaster | None], weights: Mapping[str, Mapping[str, float]] | None = None
+        cls,
+        members: Mapping[str, Forecaster | None],
+        weights: Mapping[str, Mapping[str, float]] | None = None,
     ) -> EnsembleForecaster:
         """An ensemble over members fitted elsewhere (``None`` = missing); no refit."""
         ensemble = cls(members, weights)
         for name, member in members.items():
             if member is None or not member.fitted:
                 ensemble.status[name] = MISSING
-                ensemble.reasons[name] = f"{name}: not configured" if member is None else f"{name}: not fitted"
+                ensemble.reasons[name] = (
+                    f"{name}: not configured" if member is None else f"{name}: not fitted"
+                )
             else:
                 ensemble.members[name], ensemble.status[name] = member, OK
         if not ensemble.members:

@@ -116,12 +116,12 @@ class ProphetForecaster(Forecaster):
             if decision.startswith("dropped"):
                 self.fallbacks.append(f"prophet: {name} seasonality {decision}")
         self.regressors = [
-            r for r in REGRESSORS if self.config.use_regressors and float(frame[r].std(ddof=0) or 0.0) > 0
+            r for r in REGRESSORS if self.config.use_regressors and frame[r].max() > frame[r].min()
         ]
         self._models, self._model_dicts, self.fallback_levels = {}, {}, {}
         for target in TARGETS:
             y = frame[TARGET_COLUMNS[target]].to_numpy(dtype="float64")
-            if np.nanstd(y) == 0:
+            if np.nanmax(y) == np.nanmin(y):
                 self._fallback(target, y, "constant target in the training rows")
                 continue
             try:
