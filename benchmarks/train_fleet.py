@@ -101,6 +101,7 @@ def measure(summary: RunSummary) -> dict[str, Any]:
     seconds = [o.seconds for o in ok]
     rss = [o.peak_rss_mb for o in ok if o.peak_rss_mb is not None]
     sizes = [o.artifact_bytes for o in ok if o.artifact_bytes is not None]
+    cpu = [o.cpu_seconds for o in ok if o.cpu_seconds is not None]
     return {
         "wall_seconds": summary.wall_seconds,
         "services": len(summary.services),
@@ -108,6 +109,7 @@ def measure(summary: RunSummary) -> dict[str, Any]:
         "failed": {o.service: o.error for o in summary.services if not o.ok},
         "seconds_per_service_mean": round(statistics.mean(seconds), 2) if seconds else None,
         "seconds_per_service_max": round(max(seconds), 2) if seconds else None,
+        "cpu_seconds_per_service_mean": round(statistics.mean(cpu), 2) if cpu else None,
         "peak_rss_mb_max": round(max(rss), 1) if rss else None,
         "peak_rss_mb_mean": round(statistics.mean(rss), 1) if rss else None,
         "artifact_kib_mean": round(statistics.mean(sizes) / 1024, 1) if sizes else None,
@@ -116,7 +118,7 @@ def measure(summary: RunSummary) -> dict[str, Any]:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    header = f"{'fleet':<16} {'cpus':>4} {'ok':>5} {'wall s':>8} {'s/service':>10} {'peak RSS MB':>12} {'artifact KiB':>13} {'speedup':>8}"
+    header = f"{'fleet':<16} {'cpus':>4} {'ok':>5} {'wall s':>8} {'s/service':>10} {'cpu s/svc':>10} {'peak RSS MB':>12} {'artifact KiB':>13} {'speedup':>8}"
     lines = [header, "-" * len(header)]
     for fleet, runs in results.items():
         base = runs.get("1", {}).get("wall_seconds")
@@ -124,7 +126,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             speedup = f"{base / row['wall_seconds']:.2f}x" if base and row["wall_seconds"] else "-"
             lines.append(
                 f"{fleet:<16} {cpus:>4} {row['succeeded']:>2}/{row['services']:<2} {row['wall_seconds']:>8.1f} "
-                f"{row['seconds_per_service_mean'] or 0:>10.1f} {row['peak_rss_mb_max'] or 0:>12.0f} "
+                f"{row['seconds_per_service_mean'] or 0:>10.1f} {row['cpu_seconds_per_service_mean'] or 0:>10.1f} "
+                f"{row['peak_rss_mb_max'] or 0:>12.0f} "
                 f"{row['artifact_kib_mean'] or 0:>13.1f} {speedup:>8}"
             )
     return "\n".join(lines)

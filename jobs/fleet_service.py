@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mora_platform.orchestration import PeakRssSampler, ServiceOutcome, failed_outcome
+from mora_platform.orchestration import PeakRssSampler, ServiceOutcome, cpu_seconds_used, failed_outcome
 from mora_platform.settings import MoraSettings
 
 #: Environment variable naming a directory where each task writes ``{service}.{pid}.pid`` just
@@ -93,6 +93,7 @@ def _write_pid_marker(service: str) -> None:
 def retrain_service(spec: RetrainSpec, service: str, settings: MoraSettings | None = None) -> ServiceOutcome:
     """Read ``service`` from ``spec.dataset`` on S3, train it and publish a new version."""
     started = time.perf_counter()
+    cpu_started = cpu_seconds_used()
     sampler = PeakRssSampler()
     try:
         with sampler:
@@ -101,6 +102,7 @@ def retrain_service(spec: RetrainSpec, service: str, settings: MoraSettings | No
         outcome = failed_outcome(service, error, time.perf_counter() - started)
     outcome.seconds = round(time.perf_counter() - started, 3)
     outcome.peak_rss_mb = sampler.peak_mb
+    outcome.cpu_seconds = round(cpu_seconds_used() - cpu_started, 3)
     return outcome
 
 

@@ -35,6 +35,7 @@ class ServiceOutcome(BaseModel):
     version: str | None = None
     seconds: float = 0.0
     peak_rss_mb: float | None = None
+    cpu_seconds: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     error_type: str | None = None
@@ -290,6 +291,13 @@ class PeakRssSampler:
     @property
     def peak_mb(self) -> float:
         return round(self.peak_bytes / 2**20, 1)
+
+
+def cpu_seconds_used() -> float:
+    """User + system CPU seconds of this process and its waited-for children (e.g. Stan)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def lifetime_peak_rss_mb() -> float:
