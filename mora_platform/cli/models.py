@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 USAGE_ERROR = 2
 
+# Metric names shown in the `mora train` summary (per split and target); the manifest keeps all.
+SUMMARY_METRICS: tuple[str, ...] = ("mae", "coverage", "usage_coverage", "mean_slack")
+
 RegistryDirOption = typer.Option(
     None,
     "--registry-dir",
@@ -150,7 +153,7 @@ def _number(value: Any) -> str:
 def _compact_metrics(metrics: Mapping[str, Any]) -> str:
     """One line per target with the test (else all) MAE / coverage numbers."""
     columns, rows = metric_rows(metrics)
-    wanted = [c for c in columns if "mae" in c.lower() or "coverage" in c.lower()] or columns
+    wanted = [c for c in columns if c.rsplit(".", 1)[-1] in ("mae", "coverage")] or columns
     tested = [c for c in wanted if "test" in c.lower()] or wanted
     return "\n".join(
         f"{target}: " + ", ".join(f"{c} {_number(values[c])}" for c in tested if c in values)
@@ -225,11 +228,14 @@ def train(
                 "dataset": dataset,
                 "config_source": source,
                 "training_seconds": dumped.get("seconds"),
+                "validation_metrics": dumped.get("validation") or {},
             }
             version = registry.publish(service, Path(tmp), metadata=metadata)
             size = sum(path.stat().st_size for path in Path(tmp).rglob("*") if path.is_file())
 
-    columns, rows = metric_rows(report.metrics)
+    dumped_metrics = {"validation": dumped.get("validation") or {}, "test": dumped.get("metrics") or {}}
+    columns, rows = metric_rows(dumped_metrics)
+    columns = [c for c in columns if c.rsplit(".", 1)[-1] in SUMMARY_METRICS] or columns
     _print_table(
         f"{service} {version}",
         ["target", *columns],
@@ -267,7 +273,7 @@ def list_models(
                 {
                     "service": name,
                     "latest": latest,
-                    "created_at": manifest.created_at.isoformat(),
+                    "created_at": manifest.created_at.isoformat(timespec="seconds"),
                     "versions": len(registry.list_versions(name)),
                     "bytes": manifest.total_bytes,
                     "fallbacks": manifest.fallbacks,
@@ -371,7 +377,10 @@ def recommend(
         cache = Path(settings.home) / "cache" / "models" / service / version
         fetched = registry.fetch(service, version, cache)
         model = _service_model_class().load(fetched.path)
-        rec = model.recommend(context=parsed_context, model_version=version)
+        try:
+            rec = model.recommend(context=parsed_context, model_version=version)
+        except ValueError as exc:  # the model refuses a context it cannot use, saying why
+            _fail(f"--context: {exc}")
         typer.echo(format_recommendations([rec], output, **options), nl=False)
 
 

@@ -82,7 +82,8 @@ def format_yaml(recs: Sequence[Recommendation]) -> str:
 
 def _flags(rec: Recommendation) -> str:
     flags = ["degraded"] if rec.degraded else []
-    flags.extend(rec.fallbacks)
+    if rec.fallbacks:
+        flags.append(f"{len(rec.fallbacks)} fallback{'s' if len(rec.fallbacks) > 1 else ''}")
     return ", ".join(flags) or "-"
 
 
@@ -114,9 +115,13 @@ def format_table(recs: Sequence[Recommendation], *, width: int = 120, title: str
             _flags(rec),
         )
     buffer = io.StringIO()
-    Console(file=buffer, width=width, color_system=None, force_terminal=False, legacy_windows=False).print(
-        table
-    )
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False, legacy_windows=False)
+    console.print(table)
+    # Fallbacks and reasons are sentences: listed under the table, not squeezed into a cell.
+    for rec in recs:
+        for label, notes in (("fallback", rec.fallbacks), ("note", rec.reasons)):
+            for note in notes:
+                console.print(f"{rec.service}: {label}: {note}", markup=False, highlight=False)
     return buffer.getvalue()
 
 

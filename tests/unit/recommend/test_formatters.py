@@ -108,10 +108,13 @@ def test_k8s_patch_container_override_and_rounding() -> None:
 def test_table_shows_each_service_and_numbers() -> None:
     text = format_recommendations(RECS, "table")
     assert "\x1b[" not in text  # plain text, no colour codes
-    lines = [line for line in text.splitlines() if "frontend" in line or "cartservice" in line]
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    lines = [line for line in rows if "frontend" in line or "cartservice" in line]
     assert len(lines) == 2
     assert "250m" in lines[0] and "512Mi" in lines[0] and "0.87" in lines[0]
-    assert "1500m" in lines[1] and "96Mi" in lines[1] and "degraded" in lines[1]
+    assert "1500m" in lines[1] and "96Mi" in lines[1] and "degraded, 1 fallback" in lines[1]
+    assert "cartservice: fallback: lstm:missing" in text
+    assert "cartservice: note: LSTM failed" in text
 
 
 def test_unknown_format_lists_known_ones() -> None:
