@@ -4,6 +4,10 @@ Every port is explicit (HTTP and gRPC of master, volume, filer and S3 gateway), 
 Lance side servers are off (they otherwise take fixed ports), everything binds 127.0.0.1, and
 S3 auth is on through an ``identities.json`` holding one access key / secret: unsigned or
 wrongly signed requests are refused. Usable from the CLI stack and from pytest fixtures alike.
+
+Every bucket is its own SeaweedFS collection and grabs several volumes on its first write; with
+weed's default of 8 volume slots the third bucket fails with InternalError. Volumes here are
+256 MB (sparse, nothing preallocated) with up to 100 slots.
 """
 
 from __future__ import annotations
@@ -126,7 +130,8 @@ class WeedServer:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=1024",
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=100",
             "-volume.preStopSeconds=0",
         ]
 

@@ -161,14 +161,15 @@ def test_put_file_and_get_file(object_store: ObjectStore, tmp_path: Path) -> Non
     assert not (tmp_path / "missing").exists()
 
 
-def test_ensure_bucket_creates_a_new_bucket_once(s3_settings: MoraSettings) -> None:
+def test_ensure_bucket_creates_new_buckets_once(s3_settings: MoraSettings) -> None:
     access_key, secret_key = s3_settings.s3_credentials()
-    bucket = "fresh-" + secrets.token_hex(4)
-    store = ObjectStore(s3_settings.s3_endpoint_url, bucket, access_key, secret_key)
-    with pytest.raises(StorageUnavailableError, match="does not exist"):
+    for _ in range(3):  # several buckets: each one takes its own volumes on the server
+        bucket = "fresh-" + secrets.token_hex(4)
+        store = ObjectStore(s3_settings.s3_endpoint_url, bucket, access_key, secret_key)
+        with pytest.raises(StorageUnavailableError, match="does not exist"):
+            store.check()
+        store.ensure_bucket()
+        store.ensure_bucket()
         store.check()
-    store.ensure_bucket()
-    store.ensure_bucket()
-    store.check()
-    store.put_bytes("x", b"1")
-    assert store.list_keys() == ["x"]
+        store.put_bytes("x", b"1")
+        assert store.list_keys() == ["x"]
