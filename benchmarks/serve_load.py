@@ -6,7 +6,9 @@ the trained bundles are reused across names, which changes nothing for serving);
 proxy mode, a fresh single-node Ray head (2 CPUs) with that mode's environment, the app deployed
 with one ingress and one model replica, and an aiohttp load generator on the same machine
 (keep-alive, closed loop) at concurrency 1, 8 and 32, for single requests and batches of 10.
-The floor is ``ServiceModel.recommend`` called in-process for the same request.
+Kinds: ``single`` repeats one question per service (answered from the per-version memo after the
+first time), ``fresh`` sends a new context every time (the model runs for each request), ``batch``
+sends 10 services per call. The floor is ``ServiceModel.recommend`` called in-process.
 
 Modes: ``default``; ``throughput`` (RAY_SERVE_THROUGHPUT_OPTIMIZED=1); ``haproxy``
 (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 + RAY_SERVE_ENABLE_HA_PROXY=1). Each mode runs in its own
@@ -47,6 +49,7 @@ MODES: dict[str, dict[str, str]] = {
 }
 N_SERVICES = 10
 BATCH_SIZE = 10
+FRESH_CONTEXTS = 3000  # per service, above serve.model_slots.ANSWER_CACHE_SIZE
 CONCURRENCY = (1, 8, 32)
 TINY_CONFIG: dict[str, Any] = {
     "seq_len": 8,
@@ -270,9 +273,16 @@ def run_mode(registry_prefix: str, duration: float, out: Path) -> None:
             ).encode()
         ]
         asyncio.run(run_load(f"{base}/v1/recommendations", single, 8, 2.0, 1))  # warm-up
+        # Distinct contexts, more than the per-version memo holds: every request runs the model.
+        fresh = [
+            json.dumps({"service": s, "context": {"load_users": 1 + n * 0.25, "replica_count": 2}}).encode()
+            for n in range(FRESH_CONTEXTS)
+            for s in services
+        ]
         runs = []
         for kind, path, bodies, per_request in (
             ("single", "/v1/recommendations", single, 1),
+            ("fresh", "/v1/recommendations", fresh, 1),
             ("batch", "/v1/recommendations:batch", batch, BATCH_SIZE),
         ):
             for concurrency in CONCURRENCY:
