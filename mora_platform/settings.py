@@ -7,7 +7,9 @@ Secrets are ``SecretStr`` so they never appear in reprs or logs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +41,13 @@ class MoraSettings(BaseSettings):
     serve_host: str = Field("127.0.0.1", description="Ray Serve HTTP host")
     serve_port: int = Field(8000, ge=1, le=65535, description="Ray Serve HTTP port")
     serve_token: SecretStr | None = Field(None, description="Bearer token required by the endpoint, if set")
+
+    def __init__(self, **values: Any) -> None:
+        # The stack file lives under MORA_HOME, which may not be ./.mora: resolve it per instance.
+        if "_env_file" not in values:
+            home = Path(os.environ.get("MORA_HOME", ".mora"))
+            values["_env_file"] = (home / "stack.env", Path(".env"))
+        super().__init__(**values)
 
     def s3_credentials(self) -> tuple[str | None, str | None]:
         """The access key pair as plain strings, for the clients that need them."""
