@@ -331,20 +331,6 @@ def _parse_context(context: str | None) -> dict[str, float | str] | None:
     return data
 
 
-def _service_model_class() -> Any:
-    """``ServiceModel`` from the training package (its module name is the trainer's choice)."""
-    for module_name in (
-        "mora_platform.training.bundle",
-        "mora_platform.training",
-        "mora_platform.models.bundle",
-    ):
-        with contextlib.suppress(ImportError):
-            model_class = getattr(importlib.import_module(module_name), "ServiceModel", None)
-            if model_class is not None:
-                return model_class
-    raise ImportError("ServiceModel is not available (mora_platform.training.bundle)")
-
-
 def recommend(
     service: str = typer.Argument(..., help="Service to recommend for."),
     context: str | None = typer.Option(
@@ -376,7 +362,9 @@ def recommend(
         validate_version(version)
         cache = Path(settings.home) / "cache" / "models" / service / version
         fetched = registry.fetch(service, version, cache)
-        model = _service_model_class().load(fetched.path)
+        from mora_platform.training.bundle import ServiceModel
+
+        model = ServiceModel.load(fetched.path)
         try:
             rec = model.recommend(context=parsed_context, model_version=version)
         except ValueError as exc:  # the model refuses a context it cannot use, saying why

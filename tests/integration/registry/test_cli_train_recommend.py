@@ -108,6 +108,10 @@ def test_train_list_recommend(cli_env: Path, dataset: tuple[str, str], tmp_path:
     assert 0 <= rec.confidence <= 1
     assert (cli_env / "cache" / "models" / service / version / "manifest.json").is_file()
 
+    refused = runner.invoke(app, ["recommend", service, "--context", '{"pods": 3}'])
+    assert refused.exit_code == 2
+    assert _error_line(refused).startswith("error: --context: ") and "'pods'" in refused.stderr
+
     patch = runner.invoke(app, ["recommend", service, "--version", version, "--format", "k8s-patch"])
     assert patch.exit_code == 0, patch.output
     container = yaml.safe_load(patch.stdout)["spec"]["template"]["spec"]["containers"][0]
@@ -117,7 +121,9 @@ def test_train_list_recommend(cli_env: Path, dataset: tuple[str, str], tmp_path:
 
 def test_unknown_dataset_and_service(cli_env: Path, dataset: tuple[str, str]) -> None:
     name, service = dataset
-    result = runner.invoke(app, ["train", "--dataset", "no-such-dataset", "--service", service, "--epochs", "1"])
+    result = runner.invoke(
+        app, ["train", "--dataset", "no-such-dataset", "--service", service, "--epochs", "1"]
+    )
     assert result.exit_code == 2
     assert "no-such-dataset" in _error_line(result)
     result = runner.invoke(app, ["train", "--dataset", name, "--service", "no-such-service", "--epochs", "1"])
