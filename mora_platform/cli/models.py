@@ -8,7 +8,6 @@ exit with code 2.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import tempfile
@@ -34,15 +33,16 @@ RegistryDirOption = typer.Option(
     help="Use a local directory as the model registry instead of the S3 bucket (offline mode).",
 )
 
-# Exceptions that carry a message meant for the user: (module, class name). Looked up lazily so
-# this module imports nothing heavy and works before every layer exists.
-_USER_ERRORS: tuple[tuple[str, str], ...] = (
-    ("mora_platform.registry.errors", "RegistryError"),
-    ("mora_platform.recommend.formatters", "UnknownFormatError"),
-    ("mora_platform.storage.errors", "StorageError"),
-    ("mora_platform.training.service_trainer", "ServiceDataError"),
-    ("mora_platform.models.base", "ModelError"),
-    ("pydantic", "ValidationError"),
+# Exceptions that carry a message meant for the user, by (module, class name): matched against
+# the exception's MRO, so checking needs no import of the layers that define them.
+_USER_ERRORS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("mora_platform.registry.errors", "RegistryError"),
+        ("mora_platform.recommend.formatters", "UnknownFormatError"),
+        ("mora_platform.storage.errors", "StorageError"),
+        ("mora_platform.training.report", "ServiceDataError"),
+        ("mora_platform.models.base", "ModelError"),
+    }
 )
 
 
@@ -53,15 +53,12 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(USAGE_ERROR)
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = []
-    for module_name, class_name in _USER_ERRORS:
-        try:
-            error_type = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError):
-            continue
-        types.append(error_type)
-    return tuple(types)
+def _is_user_error(exc: BaseException) -> bool:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return True
+    return any((cls.__module__, cls.__name__) in _USER_ERRORS for cls in type(exc).__mro__)
 
 
 @contextlib.contextmanager
@@ -72,7 +69,7 @@ def _user_errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except Exception as exc:
-        if isinstance(exc, _user_error_types()):
+        if _is_user_error(exc):
             _fail(str(exc))
         raise
 

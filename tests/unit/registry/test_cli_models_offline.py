@@ -170,3 +170,16 @@ def test_training_config_source_precedence(tmp_path: Path) -> None:
     explicit.write_text("{seq_len: 8}")
     with pytest.raises(typer.Exit):
         _training_config(registry, "frontend", explicit, None)
+
+
+def test_user_error_names_point_at_real_exception_classes() -> None:
+    import importlib
+
+    from mora_platform.cli.models import _USER_ERRORS, _is_user_error
+    from mora_platform.registry import ModelNotFoundError
+
+    for module_name, class_name in _USER_ERRORS:
+        error_type = getattr(importlib.import_module(module_name), class_name)
+        assert issubclass(error_type, Exception), (module_name, class_name)
+    assert _is_user_error(ModelNotFoundError("x"))
+    assert not _is_user_error(KeyError("bug"))
