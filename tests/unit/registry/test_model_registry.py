@@ -315,6 +315,21 @@ def test_manifest_json_round_trip(registry: ModelRegistry, bundle: Bundle) -> No
         Manifest.model_validate({**document, "unexpected": 1})
 
 
+def test_golden_v1_manifest_still_parses() -> None:
+    """A manifest written by schema version 1 must stay readable by later code."""
+    golden = Path(__file__).parent / "golden" / "manifest_v1.json"
+    manifest = Manifest.from_json_bytes(golden.read_bytes())
+    assert (manifest.schema_version, manifest.service, manifest.version) == (
+        1,
+        "frontend",
+        "20261128T010203Z-0a1b2c",
+    )
+    assert manifest.files["lstm.keras"].bytes == 120345
+    assert manifest.total_bytes == 120857
+    assert manifest.extra == {"dataset": "boutique"}
+    assert "schema_version" in Manifest.model_json_schema()["properties"]
+
+
 def test_tuned_config_round_trip(registry: ModelRegistry, backend: LocalBlobBackend) -> None:
     assert registry.load_tuned_config("svc") is None
     registry.save_tuned_config("svc", {"seq_len": 20, "lstm": {"units": [32, 16]}})
