@@ -13,7 +13,6 @@ A version without a manifest is incomplete and never returned; one with a manife
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -366,10 +365,8 @@ class ModelRegistry:
             )
 
         dest = Path(dest)
-        if dest.is_dir():
-            with contextlib.suppress(ArtifactIntegrityError, ValidationError, OSError):
-                if verify_local_bundle(dest) == manifest:
-                    return FetchedBundle(service, version, dest, manifest, cached=True)
+        if dest.is_dir() and _matches(dest, manifest):
+            return FetchedBundle(service, version, dest, manifest, cached=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
         try:
@@ -392,7 +389,14 @@ class ModelRegistry:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
             (staging / MANIFEST_NAME).write_bytes(manifest.to_json_bytes())
-            _swap_into_place(staging, dest)
+            try:
+                _swap_into_place(staging, dest)
+            except OSError:
+                # Another process sharing the cache may have put the same bundle in place first.
+                if not (dest.is_dir() and _matches(dest, manifest)):
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)
+                return FetchedBundle(service, version, dest, manifest, cached=True)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -457,6 +461,14 @@ class ModelRegistry:
         if isinstance(document, dict):
             return document
         raise RegistryError(f"{self._key(service, TUNED_CONFIG_NAME)} must hold a JSON object")
+
+
+def _matches(directory: Path, manifest: Manifest) -> bool:
+    """True if ``directory`` holds exactly the bundle ``manifest`` describes, byte for byte."""
+    try:
+        return verify_local_bundle(directory) == manifest
+    except (ArtifactIntegrityError, ValidationError, OSError):
+        return False
 
 
 def _swap_into_place(staging: Path, dest: Path) -> None:

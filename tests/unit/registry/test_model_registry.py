@@ -337,3 +337,18 @@ def test_tuned_config_round_trip(registry: ModelRegistry, backend: LocalBlobBack
     assert backend.exists("models/svc/tuned_config.json")
     assert registry.list_services() == []  # a tuned config alone is not a published model
     assert registry.latest_version("svc") is None
+
+
+def test_concurrent_fetch_into_the_same_cache_dir(
+    registry: ModelRegistry, bundle: Bundle, tmp_path: Path
+) -> None:
+    """Threads racing to fill one cache directory all end with the verified bundle."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    version = registry.publish("frontend", bundle[0], metadata=METADATA)
+    dest = tmp_path / "cache" / version
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: registry.fetch("frontend", version, dest), range(8)))
+    assert all(result.version == version for result in results)
+    assert verify_local_bundle(dest).version == version
+    assert sorted(p.name for p in dest.parent.iterdir()) == [version]  # no staging leftovers
