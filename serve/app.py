@@ -30,6 +30,11 @@ class ServeAppArgs(BaseModel):
         description="Env files read for MoraSettings (MORA_* S3 settings, MORA_SERVE_TOKEN); "
         "default: .mora/stack.env and .env in the working directory",
     )
+    settings_stamp: str | None = Field(
+        default=None,
+        description="Opaque; `mora serve up` sets it from the env files' sizes and times so that "
+        "changed settings trigger a rebuild on `serve deploy`",
+    )
     registry_prefix: str = Field(
         default="models", min_length=1, description="Key prefix of the model registry"
     )

@@ -88,8 +88,25 @@ def resolve_config(config: dict[str, Any], settings: MoraSettings, env_files: li
         if application.get("import_path") == APP_IMPORT_PATH:
             args = application.setdefault("args", {}) or {}
             args["env_files"] = list(env_files)
+            args["settings_stamp"] = settings_stamp(env_files)
             application["args"] = args
     return resolved
+
+
+def settings_stamp(env_files: list[str]) -> str:
+    """Changes whenever an env file changes (size / mtime only, no secret material).
+
+    ``serve deploy`` rebuilds an application only when its config changes; without this, a new
+    token or S3 endpoint written to the same files would not reach the replicas.
+    """
+    parts = []
+    for name in env_files:
+        try:
+            info = Path(name).stat()
+        except OSError:
+            continue
+        parts.append(f"{info.st_size}-{info.st_mtime_ns}")
+    return ".".join(parts)
 
 
 def _base_url(settings: MoraSettings) -> str:
@@ -101,13 +118,47 @@ def _auth_headers(settings: MoraSettings) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
-def _wait_healthy(settings: MoraSettings, timeout: float) -> str | None:
-    """None once /healthz answers 200, else the last problem seen."""
+def _application_state(settings: MoraSettings, name: str) -> tuple[str, float]:
+    """(status, last deployed time) of one application, from ``serve status``."""
+    import yaml
+
+    command = [_serve_cli(), "status", "--address", settings.ray_dashboard_url]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        status = yaml.safe_load(result.stdout) or {}
+        application = (status.get("applications") or {}).get(name) or {}
+    except (yaml.YAMLError, AttributeError):
+        return "UNKNOWN", 0.0
+    return str(application.get("status", "NOT_STARTED")), float(
+        application.get("last_deployed_time_s") or 0.0
+    )
+
+
+def _wait_healthy(
+    settings: MoraSettings, timeout: float, applications: list[str], since: float
+) -> str | None:
+    """None once every application finished this deployment and /healthz answers 200, else why not.
+
+    Waiting for RUNNING first matters on a redeploy: the old replicas answer /healthz while the
+    new ones start.
+    """
     import httpx
 
     deadline = time.monotonic() + timeout
     problem: str | None = "not polled"
+    pending = list(applications)
     while time.monotonic() < deadline:
+        for name in list(pending):
+            state, deployed_at = _application_state(settings, name)
+            if state == "RUNNING" and deployed_at >= since:
+                pending.remove(name)
+            elif state in ("DEPLOY_FAILED", "UNHEALTHY"):
+                return f"application {name!r} is {state} (see `mora serve status`)"
+            else:
+                problem = f"application {name!r} is {state}"
+        if pending:
+            time.sleep(1.0)
+            continue
         try:
             response = httpx.get(f"{_base_url(settings)}/healthz", timeout=5)
         except httpx.HTTPError as exc:
@@ -142,6 +193,8 @@ def up(
     target.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     command = [_serve_cli(), "deploy", str(target), "--address", settings.ray_dashboard_url]
     typer.echo(f"deploying {target} to {settings.ray_dashboard_url}")
+    names = [str(app.get("name", "default")) for app in resolved.get("applications", [])]
+    since = time.time() - 0.1  # the local controller shares this clock
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         _fail(
@@ -150,7 +203,7 @@ def up(
     if not wait:
         typer.echo(f"deployment submitted; endpoint {_base_url(settings)}")
         return
-    problem = _wait_healthy(settings, timeout)
+    problem = _wait_healthy(settings, timeout, names, since)
     if problem is not None:
         _fail(f"endpoint not healthy after {timeout:g} s: {problem} (see `mora serve status`)", code=1)
     typer.echo(f"endpoint ready: {_base_url(settings)}  (docs {_base_url(settings)}/docs)")

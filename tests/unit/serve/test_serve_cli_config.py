@@ -11,7 +11,7 @@ from ray.serve.schema import ServeDeploySchema
 from typer.testing import CliRunner
 
 from mora_platform.cli import app
-from mora_platform.cli.serving import DEFAULT_CONFIG, env_files_for_cluster, resolve_config
+from mora_platform.cli.serving import DEFAULT_CONFIG, env_files_for_cluster, resolve_config, settings_stamp
 from mora_platform.settings import MoraSettings
 from serve.app import ServeAppArgs
 
@@ -35,6 +35,7 @@ def test_resolve_config_fills_host_port_and_env_files() -> None:
     resolved = resolve_config(config, settings, ["/x/stack.env"])
     assert resolved["http_options"]["port"] == 18123
     assert resolved["applications"][0]["args"]["env_files"] == ["/x/stack.env"]
+    ServeAppArgs.model_validate(resolved["applications"][0]["args"])
     assert "env_files" not in config["applications"][0]["args"], "input must stay untouched"
     ServeDeploySchema.model_validate(resolved)
 
@@ -61,3 +62,12 @@ def test_serve_commands_registered() -> None:
     assert result.exit_code == 0
     for command in ("up", "down", "status"):
         assert command in result.stdout
+
+
+def test_settings_stamp_follows_env_file_changes(tmp_path: Path) -> None:
+    env_file = tmp_path / "serve.env"
+    env_file.write_text("MORA_SERVE_TOKEN=one\n")
+    first = settings_stamp([str(env_file)])
+    env_file.write_text("MORA_SERVE_TOKEN=second\n")
+    assert settings_stamp([str(env_file)]) != first
+    assert "second" not in settings_stamp([str(env_file)])
