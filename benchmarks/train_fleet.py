@@ -189,8 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         for dataset, services in datasets.items():
             for cpus in cpu_counts:
                 print(f"{dataset}: {len(services)} services on {cpus} CPU(s)", flush=True)
+                load_before = os.getloadavg()[0]
                 summary = run_fleet(dataset, services, cpus, env_vars, overrides)
-                results.setdefault(dataset, {})[str(cpus)] = measure(summary)
+                row = measure(summary)
+                # The machine is shared: the 1-minute load average says how contended a run was.
+                row["load_average_1m"] = {
+                    "before": round(load_before, 2),
+                    "after": round(os.getloadavg()[0], 2),
+                }
+                results.setdefault(dataset, {})[str(cpus)] = row
     finally:
         weed.stop()
     report = {

@@ -91,10 +91,39 @@ def test_fleet_job_isolates_a_corrupt_service(fleet_cluster: FleetCluster, objec
     assert bad in rows[bad]["error"] or "parquet" in rows[bad]["error"].lower()
     assert registry.latest_version(bad) is None
 
-    # --fail-on-any turns the same partial failure into a failed job
-    job_id, _ = _submit(fleet_cluster, dataset.name, [bad], fail_on_any=True)
-    status, logs = _wait_job(fleet_cluster, job_id)
-    assert status == "FAILED" and "FLEET RESULT: 0 succeeded, 1 failed" in logs
+    # `mora retrain --wait --fail-on-any` (the CLI over the same Jobs API): the bad service alone fails the job
+    from typer.testing import CliRunner
+
+    from mora_platform.cli import app
+
+    settings = fleet_cluster.settings
+    key, secret = settings.s3_credentials()
+    env = {
+        "MORA_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "MORA_S3_BUCKET": settings.s3_bucket,
+        "MORA_S3_ACCESS_KEY": key or "",
+        "MORA_S3_SECRET_KEY": secret or "",
+        "MORA_RAY_DASHBOARD_URL": settings.ray_dashboard_url,
+    }
+    result = CliRunner().invoke(
+        app,
+        [
+            "retrain",
+            "--dataset",
+            dataset.name,
+            "--services",
+            bad,
+            "--wait",
+            "--fail-on-any",
+            "--timeout",
+            "150",
+        ],
+        env=env,
+    )
+    assert result.exit_code == 1, result.output[-3000:]
+    assert "submitted job" in result.output and "FLEET RESULT: 0 succeeded, 1 failed" in result.output
+    assert "FAILED" in result.output.splitlines()[-1]
+    assert secret and secret not in result.output
 
 
 def test_killed_worker_is_retried_and_the_service_publishes(
