@@ -92,7 +92,7 @@ def serve_registry(object_store: Any) -> ModelRegistry:
     return ModelRegistry(object_store, prefix=f"serve-it-{secrets.token_hex(3)}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_bundles(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """service -> bundle directory, two services trained with the tiny config on a few experiments."""
     from mora_platform.data.loaders import load_path
