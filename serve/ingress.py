@@ -27,6 +27,7 @@ logger = logging.getLogger("ray.serve")
 SERVICES_TTL_S = 5.0
 HEALTH_TTL_S = 2.0
 MAX_CACHED_HANDLES = 4096
+UNKNOWN_TTL_S = 2.0  # how long "no such service" is remembered (a publish shows up after this)
 
 
 class ServeBackend:
@@ -42,8 +43,14 @@ class ServeBackend:
         self._health: tuple[float, str | None] | None = None
         self._lock = asyncio.Lock()
         self._handles: dict[str, DeploymentHandle] = {}  # one routed handle per service, reused
+        self._unknown: dict[str, float] = {}  # service -> until when it is known to be unpublished
 
     async def recommend(self, service: str, requests: Sequence[RecommendationRequest]) -> list[ModelOutcome]:
+        unknown_until = self._unknown.get(service)
+        if unknown_until is not None:
+            if time.monotonic() < unknown_until:
+                return [self._unknown_outcome(service)] * len(requests)
+            del self._unknown[service]
         payloads = [request.model_dump(mode="json", exclude_none=True) for request in requests]
         handle = self._handles.get(service)
         if handle is None:
@@ -56,7 +63,21 @@ class ServeBackend:
             return [ModelOutcome(504, error=f"{service}: no answer within {self._timeout:g} s")] * len(
                 requests
             )
-        return [ModelOutcome(**answer) for answer in answers]
+        outcomes = [ModelOutcome(**answer) for answer in answers]
+        if outcomes and all(outcome.status == 404 for outcome in outcomes):
+            # Unknown services are remembered briefly: a flood of them must not keep the model
+            # replicas busy asking S3 (their loads are serialised).
+            if len(self._unknown) >= MAX_CACHED_HANDLES:
+                self._unknown.clear()
+            self._unknown[service] = time.monotonic() + UNKNOWN_TTL_S
+        return outcomes
+
+    @staticmethod
+    def _unknown_outcome(service: str) -> ModelOutcome:
+        return ModelOutcome(
+            404,
+            error=f"unknown service {service!r}: no published model (GET /v1/services lists the known ones)",
+        )
 
     async def list_services(self) -> list[ServiceInfo]:
         now = time.monotonic()

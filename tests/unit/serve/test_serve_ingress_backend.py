@@ -1,0 +1,116 @@
+"""ServeBackend with a stub DeploymentHandle and a local registry (no Ray cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mora_platform.registry import LocalBlobBackend, ModelRegistry
+from serve.api import RecommendationRequest
+from serve.ingress import ServeBackend
+
+
+class StubMethod:
+    def __init__(self, handle: StubHandle) -> None:
+        self.handle = handle
+
+    def remote(self, payloads: list[dict[str, Any]]) -> Any:
+        self.handle.calls.append((self.handle.model_id, payloads))
+        return self.handle.answer(self.handle.model_id, payloads)
+
+
+class StubHandle:
+    """Mimics ``DeploymentHandle.options(multiplexed_model_id=...).recommend.remote(...)``."""
+
+    def __init__(
+        self, known: set[str], delay: float = 0.0, model_id: str | None = None, root: Any = None
+    ) -> None:
+        self.known, self.delay, self.model_id = known, delay, model_id
+        self.root = root or self
+        self.calls: list[tuple[str | None, list[dict[str, Any]]]] = self.root.calls if root else []
+        self.options_calls = 0
+
+    def options(self, *, multiplexed_model_id: str) -> StubHandle:
+        self.root.options_calls += 1
+        return StubHandle(self.known, self.delay, multiplexed_model_id, self.root)
+
+    @property
+    def recommend(self) -> StubMethod:
+        return StubMethod(self)
+
+    async def answer(self, service: str | None, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        await asyncio.sleep(self.delay)
+        if service not in self.known:
+            return [{"status": 404, "recommendation": None, "error": f"unknown service {service!r}"}] * len(
+                payloads
+            )
+        return [{"status": 200, "recommendation": {"service": service, **p}, "error": None} for p in payloads]
+
+
+@pytest.fixture()
+def registry(tmp_path: Path) -> ModelRegistry:
+    registry = ModelRegistry(LocalBlobBackend(tmp_path / "blobs"))
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.json").write_text(json.dumps({"cores": 0.1}))
+    registry.publish("svc-a", bundle, metadata={"metrics": {"cpu": {"mae": 0.5}}})
+    return registry
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_payloads_are_json_without_nulls(registry: ModelRegistry) -> None:
+    handle = StubHandle({"svc-a"})
+    backend = ServeBackend(handle, registry)  # type: ignore[arg-type]
+    request = RecommendationRequest.model_validate({"service": "svc-a", "context": {"load_users": 5}})
+    [outcome] = run(backend.recommend("svc-a", [request]))
+    assert outcome.status == 200
+    assert handle.calls == [("svc-a", [{"service": "svc-a", "context": {"load_users": 5.0}}])]
+
+
+def test_routed_handles_are_reused_and_unknown_services_remembered(registry: ModelRegistry) -> None:
+    handle = StubHandle({"svc-a"})
+    backend = ServeBackend(handle, registry)  # type: ignore[arg-type]
+    request = RecommendationRequest(service="svc-a")
+    unknown = RecommendationRequest(service="svc-zz")
+
+    async def scenario() -> None:
+        for _ in range(3):
+            await backend.recommend("svc-a", [request])
+        for _ in range(3):
+            [outcome] = await backend.recommend("svc-zz", [unknown])
+            assert outcome.status == 404 and "svc-zz" in (outcome.error or "")
+
+    run(scenario())
+    assert handle.options_calls == 2
+    assert [service for service, _ in handle.calls] == ["svc-a"] * 3 + ["svc-zz"]
+
+
+def test_slow_model_times_out_with_504(registry: ModelRegistry) -> None:
+    backend = ServeBackend(StubHandle({"svc-a"}, delay=1.0), registry, request_timeout_s=0.05)  # type: ignore[arg-type]
+    [outcome] = run(backend.recommend("svc-a", [RecommendationRequest(service="svc-a")]))
+    assert outcome.status == 504 and "svc-a" in (outcome.error or "")
+
+
+def test_services_and_health_from_registry(registry: ModelRegistry, tmp_path: Path) -> None:
+    backend = ServeBackend(StubHandle(set()), registry)  # type: ignore[arg-type]
+    [info] = run(backend.list_services())
+    assert info.service == "svc-a"
+    assert info.latest_version == registry.latest_version("svc-a")
+    assert info.metrics == {"cpu": {"mae": 0.5}} and info.trained_at is not None
+    assert run(backend.registry_problem()) is None
+
+
+def test_health_reports_unreachable_registry(tmp_path: Path) -> None:
+    class Broken(LocalBlobBackend):
+        def list_keys(self, prefix: str) -> list[str]:
+            raise ConnectionError("connection refused")
+
+    backend = ServeBackend(StubHandle(set()), ModelRegistry(Broken(tmp_path)))  # type: ignore[arg-type]
+    assert "connection refused" in (run(backend.registry_problem()) or "")
