@@ -65,7 +65,12 @@ def write_datasets(
 
 
 def run_fleet(
-    dataset: str, services: list[str], cpus: int, env_vars: dict[str, str], overrides: dict[str, Any]
+    dataset: str,
+    services: list[str],
+    cpus: int,
+    env_vars: dict[str, str],
+    overrides: dict[str, Any],
+    max_calls: int = 0,
 ) -> RunSummary:
     """One fleet retraining on a fresh local Ray with ``cpus`` CPUs (one CPU per task)."""
     import ray
@@ -83,7 +88,7 @@ def run_fleet(
         run_id = new_run_id(f"bench-{cpus}cpu")
         spec = RetrainSpec(dataset=dataset, run_id=run_id, config_overrides=overrides, use_tuned=False)
         summary = RunSummary(run_id=run_id, dataset=dataset, started_at=utc_now(), backend=f"ray-{cpus}cpu")
-        backend = RayTaskBackend(num_cpus=1, max_retries=1)
+        backend = RayTaskBackend(num_cpus=1, max_retries=1, max_calls=max_calls)
 
         def progress(outcome: Any) -> None:
             print(f"  [{cpus} cpu] {outcome.service}: {outcome.status} {outcome.seconds:.1f}s", flush=True)
@@ -145,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs", type=int, default=None, help="override the LSTM epochs (default: config's)"
     )
     parser.add_argument("--config-json", default=None, help="JSON object merged over the training config")
+    parser.add_argument(
+        "--max-calls", type=int, default=0, help="recycle workers after N services (0 = reuse)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     cpu_counts = [int(c) for c in args.cpus.split(",")]
@@ -190,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             for cpus in cpu_counts:
                 print(f"{dataset}: {len(services)} services on {cpus} CPU(s)", flush=True)
                 load_before = os.getloadavg()[0]
-                summary = run_fleet(dataset, services, cpus, env_vars, overrides)
+                summary = run_fleet(dataset, services, cpus, env_vars, overrides, args.max_calls)
                 row = measure(summary)
                 # The machine is shared: the 1-minute load average says how contended a run was.
                 row["load_average_1m"] = {
@@ -205,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
         "config_overrides": overrides,
+        "max_calls": args.max_calls,
         "synthetic": {"services": args.synthetic_services, "days": args.days, "step_seconds": 300},
         "results": results,
         "speedup_2_vs_1": {

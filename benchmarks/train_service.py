@@ -138,7 +138,9 @@ def _print(results: dict[str, Any]) -> None:
         )
     if results["lstm_comparison"]:
         print("\nLSTM only: single head per target (seed) vs one multi-output network")
-        print(f"{'service':24} {'single s':>8} {'multi s':>8} {'cpu MAE s/m (m)':>18} {'mem MAE s/m (MiB)':>20} {'rep MAE s/m':>14}")
+        print(
+            f"{'service':24} {'single s':>8} {'multi s':>8} {'cpu MAE s/m (m)':>18} {'mem MAE s/m (MiB)':>20} {'rep MAE s/m':>14}"
+        )
         for c in results["lstm_comparison"]:
             s, m = c["single_head"], c["multi_output"]
             print(
@@ -152,7 +154,9 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--services", default=None, help="comma-separated subset")
     parser.add_argument("--no-compare", action="store_true", help="skip the single-head vs multi-output runs")
@@ -166,7 +170,11 @@ def main() -> None:
     tf_seconds = time.perf_counter() - tick
     frames = _frames(args.data, args.services.split(",") if args.services else None)
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_start": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_start": os.getloadavg(),
+        },
         "tensorflow_import_seconds": round(tf_seconds, 2),
         "services": [],
         "lstm_comparison": [],

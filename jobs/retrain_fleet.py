@@ -107,6 +107,7 @@ def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
         options={
             "num_cpus": args.num_cpus,
             "max_retries": args.max_retries,
+            "max_calls": args.max_calls,
             "publish": spec.publish,
             "use_tuned": spec.use_tuned,
             "config_overrides": spec.config_overrides,
@@ -131,6 +132,7 @@ def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
             num_cpus=args.num_cpus,
             max_retries=args.max_retries,
             memory_mb=args.memory_mb,
+            max_calls=args.max_calls,
             on_wait=lambda running: _say(progress.waiting(running)),
         )
         metrics = RayFleetMetrics(args.dataset)
