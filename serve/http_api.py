@@ -8,7 +8,6 @@ validation errors become 422 (400 for malformed JSON) with the offending field p
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -24,7 +23,6 @@ from serve.api import (
     MAX_BATCH_REQUESTS,
     MAX_BODY_BYTES,
     MAX_HISTORY_ROWS,
-    BatchItem,
     BatchRequest,
     BatchResponse,
     ErrorResponse,
@@ -64,6 +62,10 @@ class RecommendationBackend(Protocol):
 
     async def recommend(self, service: str, requests: Sequence[RecommendationRequest]) -> list[ModelOutcome]:
         """Answer ``requests`` (all for ``service``), one outcome each, in order."""
+        ...
+
+    async def recommend_batch(self, requests: Sequence[RecommendationRequest]) -> list[ModelOutcome]:
+        """Answer requests for any mix of services, one outcome each, in order."""
         ...
 
     async def list_services(self) -> list[ServiceInfo]:
@@ -248,33 +250,17 @@ def create_api(backend: RecommendationBackend, *, token: str | None = None) -> F
         summary=f"Up to {MAX_BATCH_REQUESTS} recommendations in one call, answered in order",
     )
     async def recommend_batch(body: BatchRequest) -> JSONResponse:
-        by_service: dict[str, list[int]] = {}
-        for index, request in enumerate(body.requests):
-            by_service.setdefault(request.service, []).append(index)
-        services = list(by_service)
-        answers = await asyncio.gather(
-            *(
-                backend.recommend(service, [body.requests[i] for i in by_service[service]])
-                for service in services
-            ),
-            return_exceptions=True,
-        )
-        results: list[dict[str, Any] | None] = [None] * len(body.requests)
-        for service, answer in zip(services, answers, strict=True):
-            for position, index in enumerate(by_service[service]):
-                if isinstance(answer, BaseException):
-                    logger.error("batch part for %s failed: %r", service, answer)
-                    item = BatchItem(index=index, service=service, status=500, error="internal error")
-                    results[index] = item.model_dump(mode="json")
-                    continue
-                outcome = answer[position]
-                results[index] = {
-                    "index": index,
-                    "service": service,
-                    "status": outcome.status,
-                    "recommendation": outcome.recommendation,
-                    "error": outcome.error,
-                }
+        outcomes = await backend.recommend_batch(body.requests)
+        results = [
+            {
+                "index": index,
+                "service": request.service,
+                "status": outcome.status,
+                "recommendation": outcome.recommendation,
+                "error": outcome.error,
+            }
+            for index, (request, outcome) in enumerate(zip(body.requests, outcomes, strict=True))
+        ]
         return JSONResponse({"results": results})
 
     @api.get(

@@ -52,25 +52,66 @@ class ServeBackend:
                 return [self._unknown_outcome(service)] * len(requests)
             del self._unknown[service]
         payloads = [request.model_dump(mode="json", exclude_none=True) for request in requests]
-        handle = self._handles.get(service)
-        if handle is None:
-            if len(self._handles) >= MAX_CACHED_HANDLES:
-                self._handles.clear()
-            handle = self._handles[service] = self._models.options(multiplexed_model_id=service)
         try:
-            answers = await asyncio.wait_for(handle.recommend.remote(payloads), timeout=self._timeout)
+            answers = await asyncio.wait_for(
+                self._handle(service).recommend.remote(payloads), timeout=self._timeout
+            )
         except TimeoutError:
             return [ModelOutcome(504, error=f"{service}: no answer within {self._timeout:g} s")] * len(
                 requests
             )
         outcomes = [ModelOutcome(**answer) for answer in answers]
         if outcomes and all(outcome.status == 404 for outcome in outcomes):
-            # Unknown services are remembered briefly: a flood of them must not keep the model
-            # replicas busy asking S3 (their loads are serialised).
-            if len(self._unknown) >= MAX_CACHED_HANDLES:
-                self._unknown.clear()
-            self._unknown[service] = time.monotonic() + UNKNOWN_TTL_S
+            self._remember_unknown(service)
         return outcomes
+
+    def _remember_unknown(self, service: str) -> None:
+        """Unknown services are remembered briefly: a flood of them must not keep the model
+        replicas busy asking S3 (their loads are serialised)."""
+        if len(self._unknown) >= MAX_CACHED_HANDLES:
+            self._unknown.clear()
+        self._unknown[service] = time.monotonic() + UNKNOWN_TTL_S
+
+    async def recommend_batch(self, requests: Sequence[RecommendationRequest]) -> list[ModelOutcome]:
+        """One call for the whole batch, routed to the replica of its most frequent service.
+
+        The replica loads any other service of the batch itself (same LRU), which costs far less
+        than one routed call per service when the batch spans many services.
+        """
+        results: list[ModelOutcome | None] = [None] * len(requests)
+        pending: list[int] = []
+        now = time.monotonic()
+        for index, request in enumerate(requests):
+            unknown_until = self._unknown.get(request.service)
+            if unknown_until is not None and now < unknown_until:
+                results[index] = self._unknown_outcome(request.service)
+            else:
+                pending.append(index)
+        if pending:
+            services = [requests[i].service for i in pending]
+            routed = max(set(services), key=services.count)
+            payloads = [requests[i].model_dump(mode="json", exclude_none=True) for i in pending]
+            try:
+                answers = await asyncio.wait_for(
+                    self._handle(routed).recommend_mixed.remote(payloads), timeout=self._timeout
+                )
+            except TimeoutError:
+                answers = [
+                    {"status": 504, "recommendation": None, "error": f"no answer within {self._timeout:g} s"}
+                ] * len(pending)
+            for index, answer in zip(pending, answers, strict=True):
+                results[index] = ModelOutcome(**answer)
+                if answer["status"] == 404:
+                    self._remember_unknown(requests[index].service)
+        return [outcome for outcome in results if outcome is not None]
+
+    def _handle(self, service: str) -> DeploymentHandle:
+        handle = self._handles.get(service)
+        if handle is None:
+            if len(self._handles) >= MAX_CACHED_HANDLES:
+                self._handles.clear()
+            handle = self._handles[service] = self._models.options(multiplexed_model_id=service)
+        return handle
 
     @staticmethod
     def _unknown_outcome(service: str) -> ModelOutcome:

@@ -90,22 +90,56 @@ class ServiceModels:
     async def recommend(self, payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Answer validated request payloads for the service this call was routed for."""
         service = serve.get_multiplexed_model_id()
-        try:
-            slot = await self.get_model(service)
-        except UnknownServiceError as exc:
-            return [outcome(404, error=str(exc))] * len(payloads)
-        except NoUsableVersionError as exc:
-            return [outcome(503, error=str(exc))] * len(payloads)
-        except Exception as exc:  # registry unreachable and the like: not the client's fault
-            logger.exception("loading %s failed", service)
-            return [
-                outcome(503, error=f"model for {service!r} unavailable: {type(exc).__name__}: {exc}")
-            ] * len(payloads)
+        slot, failure = await self._slot(service)
+        if slot is None:
+            return [failure] * len(payloads)
         cached = self._loader.cached_answers(slot, payloads)
         if cached is not None:  # memoised: no thread hop, no model run
             return cached
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._infer_pool, self._loader.answer, slot, payloads)
+
+    async def recommend_mixed(self, payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Answer payloads for any mix of services (each names its own), in order."""
+        results: list[dict[str, Any] | None] = [None] * len(payloads)
+        work: list[tuple[ServiceSlot, list[int]]] = []
+        groups: dict[str, list[int]] = {}
+        for index, payload in enumerate(payloads):
+            groups.setdefault(str(payload["service"]), []).append(index)
+        for service, indices in groups.items():
+            slot, failure = await self._slot(service)
+            if slot is None:
+                for index in indices:
+                    results[index] = failure
+                continue
+            cached = self._loader.cached_answers(slot, [payloads[i] for i in indices])
+            if cached is None:
+                work.append((slot, indices))
+                continue
+            for index, answer in zip(indices, cached, strict=True):
+                results[index] = answer
+        if work:
+
+            def run_all() -> None:
+                for slot, indices in work:
+                    answers = self._loader.answer(slot, [payloads[i] for i in indices])
+                    for index, answer in zip(indices, answers, strict=True):
+                        results[index] = answer
+
+            await asyncio.get_running_loop().run_in_executor(self._infer_pool, run_all)
+        return [result if result is not None else outcome(500, error="not answered") for result in results]
+
+    async def _slot(self, service: str) -> tuple[ServiceSlot | None, dict[str, Any]]:
+        """(slot, {}) or (None, the error envelope every request for ``service`` gets)."""
+        try:
+            return await self.get_model(service), {}
+        except UnknownServiceError as exc:
+            return None, outcome(404, error=str(exc))
+        except NoUsableVersionError as exc:
+            return None, outcome(503, error=str(exc))
+        except Exception as exc:  # registry unreachable and the like: not the client's fault
+            logger.exception("loading %s failed", service)
+            return None, outcome(503, error=f"model for {service!r} unavailable: {type(exc).__name__}: {exc}")
 
     async def loaded_versions(self) -> dict[str, str]:
         """service -> version served by this replica (for tests and ``mora serve status``)."""

@@ -23,6 +23,18 @@ class StubMethod:
         return self.handle.answer(self.handle.model_id, payloads)
 
 
+class StubMixed:
+    def __init__(self, handle: StubHandle) -> None:
+        self.handle = handle
+
+    async def _answer(self, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [(await self.handle.answer(p["service"], [p]))[0] for p in payloads]
+
+    def remote(self, payloads: list[dict[str, Any]]) -> Any:
+        self.handle.calls.append((self.handle.model_id, payloads))
+        return self._answer(payloads)
+
+
 class StubHandle:
     """Mimics ``DeploymentHandle.options(multiplexed_model_id=...).recommend.remote(...)``."""
 
@@ -41,6 +53,10 @@ class StubHandle:
     @property
     def recommend(self) -> StubMethod:
         return StubMethod(self)
+
+    @property
+    def recommend_mixed(self) -> StubMixed:
+        return StubMixed(self)
 
     async def answer(self, service: str | None, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         await asyncio.sleep(self.delay)
@@ -114,3 +130,17 @@ def test_health_reports_unreachable_registry(tmp_path: Path) -> None:
 
     backend = ServeBackend(StubHandle(set()), ModelRegistry(Broken(tmp_path)))  # type: ignore[arg-type]
     assert "connection refused" in (run(backend.registry_problem()) or "")
+
+
+def test_batch_is_one_call_routed_to_its_most_frequent_service(registry: ModelRegistry) -> None:
+    handle = StubHandle({"svc-a", "svc-b"})
+    backend = ServeBackend(handle, registry)  # type: ignore[arg-type]
+    services = ["svc-b", "svc-a", "svc-zz", "svc-a"]
+    requests = [RecommendationRequest(service=s) for s in services]
+    outcomes = run(backend.recommend_batch(requests))
+    assert [o.status for o in outcomes] == [200, 200, 404, 200]
+    assert [(o.recommendation or {}).get("service") for o in outcomes] == ["svc-b", "svc-a", None, "svc-a"]
+    assert len(handle.calls) == 1 and handle.calls[0][0] == "svc-a"
+    # the unknown service is now remembered and no longer sent
+    run(backend.recommend_batch(requests))
+    assert [p["service"] for p in handle.calls[1][1]] == ["svc-b", "svc-a", "svc-a"]
