@@ -286,8 +286,11 @@ def run_mode(registry_prefix: str, duration: float, out: Path) -> None:
             ("batch", "/v1/recommendations:batch", batch, BATCH_SIZE),
         ):
             for concurrency in CONCURRENCY:
+                load_before = round(os.getloadavg()[0], 2)
                 summary = asyncio.run(run_load(f"{base}{path}", bodies, concurrency, duration, per_request))
-                runs.append({"kind": kind, "concurrency": concurrency, **summary})
+                runs.append(
+                    {"kind": kind, "concurrency": concurrency, **summary, "load_avg_1m_before": load_before}
+                )
                 print(
                     f"  {kind:6} c={concurrency:<3} {summary['rps']:>8.1f} rps  p50 {summary['p50_ms']:.1f} ms  "
                     f"p99 {summary['p99_ms']:.1f} ms  errors {summary['errors']}",
@@ -377,7 +380,11 @@ def main() -> None:
             registry.publish(f"bench-{index:02d}", bundles[index % len(bundles)], metadata={"metrics": {}})
         report: dict[str, Any] = {
             "created_at": datetime.now(UTC).isoformat(),
-            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": sys.version.split()[0],
+                "load_avg_1m_at_start": round(os.getloadavg()[0], 2),  # other work on the machine
+            },
             "setup": {
                 "services": N_SERVICES,
                 "batch_size": BATCH_SIZE,
