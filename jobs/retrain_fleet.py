@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-retries", type=int, default=2, help="retries of a task whose worker died")
     parser.add_argument(
+        "--max-calls",
+        type=int,
+        default=0,
+        help="recycle a worker process after this many services (0 = reuse; bounds RSS growth)",
+    )
+    parser.add_argument(
         "--memory-mb", type=int, default=None, help="memory reserved per task (scheduling only)"
     )
     parser.add_argument("--epochs", type=int, default=None, help="override the LSTM epochs")

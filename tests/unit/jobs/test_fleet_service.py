@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -63,3 +64,46 @@ def test_directory_bytes(tmp_path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
     assert directory_bytes(tmp_path) == 15
+
+
+def test_driver_runs_the_fleet_locally_and_reports(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import jobs.retrain_fleet as driver
+    from mora_platform.orchestration import ServiceOutcome
+    from mora_platform.storage.datasets import DatasetStore
+    from mora_platform.storage.object_store import ObjectStore
+
+    stored: dict[str, bytes] = {}
+    monkeypatch.setattr(DatasetStore, "list_services", lambda self, name: ["a", "b", "c"])
+    monkeypatch.setattr(ObjectStore, "put_bytes", lambda self, key, data: stored.__setitem__(key, data))
+
+    def fake(spec: RetrainSpec, service: str, settings: object = None) -> ServiceOutcome:
+        assert spec.config_overrides == {"lstm": {"epochs": 1}} and spec.dataset == "ds"
+        if service == "b":
+            raise RuntimeError("disk on fire")
+        return ServiceOutcome(service=service, status="published", version="v1")
+
+    monkeypatch.setattr(driver, "retrain_service", fake)
+    argv = [
+        "--dataset",
+        "ds",
+        "--backend",
+        "local",
+        "--epochs",
+        "1",
+        "--run-id",
+        "retrain-unit",
+        "--max-calls",
+        "3",
+    ]
+    assert driver.main(argv) == 0
+    assert driver.main([*argv, "--fail-on-any"]) == 1
+    out = capsys.readouterr().out
+    assert "3/3 done, 1 failed" in out and "FAILED b: RuntimeError: disk on fire" in out
+    assert "FLEET RESULT: 2 succeeded, 1 failed (b); exit 0" in out
+    summary = json.loads(stored["runs/retrain-unit/summary.json"])
+    assert summary["counts"] == {"total": 3, "succeeded": 2, "failed": 1}
+    assert summary["options"]["max_calls"] == 3
+    monkeypatch.setattr(DatasetStore, "list_services", lambda self, name: ["a"])
+    assert driver.main(["--dataset", "ds", "--backend", "local", "--services", "zzz"]) == 2
