@@ -9,6 +9,7 @@ member's *mode*, so calibration can use the right head-room (see ``calibration``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,28 +191,26 @@ class EnsembleForecaster(Forecaster):
         """``forecast_next`` plus each member's answer, the weights used and the calibration mode."""
         self._require_fitted()
         answers = {name: m.forecast_next(history, context) for name, m in self.members.items()}
-        frames = {name: pd.DataFrame([a]) for name, a in answers.items()}
-        fused = self.fuse(frames).iloc[0]
-        answered = [n for n, a in answers.items() if all(np.isfinite(a[t]) for t in TARGETS)]
+        answered = [n for n, a in answers.items() if all(math.isfinite(a[t]) for t in TARGETS)]
         if len(answered) == len(answers):
             mode = FUSED
         elif answered:
             mode = answered[0]
         else:
             raise ModelError("no ensemble member could answer for this history")
-        used = {}
-        for name in answers:
-            raw = {t: self.weights[name][t] if np.isfinite(answers[name][t]) else 0.0 for t in TARGETS}
-            used[name] = raw
+        # Same rule as ``fuse``, on scalars (this is the serving path: no DataFrames).
+        used: dict[str, dict[str, float]] = {n: {} for n in answers}
+        point: dict[str, float] = {}
         for t in TARGETS:
-            total = sum(used[n][t] for n in used)
-            count = sum(np.isfinite(answers[n][t]) for n in used)
-            for n in used:
-                if total > 0:
-                    used[n][t] = used[n][t] / total
+            finite = [n for n in answers if math.isfinite(answers[n][t])]
+            total = sum(self.weights[n][t] for n in finite)
+            for n in answers:
+                if n not in finite:
+                    used[n][t] = 0.0
                 else:
-                    used[n][t] = (1.0 / count) if np.isfinite(answers[n][t]) and count else 0.0
-        return NextForecast({t: float(fused[t]) for t in TARGETS}, answers, used, mode)
+                    used[n][t] = self.weights[n][t] / total if total > 0 else 1.0 / len(finite)
+            point[t] = sum(used[n][t] * answers[n][t] for n in finite) if finite else float("nan")
+        return NextForecast(point, answers, used, mode)
 
     def _forecast_next(self, history: pd.DataFrame, context: dict[str, float | str]) -> dict[str, float]:
         return self.explain_next(history, context).point

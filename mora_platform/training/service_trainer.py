@@ -43,6 +43,14 @@ from mora_platform.training.bundle import (
 from mora_platform.training.config import TrainingConfig
 from mora_platform.training.report import DataWindow, ServiceDataError, TargetMetrics, TrainingReport
 
+MODEL_FILE_PATTERNS = (
+    "prophet_*.json",
+    "percentile_*.json",
+    "lstm.keras",
+    "scaler.json",
+    "naive.json",
+    "ensemble.json",
+)
 LIBRARIES = ("numpy", "pandas", "prophet", "cmdstanpy", "tensorflow-cpu", "keras", "pydantic")
 
 
@@ -174,8 +182,15 @@ class FittedService:
     report: TrainingReport
 
     def save(self, out_dir: Path) -> list[str]:
-        """Write the bundle files (no manifest); returns their names, ``metrics.json`` last."""
+        """Write the bundle files (no manifest); returns their names, ``metrics.json`` last.
+
+        Model files left in ``out_dir`` by an earlier run (e.g. an ``lstm.keras`` when the LSTM
+        is now missing) are removed, so the directory holds exactly one bundle.
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.iterdir():
+            if stale.is_file() and any(stale.match(pattern) for pattern in MODEL_FILE_PATTERNS):
+                stale.unlink()
         files = self.ensemble.save(out_dir)
         files.append(write_json(out_dir / CALIBRATION_FILE, self.calibration.to_dict()))
         files.append(write_history_tail(out_dir, self.prepared, self.config.effective_seq_len))

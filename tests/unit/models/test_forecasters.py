@@ -195,3 +195,25 @@ def test_configure_tensorflow_twice_is_safe() -> None:
     first = configure_tensorflow(1, seed=0)
     assert configure_tensorflow(1) == first
     assert configure_tensorflow(2) == first  # cannot change after start: warns, keeps the cap
+
+
+def test_choose_weights_prefers_the_better_member(frame: pd.DataFrame) -> None:
+    actual = pd.DataFrame({t: frame[f"target_{t}"].to_numpy() for t in TARGETS})
+    good = actual.copy()
+    bad = actual * 1.5
+    ensemble = EnsembleForecaster.from_fitted(
+        {"prophet": PercentileForecaster().fit(frame), "lstm": LastValueForecaster().fit(frame)},
+        default_weights(dict.fromkeys(TARGETS, 0.4)),
+    )
+    ensemble.choose_weights(actual, {"prophet": good, "lstm": bad})
+    assert ensemble.weights["prophet"] == dict.fromkeys(TARGETS, 1.0)
+    assert ensemble.weights["lstm"] == dict.fromkeys(TARGETS, 0.0)
+
+
+def test_prophet_leaves_no_temp_files(train: pd.DataFrame) -> None:
+    import cmdstanpy
+
+    root = Path(cmdstanpy._TMPDIR)
+    before = set(root.iterdir())
+    ProphetForecaster(ProphetConfig(grid_steps=5)).fit(train.head(120))
+    assert set(root.iterdir()) <= before

@@ -137,9 +137,11 @@ def test_coverage_on_daily_cycle_within_3_points() -> None:
 
 def test_missing_lstm_gives_degraded_ensemble(tmp_path: Path) -> None:
     frame = synthetic_service_frame(days=1.0, step_seconds=300, seed=4)
+    (tmp_path / "lstm.keras").write_bytes(b"left over from an earlier run")
     report = train_service(frame, SERVICE_NAME, TrainingConfig(members=["prophet"]), tmp_path)
     assert report.degraded and report.members["lstm"] == "missing"
     assert "lstm.keras" not in report.files
+    assert not (tmp_path / "lstm.keras").exists()
     rec = ServiceModel.load(tmp_path).recommend()
     assert rec.degraded and rec.contributions["lstm"].status == "missing"
     assert rec.contributions["prophet"].weight == 1.0
