@@ -95,18 +95,21 @@ def retrain_service(spec: RetrainSpec, service: str, settings: MoraSettings | No
     started = time.perf_counter()
     cpu_started = cpu_seconds_used()
     sampler = PeakRssSampler()
+    stage = ["setting up"]
     try:
         with sampler:
-            outcome = _retrain(spec, service, settings or MoraSettings())  # type: ignore[call-arg]
+            outcome = _retrain(spec, service, settings or MoraSettings(), stage)  # type: ignore[call-arg]
     except Exception as error:
         outcome = failed_outcome(service, error, time.perf_counter() - started)
+        outcome.error = f"{stage[0]}: {outcome.error}"
     outcome.seconds = round(time.perf_counter() - started, 3)
     outcome.peak_rss_mb = sampler.peak_mb
     outcome.cpu_seconds = round(cpu_seconds_used() - cpu_started, 3)
     return outcome
 
 
-def _retrain(spec: RetrainSpec, service: str, settings: MoraSettings) -> ServiceOutcome:
+def _retrain(spec: RetrainSpec, service: str, settings: MoraSettings, stage: list[str]) -> ServiceOutcome:
+    """Read, train, publish; ``stage[0]`` names the step in progress (for the error message)."""
     cap_compute_threads(spec.num_cpus)
     from mora_platform.registry import ModelRegistry
     from mora_platform.storage.datasets import DatasetStore
@@ -126,6 +129,7 @@ def _retrain(spec: RetrainSpec, service: str, settings: MoraSettings) -> Service
         bundle = Path(tmp) / "bundle"
         bundle.mkdir()
         _write_pid_marker(service)
+        stage[0] = "training"
         report = train_service(frame, service, config, bundle)
         del frame
         _release_keras_state()
@@ -133,6 +137,7 @@ def _retrain(spec: RetrainSpec, service: str, settings: MoraSettings) -> Service
         dumped = report.model_dump(mode="json")
         version = None
         if spec.publish:
+            stage[0] = "publishing"
             metadata = {
                 "metrics": dumped.get("metrics") or {},
                 "data_window": dumped.get("data_window") or {},

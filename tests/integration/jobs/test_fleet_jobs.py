@@ -88,7 +88,10 @@ def test_fleet_job_isolates_a_corrupt_service(fleet_cluster: FleetCluster, objec
         assert manifest.extra["run_id"] == run_id
         assert manifest.config["lstm"]["units"] == TINY_CONFIG["lstm"]["units"]
     assert rows[bad]["status"] == "failed" and rows[bad]["version"] is None
-    assert bad in rows[bad]["error"] or "parquet" in rows[bad]["error"].lower()
+    assert rows[bad]["error"].startswith(
+        f"reading s3://{fleet_cluster.settings.s3_bucket}/{bad_key.rsplit('/', 1)[0]}/"
+    )
+    assert "parquet" in rows[bad]["error"].lower()
     assert registry.latest_version(bad) is None
 
     # `mora retrain --wait --fail-on-any` (the CLI over the same Jobs API): the bad service alone fails the job

@@ -54,6 +54,7 @@ def test_unreachable_storage_becomes_a_failed_outcome_not_an_exception() -> None
     outcome = retrain_service(RetrainSpec(dataset="ds", run_id="r"), "frontend", settings)
     assert outcome.status == "failed"
     assert outcome.error and outcome.error_type
+    assert outcome.error.startswith("reading s3://mora/datasets/ds/service=frontend/: ")
     assert outcome.peak_rss_mb is not None and outcome.peak_rss_mb > 0
     assert outcome.cpu_seconds is not None and outcome.cpu_seconds >= 0
     assert "s\n" not in outcome.error
