@@ -117,9 +117,11 @@ def _retrain(spec: RetrainSpec, service: str, settings: MoraSettings, stage: lis
     from mora_platform.training.config import TrainingConfig
     from mora_platform.training.service_trainer import train_service
 
+    stage[0] = f"reading s3://{settings.s3_bucket}/{DatasetStore.service_prefix(spec.dataset, service)}"
     store = ObjectStore.from_settings(settings)
     registry = ModelRegistry(store)
     frame = DatasetStore(store).read(spec.dataset, service)
+    stage[0] = "resolving the training config"
     tuned = registry.load_tuned_config(service) if spec.use_tuned else None
     config = TrainingConfig.model_validate(
         resolve_training_config(tuned, spec.config_overrides, spec.num_cpus)
