@@ -26,6 +26,7 @@ from serve_harness import (
     Endpoint,
     RayHead,
     free_port,
+    reset_ray_auth_state,
     stop_process,
     wait_until,
 )
@@ -71,6 +72,7 @@ def ray_head() -> Iterator[RayHead]:
         patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
         patch.delenv("RAY_ADDRESS", raising=False)
         patch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        reset_ray_auth_state()
         log_path = temp_dir / "ray-start.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -84,6 +86,7 @@ def ray_head() -> Iterator[RayHead]:
         finally:
             stop_process(process)
             shutil.rmtree(temp_dir, ignore_errors=True)
+    reset_ray_auth_state()  # back to the environment without this cluster's token
 
 
 @pytest.fixture(scope="module")

@@ -68,3 +68,14 @@ class RayHead:
 class Endpoint:
     url: str
     registry: ModelRegistry
+
+
+def reset_ray_auth_state() -> None:
+    """Make this process re-read RAY_AUTH_MODE / RAY_AUTH_TOKEN from the environment.
+
+    Ray caches its auth configuration when first used; another test in the same process may
+    have imported Ray under different settings. Ray's own tests reset it the same way.
+    """
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    reset_auth_token_state()

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from serve_harness import free_port
+from serve_harness import free_port, reset_ray_auth_state
 from typer.testing import CliRunner
 
 from infra.local.ray_head import RayHead, RayPorts
@@ -36,6 +36,7 @@ def dashboard_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead
         patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
         patch.setenv("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
         patch.delenv("RAY_ADDRESS", raising=False)
+        reset_ray_auth_state()
         head = RayHead(
             ports,
             root / "ray.log",
@@ -47,6 +48,7 @@ def dashboard_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead
             yield head
         finally:
             head.stop(timeout=30)
+    reset_ray_auth_state()
 
 
 def test_serve_up_status_down(
