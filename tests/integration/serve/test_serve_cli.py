@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ def dashboard_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead
             yield head
         finally:
             head.stop(timeout=30)
+            shutil.rmtree(head.temp_dir, ignore_errors=True)
     reset_ray_auth_state()
 
 
