@@ -54,12 +54,15 @@ class RayTaskBackend:
         }
         if self.memory_mb:
             options["memory"] = int(self.memory_mb) * 2**20
-        if self.max_calls:
-            options["max_calls"] = self.max_calls
         return options
 
     def map_services(self, fn: ServiceFunction, services: Sequence[str]) -> Iterator[ServiceOutcome]:
-        remote = ray.remote(_run_service_task)
+        # max_calls is a property of the remote function, not a per-call option.
+        remote = (
+            ray.remote(max_calls=self.max_calls)(_run_service_task)
+            if self.max_calls
+            else ray.remote(_run_service_task)
+        )
         fn_ref = ray.put(fn)
         pending: dict[ray.ObjectRef, tuple[str, float]] = {}
         for service in services:

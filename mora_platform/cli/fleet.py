@@ -75,6 +75,7 @@ def retrain_entrypoint(
     config_json: str | None,
     fail_on_any: bool,
     no_tuned: bool,
+    max_calls: int = 0,
     python: str = "python",
 ) -> str:
     """The shell command the job runs (arguments quoted)."""
@@ -92,6 +93,8 @@ def retrain_entrypoint(
         "--max-retries",
         str(max_retries),
     ]
+    if max_calls:
+        argv += ["--max-calls", str(max_calls)]
     if epochs is not None:
         argv += ["--epochs", str(epochs)]
     if config_json:
@@ -154,6 +157,9 @@ def retrain(
     config: Path | None = typer.Option(None, "--config", help="JSON file merged over each service's config."),
     fail_on_any: bool = typer.Option(False, "--fail-on-any", help="The job fails if any service fails."),
     no_tuned: bool = typer.Option(False, "--no-tuned", help="Ignore tuned configs in the registry."),
+    max_calls: int = typer.Option(
+        0, "--max-calls", min=0, help="Recycle a worker after N services (bounds memory growth; 0 = reuse)."
+    ),
     timeout: float | None = typer.Option(
         None, "--timeout", help="With --wait: stop following after N seconds."
     ),
@@ -175,6 +181,7 @@ def retrain(
         config_json=config_json,
         fail_on_any=fail_on_any,
         no_tuned=no_tuned,
+        max_calls=max_calls,
     )
     try:
         job_id = submit_retrain_job(settings, entrypoint, run_id)

@@ -35,6 +35,7 @@ def _submit(cluster: FleetCluster, dataset: str, services: list[str], **options:
         config_json=json.dumps(options.get("config", TINY_CONFIG)),
         fail_on_any=options.get("fail_on_any", False),
         no_tuned=False,
+        max_calls=options.get("max_calls", 0),
     )
     return submit_retrain_job(cluster.settings, entrypoint, run_id), run_id
 
@@ -65,7 +66,7 @@ def test_fleet_job_isolates_a_corrupt_service(fleet_cluster: FleetCluster, objec
     assert object_store.exists(bad_key)
     object_store.put_bytes(bad_key, b"PAR1 this is not a parquet file PAR1")
 
-    job_id, run_id = _submit(fleet_cluster, dataset.name, dataset.services)
+    job_id, run_id = _submit(fleet_cluster, dataset.name, dataset.services, max_calls=2)
     status, logs = _wait_job(fleet_cluster, job_id)
 
     assert status == "SUCCEEDED", logs[-3000:]

@@ -24,12 +24,19 @@ def test_entrypoint_is_quoted_and_parses_back() -> None:
         config_json='{"lstm": {"units": [4]}}',
         fail_on_any=True,
         no_tuned=False,
+        max_calls=2,
     )
     argv = shlex.split(command)
     assert argv[:2] == ["python", "jobs/retrain_fleet.py"]
     args = build_parser().parse_args(argv[2:])
     assert args.dataset == "ob demo" and args.services == "cart,frontend" and args.run_id == "retrain-x"
-    assert args.epochs == 2 and args.max_retries == 3 and args.fail_on_any and not args.no_tuned
+    assert (
+        args.epochs == 2
+        and args.max_retries == 3
+        and args.max_calls == 2
+        and args.fail_on_any
+        and not args.no_tuned
+    )
     assert args.config_json == '{"lstm": {"units": [4]}}'
 
 
