@@ -24,6 +24,8 @@ def test_rayservice_matches_serve_config() -> None:
         *service["spec"]["rayClusterConfig"]["workerGroupSpecs"],
     ]:
         [container] = group["template"]["spec"]["containers"]
-        assert {"secretRef": {"name": "mora-s3"}} in container["envFrom"]
+        # The same ConfigMap/Secret names as the training jobs (infra/k8s/s3-settings.yaml).
+        assert {"secretRef": {"name": "mora-s3-credentials"}} in container["envFrom"]
+        assert {"configMapRef": {"name": "mora-s3-config"}} in container["envFrom"]
         env_names = {item["name"] for item in container.get("env", [])}
         assert not env_names & {"MORA_S3_ACCESS_KEY", "MORA_S3_SECRET_KEY", "MORA_SERVE_TOKEN"}
