@@ -4,7 +4,9 @@
 has passed since the last fit, it trains a model on the unified rows *before* the origin (the
 ``frame`` the engine hands it) and then asks that model for the calibrated request and the point
 forecast. CPU and memory come from one model, so one fit serves both. ``platform`` holds the
-request calibrated for the whole horizon; ``platform-1step`` the one-step request as served today. The training itself is a
+request the model calibrated for the whole horizon, with the serving policy's default floors
+(10m CPU, 32 MiB); ``platform-min-floors`` the same request with Kubernetes' smallest units as
+floors (1m, 1 MiB); ``platform-1step`` the model's one-step head-room. The training itself is a
 ``PlatformTrainer`` (a callable), so this module stays pure and light; ``ServiceModelTrainer``
 plugs in MODELS' ``train_service`` / ``ServiceModel`` and imports them only when called.
 """
@@ -58,6 +60,7 @@ class PlatformRecommender(Recommender):
     description = "MOrA platform: Prophet + LSTM fused, head-room calibrated for the horizon"
     default_margins = {"cpu": 1.0, "memory": 1.0}
     one_step = False
+    default_floors: tuple[int, int] = (CPU_FLOOR_MILLICORES, MEMORY_FLOOR_MIB)
 
     def __init__(
         self,
@@ -66,8 +69,12 @@ class PlatformRecommender(Recommender):
         trainer: PlatformTrainer | None = None,
         refit: pd.Timedelta = pd.Timedelta(hours=24),
         service: str | None = None,
+        cpu_floor_millicores: int | None = None,
+        memory_floor_mib: int | None = None,
     ) -> None:
         super().__init__(margin)
+        self.cpu_floor_millicores = cpu_floor_millicores or self.default_floors[0]
+        self.memory_floor_mib = memory_floor_mib or self.default_floors[1]
         if refit <= pd.Timedelta(0):
             raise ValueError(f"platform: refit must be positive, got {refit}")
         self.trainer = trainer
@@ -78,7 +85,7 @@ class PlatformRecommender(Recommender):
         self._answer: tuple[pd.Timestamp, PlatformForecast] | None = None
 
     def floor(self, resource: str) -> float:
-        return CPU_FLOOR_MILLICORES / 1000 if resource == "cpu" else float(MEMORY_FLOOR_MIB * MIB)
+        return self.cpu_floor_millicores / 1000 if resource == "cpu" else float(self.memory_floor_mib * MIB)
 
     def quantum(self, resource: str) -> float:
         return 0.001 if resource == "cpu" else float(MIB)
@@ -122,3 +129,11 @@ class PlatformOneStepRecommender(PlatformRecommender):
 
     description = "MOrA platform, one-step calibration (as served)"
     one_step = True
+
+
+@register_recommender("platform-min-floors")
+class PlatformMinFloorsRecommender(PlatformRecommender):
+    """The platform's horizon request with Kubernetes' smallest units as floors (1m CPU, 1 MiB)."""
+
+    description = "MOrA platform, horizon head-room, floors 1m CPU / 1 MiB"
+    default_floors = (1, 1)

@@ -1,11 +1,10 @@
 """Plug MODELS' training into the backtest: ``train_service`` on the past, ``ServiceModel`` to answer.
 
-Horizon calibration: the served model calibrates its head-room on *one-step* residuals, but a
-request is held for a whole horizon. At each fit the adapter therefore also measures, on the rows
-the members did not train on (validation + test split of the same frame, all before the origin),
-how far the usage target's *peak over the next H steps* (same experiment) rose above the one-step
-forecast, and takes the conformal quantile of that at the model's coverage. ``platform`` uses this
-horizon head-room; ``platform-1step`` uses the served one-step head-room unchanged.
+Horizon calibration lives in the model: the trainer sets ``TrainingConfig.calibration_horizon_steps``
+to the rows per backtest horizon, so the model's own conformal head-room covers the peak usage over
+the time a request is held (``models.calibration``). ``platform`` uses that head-room;
+``platform-1step`` the model's one-step head-room (``Calibration.next_step``), as a request re-asked
+every step would.
 
 Imported only when the platform method is used; TensorFlow and Prophet load inside MODELS' code.
 The training budget is deliberately small (few epochs, one small LSTM layer, one CPU thread) so a
@@ -82,71 +81,31 @@ def budget_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return _merge(BACKTEST_BUDGET, extra)
 
 
-def _forward_peak(values: pd.Series, groups: pd.Series, steps: int) -> pd.Series:
-    """Max of ``values`` over rows [r, r + steps) of the same group."""
-    reversed_values = values.iloc[::-1]
-    peaks = reversed_values.groupby(groups.iloc[::-1], sort=False).transform(
-        lambda s: s.rolling(steps, min_periods=1).max()
-    )
-    return peaks.iloc[::-1]
-
-
-def horizon_head_room(
-    model: Any, frame: pd.DataFrame, service: str, steps: int
-) -> dict[str, dict[str, float]]:
-    """Head-room per calibration mode and resource for a request held ``steps`` rows (see module doc)."""
-    from mora_platform.data.schema import EXPERIMENT_ID, SERVICE
-    from mora_platform.features.split import Split, split_frame
-    from mora_platform.features.targets import TARGET_COLUMNS, prepare_frame
-    from mora_platform.models.calibration import conformal_quantile
-
-    config = model.config
-    rows = frame[frame[SERVICE].astype(str) == service] if SERVICE in frame.columns else frame
-    prepared = prepare_frame(rows)
-    labels = split_frame(prepared, config.validation_fraction, config.test_fraction).to_numpy()
-    held_out = labels != Split.TRAIN.value
-    modes = model.ensemble.mode_predictions(model.ensemble.member_predictions(prepared))
-    out: dict[str, dict[str, float]] = {}
-    for mode, predicted in modes.items():
-        out[mode] = {}
-        for resource in _TARGET_FACTORS:
-            peak = _forward_peak(prepared[TARGET_COLUMNS[resource]], prepared[EXPERIMENT_ID], steps)
-            residual = (peak - predicted[resource]).to_numpy(dtype="float64")[held_out]
-            if np.isfinite(residual).any():
-                out[mode][resource] = conformal_quantile(residual, config.coverage)[0]
-    return out
-
-
 class ServiceModelAdapter:
     """A loaded ``ServiceModel`` answering the backtest's ``PlatformModel.predict``.
 
     It takes the same steps as ``ServiceModel.recommend`` (latest experiment's tail, ensemble's
-    next-step forecast, head-room calibrated for the mode that answered) but stops before the
+    next-step forecast, the calibrated head-room of the mode that answered) but stops before the
     serving policy, whose floors and rounding the backtest applies itself (``PlatformRecommender``).
     The point forecast is of the *target* (usage x the seed's factor), so it is divided back to usage.
     No context is passed: the future load is unknown at the origin.
     """
 
-    def __init__(
-        self, model: Any, horizon_head_room: Mapping[str, Mapping[str, float]] | None = None
-    ) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
-        self.horizon_head_room = horizon_head_room or {}
 
     def predict(self, history: pd.DataFrame, horizon: pd.Timedelta) -> PlatformForecast:
         window = self.model.prepare_history(history.tail(HISTORY_TAIL_ROWS))
         answer = self.model.ensemble.explain_next(window, {})
-        one_step = self.model.calibration.for_mode(answer.mode)
-        held = self.horizon_head_room.get(answer.mode, {})
+        held = self.model.calibration.for_mode(answer.mode)
+        one_step = self.model.calibration.for_mode(answer.mode, next_step=True)
         one_step_requests: dict[str, float] = {}
         requests: dict[str, float] = {}
         forecasts: dict[str, float | None] = {}
         for resource, factor in _TARGET_FACTORS.items():
             point = float(answer.point[resource])
             one_step_requests[resource] = max(point + float(one_step[resource].quantile), 0.0)
-            # never below the served head-room; the one-step one stands in if the horizon one is missing
-            room = max(held.get(resource, -np.inf), float(one_step[resource].quantile))
-            requests[resource] = max(point + room, 0.0)
+            requests[resource] = max(point + float(held[resource].quantile), 0.0)
             forecasts[resource] = point / factor if np.isfinite(point) else None
         return PlatformForecast(requests=requests, forecasts=forecasts, one_step_requests=one_step_requests)
 
@@ -174,7 +133,9 @@ class ServiceModelTrainer:
         from mora_platform.training.config import TrainingConfig
         from mora_platform.training.service_trainer import train_service
 
-        config = TrainingConfig.model_validate(self.config_dict)
+        config = TrainingConfig.model_validate(
+            {**self.config_dict, "calibration_horizon_steps": self.horizon_steps}
+        )
         service_model = _service_model_class()
         directory = Path(tempfile.mkdtemp(prefix="mora-backtest-"))
         try:
@@ -182,7 +143,4 @@ class ServiceModelTrainer:
             model = service_model.load(directory)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
-        head_room = (
-            horizon_head_room(model, frame, service, self.horizon_steps) if self.horizon_steps > 1 else {}
-        )
-        return ServiceModelAdapter(model, head_room)
+        return ServiceModelAdapter(model)

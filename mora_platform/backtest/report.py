@@ -35,7 +35,8 @@
                               "baselines": {"<method>": {"slack": float, "under_provisioning_rate": float,
                                   "slack_at_reference_risk": float | null,
                                   "reference_better": bool}},
-                              "goal_met": bool}}}
+                              "goal_met": bool},
+        "comparisons": {"<platform variant>": <same shape as comparison, with that variant as reference>}}}
     }
 
 Averages are plain means over the series in ``summary.<resource>.series``; ``curve`` there is the
@@ -156,6 +157,9 @@ def _summary(
             "series": [s["name"] for s in common],
             "methods": per_method,
             "comparison": _comparison(per_method) if common else None,
+            "comparisons": {
+                m: _comparison(per_method, m) for m in methods if common and m.startswith(REFERENCE_METHOD)
+            },
         }
     return summary
 
@@ -166,7 +170,7 @@ def _comparison(per_method: Mapping[str, Any], reference: str = REFERENCE_METHOD
         return None
     baselines: dict[str, Any] = {}
     for name, stats in per_method.items():
-        if name.startswith(reference):  # the platform's own variants are not baselines
+        if name.startswith(REFERENCE_METHOD):  # the platform's own variants are not baselines
             continue
         curve = [CurvePoint(**p) for p in stats["curve"]]
         at_risk = slack_at_risk(curve, ref["under_provisioning_rate"])

@@ -70,7 +70,16 @@ def build_methods(spec: MethodSpec) -> list[Recommender]:
             cls = registered_recommenders()[name]
             assert issubclass(cls, PlatformRecommender)
             trainer = trainer or ServiceModelTrainer(spec.training, horizon_steps=spec.horizon_steps)
-            methods.append(cls(trainer=trainer, refit=pd.Timedelta(seconds=spec.refit_seconds)))
+            # "platform" gets the served floors as the training config sets them (default 10m / 32 MiB)
+            served = name == "platform"
+            methods.append(
+                cls(
+                    trainer=trainer,
+                    refit=pd.Timedelta(seconds=spec.refit_seconds),
+                    cpu_floor_millicores=spec.training.get("cpu_floor_millicores") if served else None,
+                    memory_floor_mib=spec.training.get("memory_floor_mib") if served else None,
+                )
+            )
         else:
             methods.append(create_recommender(name))
     return methods
@@ -173,7 +182,7 @@ def register(app: typer.Typer) -> None:
         season: str = typer.Option("24h", "--season", help="Season of the naive forecast behind MASE"),
         refit: str = typer.Option("24h", "--refit", help="Retrain the platform this often"),
         methods: str = typer.Option(
-            "platform,platform-1step,vpa,krr,crane,max,reactive",
+            "platform,platform-min-floors,platform-1step,vpa,krr,crane,max,reactive",
             "--methods",
             help="Comma-separated methods to compare",
         ),
@@ -241,11 +250,12 @@ def register(app: typer.Typer) -> None:
             names=names,
             refit_seconds=_duration(refit, "--refit").total_seconds(),
             training={"epochs": epochs},
+            horizon_steps=horizon_steps(series_set.series, config.horizon),
         )
         replays = _replay_all(series_set.series, spec, config, ray_flag, ray_address)
         report = build_report(
             replays,
-            build_methods(MethodSpec(names=names, refit_seconds=spec.refit_seconds, training={})),
+            build_methods(MethodSpec(names=names, refit_seconds=spec.refit_seconds, training=spec.training)),
             config,
             source=f"{source} ({described})",
             mode=series_set.mode,

@@ -16,6 +16,12 @@ the minimum over its targets: it is as sure as its least sure target.
 
 Both are kept per *mode* (``fused`` and each member alone), because a degraded answer (one
 member unavailable) must carry that member's own head-room, not the ensemble's.
+
+**Horizon.** A request is held for a while, not for one step. With ``horizon_steps = H > 1`` the
+residual of row ``i`` is taken against the *peak* of the target over rows ``[i, i + H)`` of the
+same experiment (``forward_peak``), so ``request = yhat + q`` covers the highest usage over the
+next ``H`` steps with probability ``coverage``. The one-step head-room is kept beside it
+(``next_step``) for callers that re-ask every step; with ``H = 1`` both are the same.
 """
 
 from __future__ import annotations
@@ -40,6 +46,17 @@ def conformal_quantile(residuals: np.ndarray, coverage: float) -> tuple[float, b
         raise ValueError("no finite residuals to calibrate on")
     k = math.ceil((n + 1) * coverage)
     return (float(r[-1]), True) if k > n else (float(r[k - 1]), False)
+
+
+def forward_peak(values: pd.Series, groups: pd.Series, steps: int) -> pd.Series:
+    """Per row: max of ``values`` over rows ``[r, r + steps)`` of the same group (NaNs ignored)."""
+    if steps <= 1:
+        return values.astype("float64")
+    reversed_values = values.astype("float64").iloc[::-1]
+    peaks = reversed_values.groupby(groups.iloc[::-1].to_numpy(), sort=False).transform(
+        lambda s: s.rolling(steps, min_periods=1).max()
+    )
+    return peaks.iloc[::-1]
 
 
 def confidence_score(y: np.ndarray, prediction: np.ndarray) -> float:
@@ -68,46 +85,92 @@ class TargetCalibration:
 
 @dataclass
 class Calibration:
-    """Per mode (``fused`` or a member name), per target calibration."""
+    """Per mode (``fused`` or a member name), per target calibration.
+
+    ``modes`` holds the head-room for a request held ``horizon_steps`` steps (what serving uses);
+    ``next_step`` the one-step head-room when ``horizon_steps > 1`` (else ``modes`` is that).
+    """
 
     coverage: float
     modes: dict[str, dict[str, TargetCalibration]] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
+    horizon_steps: int = 1
+    next_step: dict[str, dict[str, TargetCalibration]] | None = None
 
-    def for_mode(self, mode: str) -> dict[str, TargetCalibration]:
-        return self.modes.get(mode) or self.modes[FUSED]
+    def for_mode(self, mode: str, *, next_step: bool = False) -> dict[str, TargetCalibration]:
+        """Head-room of ``mode`` (falling back to ``fused``); ``next_step`` for the one-step one."""
+        modes = self.next_step if next_step and self.next_step else self.modes
+        return modes.get(mode) or modes[FUSED]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": 1,
             "coverage": self.coverage,
-            "modes": {m: {t: asdict(c) for t, c in per.items()} for m, per in self.modes.items()},
+            "horizon_steps": self.horizon_steps,
+            "modes": _modes_dict(self.modes),
             "fallbacks": self.fallbacks,
         }
+        if self.next_step is not None:
+            data["next_step"] = _modes_dict(self.next_step)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Calibration:
-        """Rebuild from ``to_dict``; ``ValueError`` on malformed input."""
+        """Rebuild from ``to_dict``; ``ValueError`` on malformed input (files without
+        ``horizon_steps`` are one-step calibrations)."""
         try:
-            modes = {
-                str(m): {t: TargetCalibration(**per[t]) for t in TARGETS} for m, per in data["modes"].items()
-            }
-            calibration = cls(float(data["coverage"]), modes, [str(f) for f in data.get("fallbacks", [])])
-        except (KeyError, TypeError, ValueError) as exc:
+            modes = _modes_from(data["modes"])
+            next_step = _modes_from(data["next_step"]) if data.get("next_step") is not None else None
+            horizon_steps = int(data.get("horizon_steps", 1))
+            calibration = cls(
+                float(data["coverage"]),
+                modes,
+                [str(f) for f in data.get("fallbacks", [])],
+                horizon_steps,
+                next_step,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed calibration: {exc}") from exc
-        if FUSED not in modes:
+        if FUSED not in modes or (next_step is not None and FUSED not in next_step):
             raise ValueError("malformed calibration: no 'fused' mode")
+        if horizon_steps < 1:
+            raise ValueError(f"malformed calibration: horizon_steps must be >= 1, got {horizon_steps}")
         return calibration
 
 
+def _modes_dict(modes: dict[str, dict[str, TargetCalibration]]) -> dict[str, Any]:
+    return {m: {t: asdict(c) for t, c in per.items()} for m, per in modes.items()}
+
+
+def _modes_from(data: Any) -> dict[str, dict[str, TargetCalibration]]:
+    return {str(m): {t: TargetCalibration(**per[t]) for t in TARGETS} for m, per in data.items()}
+
+
+def horizon_actual(actual: pd.DataFrame, experiments: pd.Series, steps: int) -> pd.DataFrame:
+    """``actual`` (frame of TARGETS) replaced by each target's peak over the next ``steps`` rows
+    of the same experiment: what a request held ``steps`` steps has to cover."""
+    if steps <= 1:
+        return actual
+    groups = pd.Series(experiments.to_numpy(), index=actual.index)
+    return pd.DataFrame(
+        {t: forward_peak(actual[t], groups, steps) for t in actual.columns}, index=actual.index
+    )
+
+
 def calibrate(
-    actual: pd.DataFrame, predictions: dict[str, pd.DataFrame], coverage: float, source: str = "validation"
+    actual: pd.DataFrame,
+    predictions: dict[str, pd.DataFrame],
+    coverage: float,
+    source: str = "validation",
+    horizon_steps: int = 1,
 ) -> Calibration:
     """Calibrate every mode in ``predictions`` (mode -> frame of TARGETS) against ``actual``.
 
-    A mode without a single usable row borrows the widest head-room of the others (recorded).
+    ``actual`` is what the request must cover: the next value, or for ``horizon_steps > 1`` the
+    peak over the horizon (``horizon_actual``); ``horizon_steps`` is recorded. A mode without a
+    single usable row borrows the widest head-room of the others (recorded).
     """
-    calibration = Calibration(coverage)
+    calibration = Calibration(coverage, horizon_steps=int(horizon_steps))
     for mode, predicted in predictions.items():
         per: dict[str, TargetCalibration] = {}
         for target in TARGETS:

@@ -159,20 +159,33 @@ class EnsembleForecaster(Forecaster):
     def choose_weights(
         self, actual: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], step: float = 0.05
     ) -> None:
-        """Pick Prophet's weight per target minimising MAE on ``actual`` (validation rows); two members only."""
-        if set(predictions) != {"prophet", "lstm"}:
+        """Pick the weights per target minimising MAE on ``actual`` (validation rows).
+
+        Weights are searched on a grid over the simplex (``step``) for two or three members, on the
+        rows where every member answered; a target without such rows keeps its weights.
+        """
+        names = list(predictions)
+        if not 2 <= len(names) <= 3 or any(n not in self.weights for n in names):
             return
-        grid = np.round(np.arange(0.0, 1.0 + step / 2, step), 6)
+        ticks = round(1 / step)
+        grid = np.array(
+            [
+                (i / ticks, j / ticks, (ticks - i - j) / ticks)
+                for i in range(ticks + 1)
+                for j in range(ticks + 1 - i)
+                if len(names) == 3 or i + j == ticks
+            ]
+        )[:, : len(names)]
         for target in TARGETS:
-            p = predictions["prophet"][target].to_numpy(dtype="float64")
-            lstm = predictions["lstm"][target].to_numpy(dtype="float64")
+            values = np.column_stack([predictions[n][target].to_numpy(dtype="float64") for n in names])
             y = actual[target].to_numpy(dtype="float64")
-            ok = np.isfinite(p) & np.isfinite(lstm) & np.isfinite(y)
+            ok = np.isfinite(values).all(axis=1) & np.isfinite(y)
             if not ok.any():
                 continue
-            errors = [np.mean(np.abs(y[ok] - (w * p[ok] + (1 - w) * lstm[ok]))) for w in grid]
-            best = float(grid[int(np.argmin(errors))])
-            self.weights["prophet"][target], self.weights["lstm"][target] = best, 1.0 - best
+            errors = np.abs(values[ok] @ grid.T - y[ok][:, None]).mean(axis=0)
+            best = grid[int(np.argmin(errors))]
+            for name, weight in zip(names, best, strict=True):
+                self.weights[name][target] = float(round(weight, 6))
 
     def anchor(self, last_timestamp: pd.Timestamp) -> None:
         """Tell members with precomputed forecasts where the data ends (see ``ProphetForecaster.anchor_grid``)."""

@@ -7,7 +7,8 @@ Bundle files (written by ``train_service``): ``ensemble.json``, the members' fil
 Checksums are the registry's job; loading refuses any file it cannot parse, naming it.
 
 A request: the ensemble's next-step forecast (Prophet from its precomputed grid, the LSTM by a
-NumPy forward pass) plus the calibrated head-room of the mode that answered, then floors and
+NumPy forward pass) plus the calibrated head-room of the mode that answered (covering the peak
+over ``calibration_horizon_steps``, see ``models.calibration``), then the config's floors and
 rounding (``recommend.policy``). ``context`` may set ``load_users`` and ``replica_count``
 (Prophet's regressors); the LSTM forecasts from the history alone.
 """
@@ -198,6 +199,8 @@ class ServiceModel:
             reasons=reasons,
             model_version=model_version,
             coverage=self.calibration.coverage,
+            cpu_floor_millicores=self.config.cpu_floor_millicores,
+            memory_floor_mib=self.config.memory_floor_mib,
         )
 
 

@@ -1,7 +1,12 @@
 """``TrainingConfig``: everything one service's training needs, as a pydantic model Tune can fill.
 
 ``fusion_weights`` is Prophet's weight per target (the LSTM gets ``1 - w``); ``fusion="auto"``
-chooses it on the validation split instead.
+chooses it on the validation split instead. ``calibration_horizon_steps`` is how many steps a
+served request is held: the conformal head-room covers the peak over that many steps (see
+``models.calibration``). ``level_member`` adds the last observed value ("naive") as a third
+ensemble member, so fusion can anchor on the current level (useful for slow-moving memory);
+it needs ``fusion="auto"`` to receive a weight. The floors are the serving policy's
+(``recommend.policy``): 10 millicores and 32 MiB by default, 1 / 1 is Kubernetes' smallest unit.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ class TrainingConfig(BaseModel):
     )
     fusion: Literal["fixed", "auto"] = "fixed"
     coverage: float = Field(default=0.95, gt=0.5, lt=1)
+    calibration_horizon_steps: int = Field(
+        default=1, ge=1, le=100_000, description="steps a request is held; head-room covers their peak"
+    )
+    level_member: bool = Field(default=False, description="add the last value as a fusion member")
+    cpu_floor_millicores: int = Field(default=10, ge=1, description="serving policy's CPU floor")
+    memory_floor_mib: int = Field(default=32, ge=1, description="serving policy's memory floor")
     validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.15, ge=0, lt=0.5)
     min_rows: int = Field(default=12, ge=3, description="fewer rows than this is unusable data")

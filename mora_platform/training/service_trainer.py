@@ -2,8 +2,8 @@
 
 Steps: validate the data (``ServiceDataError`` on unusable input), prepare targets and
 features, split each experiment in time order (train / validation / test), fit the members on
-train, fuse (fixed weights or ``fusion="auto"`` on validation), calibrate on validation,
-evaluate on test, write the bundle files (no manifest: the registry adds it).
+train, fuse (fixed weights or ``fusion="auto"`` on validation), calibrate on validation (against
+the peak over ``calibration_horizon_steps``, the time a request is held), evaluate on test, write the bundle files (no manifest: the registry adds it).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mora_platform.features.targets import (
 )
 from mora_platform.models.base import Forecaster, ModelError, write_json
 from mora_platform.models.baselines import LastValueForecaster
-from mora_platform.models.calibration import FUSED, Calibration, calibrate
+from mora_platform.models.calibration import FUSED, Calibration, calibrate, horizon_actual
 from mora_platform.models.ensemble import EnsembleForecaster, default_weights
 from mora_platform.models.lstm import LSTMForecaster
 from mora_platform.models.prophet_model import ProphetForecaster
@@ -112,7 +112,17 @@ def _members(config: TrainingConfig) -> dict[str, Forecaster | None]:
         members["prophet"] = ProphetForecaster(config.prophet)
     if "lstm" in config.members:
         members["lstm"] = LSTMForecaster(config.lstm, config.seq_len, config.seed, config.cpu_threads)
+    if config.level_member:
+        members["naive"] = LastValueForecaster()
     return members
+
+
+def _weights(config: TrainingConfig) -> dict[str, dict[str, float]]:
+    """Configured fusion weights; the level member starts at 0 (``fusion="auto"`` may raise it)."""
+    weights = default_weights(config.fusion_weights)
+    if config.level_member:
+        weights["naive"] = dict.fromkeys(TARGETS, 0.0)
+    return weights
 
 
 def _actual(frame: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +150,12 @@ def evaluate(
     members: dict[str, pd.DataFrame],
     calibration: Calibration,
 ) -> dict[str, TargetMetrics]:
-    """Metrics per target on the selected ``rows`` of a prepared frame."""
+    """Metrics per target on the selected ``rows`` of a prepared frame.
+
+    ``coverage`` is against what the request was calibrated to cover: the next value, or the
+    peak over ``calibration.horizon_steps`` (same experiment); ``mae`` is the one-step error.
+    """
+    covered = horizon_actual(_actual(frame), frame[EXPERIMENT_ID], calibration.horizon_steps)[rows]
     actual = _actual(frame)[rows]
     requests = _requests({m: p[rows] for m, p in modes.items()}, calibration)
     point = modes[FUSED][rows].combine_first(next(iter(members.values()))[rows])
@@ -149,6 +164,7 @@ def evaluate(
     result = {}
     for t in TARGETS:
         y, req, yhat = actual[t].to_numpy(), requests[t].to_numpy(), point[t].to_numpy()
+        peak = covered[t].to_numpy()
         ok = np.isfinite(y) & np.isfinite(req)
         usage = frame.loc[rows, TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
         fused_cal = calibration.for_mode(FUSED)[t]
@@ -156,7 +172,7 @@ def evaluate(
         result[t] = TargetMetrics(
             n=int(ok.sum()),
             mae=float(np.mean(np.abs(y[ok] - yhat[ok]))) if ok.any() else None,
-            coverage=float(np.mean(req[ok] >= y[ok])) if ok.any() else None,
+            coverage=float(np.mean(req[ok] >= peak[ok])) if ok.any() else None,
             usage_coverage=float(np.mean(req[ok] >= usage[ok])) if ok.any() else None,
             mean_slack=float(np.mean(req[ok] - y[ok]) / level) if ok.any() and level > 0 else None,
             mae_members={
@@ -232,7 +248,7 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
     train_rows = labels == Split.TRAIN.value
     val_rows = labels == Split.VALIDATION.value
     test_rows = labels == Split.TEST.value
-    ensemble = EnsembleForecaster(_members(config), default_weights(config.fusion_weights))
+    ensemble = EnsembleForecaster(_members(config), _weights(config))
     tick = time.perf_counter()
     try:
         ensemble.fit(prepared[train_rows])
@@ -256,6 +272,14 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
     ensemble.anchor(prepared[TIMESTAMP].max())
     timings["predict"] = time.perf_counter() - tick
     calibration = _calibrate(service, actual, modes, val_rows, train_rows, config.coverage)
+    if config.calibration_horizon_steps > 1:
+        held = horizon_actual(actual, prepared[EXPERIMENT_ID], config.calibration_horizon_steps)
+        horizon = _calibrate(
+            service, held, modes, val_rows, train_rows, config.coverage, config.calibration_horizon_steps
+        )
+        horizon.next_step = calibration.modes
+        horizon.fallbacks = [*calibration.fallbacks, *(f"horizon {f}" for f in horizon.fallbacks)]
+        calibration = horizon
     test_metrics = (
         evaluate(prepared, test_rows, modes, members_and_naive, calibration) if test_rows.any() else {}
     )
@@ -308,14 +332,27 @@ def _calibrate(
     val_rows: np.ndarray,
     train_rows: np.ndarray,
     coverage: float,
+    horizon_steps: int = 1,
 ) -> Calibration:
-    """Calibrate on validation; without validation residuals fall back to training ones (recorded)."""
+    """Calibrate on validation; without validation residuals fall back to training ones (recorded).
+
+    ``actual`` is what must be covered (the peak over ``horizon_steps`` when that is > 1).
+    """
     try:
-        return calibrate(actual[val_rows], {m: p[val_rows] for m, p in modes.items()}, coverage)
+        return calibrate(
+            actual[val_rows],
+            {m: p[val_rows] for m, p in modes.items()},
+            coverage,
+            horizon_steps=horizon_steps,
+        )
     except ValueError as first:
         try:
             calibration = calibrate(
-                actual[train_rows], {m: p[train_rows] for m, p in modes.items()}, coverage, source="training"
+                actual[train_rows],
+                {m: p[train_rows] for m, p in modes.items()},
+                coverage,
+                source="training",
+                horizon_steps=horizon_steps,
             )
         except ValueError as exc:
             raise ServiceDataError(service, f"cannot calibrate: {first}; {exc}") from exc

@@ -83,6 +83,18 @@ def test_platform_floor_and_rounding_follow_the_serving_policy() -> None:
     assert platform.apply_margin(2**20, "memory") == 32 * 2**20
 
 
+def test_min_floors_variant_uses_kubernetes_units() -> None:
+    from mora_platform.backtest.baselines import registered_recommenders
+
+    minimal = registered_recommenders()["platform-min-floors"]()
+    assert isinstance(minimal, PlatformRecommender)
+    assert minimal.apply_margin(0.0003, "cpu") == pytest.approx(0.001)
+    assert minimal.apply_margin(0.0031, "cpu") == pytest.approx(0.004)
+    assert minimal.apply_margin(0.2 * 2**20, "memory") == 2**20
+    configured = PlatformRecommender(cpu_floor_millicores=5, memory_floor_mib=8)
+    assert configured.floor("cpu") == pytest.approx(0.005) and configured.floor("memory") == 8 * 2**20
+
+
 def test_adapter_matches_what_the_service_model_serves() -> None:
     """Train the real ensemble on a tiny synthetic service: the backtest's request at margin 1 is
     the request ``ServiceModel.recommend`` serves for the same history."""
@@ -107,11 +119,3 @@ def test_adapter_matches_what_the_service_model_serves() -> None:
     ).predict(fleet, pd.Timedelta(hours=1))
     for resource in ("cpu", "memory"):
         assert held.requests[resource] >= answer.one_step_requests[resource] - 1e-9
-
-
-def test_forward_peak_stays_inside_each_experiment() -> None:
-    from mora_platform.backtest.platform_training import _forward_peak
-
-    values = pd.Series([1.0, 5.0, 2.0, 9.0, 3.0, 4.0])
-    groups = pd.Series(["a", "a", "a", "b", "b", "b"])
-    assert _forward_peak(values, groups, 2).tolist() == [5.0, 5.0, 2.0, 9.0, 4.0, 4.0]

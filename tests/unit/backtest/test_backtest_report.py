@@ -73,6 +73,7 @@ def test_json_schema_and_pngs(tmp_path: Path, small_config: BacktestConfig) -> N
     comparison = summary["comparison"]
     assert comparison["reference"] == "platform" and set(comparison["baselines"]) == set(baseline_names())
     assert isinstance(comparison["goal_met"], bool)
+    assert summary["comparisons"] == {"platform": comparison}
 
     table = format_table(loaded)
     assert "AVERAGE (2 series)" in table and "vpa" in table

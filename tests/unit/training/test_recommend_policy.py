@@ -62,3 +62,12 @@ def test_build_recommendation_carries_flags_and_contributions() -> None:
     assert rec.degraded and rec.fallbacks and rec.reasons == ["lstm: missing"]
     assert rec.contributions["prophet"].cpu_cores == 0.2
     assert rec.model_version == "v1"
+
+
+def test_configurable_floors_down_to_kubernetes_units() -> None:
+    resources, notes = round_resources(0.0, 0.0, 1, cpu_floor_millicores=1, memory_floor_mib=1)
+    assert resources.cpu_millicores == 1 and resources.memory_mib == 1.0
+    assert "1m floor" in notes[0] and "1 MiB floor" in notes[1]
+    assert round_resources(0.0034, 5.5 * MIB, 1, cpu_floor_millicores=1, memory_floor_mib=1)[1] == []
+    with pytest.raises(ValueError, match="floors"):
+        round_resources(0.1, MIB, 1, cpu_floor_millicores=0)

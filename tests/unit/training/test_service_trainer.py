@@ -188,3 +188,37 @@ def test_constant_series_trains_on_recorded_fallbacks(tmp_path: Path) -> None:
     rec = ServiceModel.load(tmp_path).recommend()
     assert rec.recommendations.cpu_millicores == 1200  # 1.0 core x 1.2, no head-room needed
     assert rec.recommendations.replicas == 1
+
+
+def test_horizon_calibration_is_recorded_and_served(spiked_frame: pd.DataFrame, tmp_path: Path) -> None:
+    """``calibration_horizon_steps``: head-room against the 6-step peak, in calibration.json and the
+    report's config (the manifest's); serving uses it, with the config's floors; a level member
+    joins the fusion."""
+    config = TrainingConfig.model_validate(
+        {
+            **TINY,
+            "calibration_horizon_steps": 6,
+            "level_member": True,
+            "fusion": "auto",
+            "cpu_floor_millicores": 1,
+            "memory_floor_mib": 1,
+        }
+    )
+    fitted = fit_service(spiked_frame, SERVICE_NAME, config)
+    fitted.save(tmp_path)
+    stored = json.loads((tmp_path / "calibration.json").read_text())
+    assert stored["horizon_steps"] == 6 and "next_step" in stored
+    calibration = fitted.calibration
+    for t in ("cpu", "memory"):
+        assert (
+            calibration.for_mode("fused")[t].quantile
+            >= calibration.for_mode("fused", next_step=True)[t].quantile
+        )
+    assert fitted.report.config["calibration_horizon_steps"] == 6
+    assert fitted.report.members == {"prophet": "ok", "lstm": "ok", "naive": "ok"}
+    model = ServiceModel.load(tmp_path)
+    answer = model.ensemble.explain_next(model.history, {})
+    rec = model.recommend()
+    expected = answer.point["cpu"] + calibration.for_mode(answer.mode)["cpu"].quantile
+    assert rec.recommendations.cpu_millicores == max(1, int(np.ceil(round(1000 * expected, 6))))
+    assert set(rec.contributions) == {"prophet", "lstm", "naive"}
