@@ -16,7 +16,7 @@ per horizon) twice from the same fits: ``platform`` with the serving policy's de
 (1m, 1 MiB); ``platform-1step`` is the one-step head-room, for reference.
 
 Run: ``.venv/bin/python benchmarks/backtest_report.py [--quick] [--no-platform] [--ray]
-[--datasets online-boutique,synthetic] [--level-member] [--results DIR]``.
+[--datasets online-boutique,synthetic] [--level-member] [--head-room relative] [--results DIR]``.
 """
 
 from __future__ import annotations
@@ -147,6 +147,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="LSTM epochs per platform fit")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated runs to do")
     parser.add_argument("--level-member", action="store_true", help="TrainingConfig.level_member")
+    parser.add_argument(
+        "--head-room", choices=("absolute", "relative"), default="absolute", help="TrainingConfig.head_room"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args()
     wanted = {d.strip() for d in args.datasets.split(",") if d.strip()}
@@ -157,6 +160,8 @@ def main() -> None:
     training: dict[str, Any] = {"epochs": args.epochs}
     if args.level_member:
         training.update(level_member=True, fusion="auto")
+    if args.head_room != "absolute":
+        training["head_room"] = args.head_room
 
     names: tuple[str, ...] = BASELINES
     notes: list[str] = []

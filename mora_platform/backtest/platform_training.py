@@ -104,8 +104,8 @@ class ServiceModelAdapter:
         forecasts: dict[str, float | None] = {}
         for resource, factor in _TARGET_FACTORS.items():
             point = float(answer.point[resource])
-            one_step_requests[resource] = max(point + float(one_step[resource].quantile), 0.0)
-            requests[resource] = max(point + float(held[resource].quantile), 0.0)
+            one_step_requests[resource] = one_step[resource].request(point)
+            requests[resource] = held[resource].request(point)
             forecasts[resource] = point / factor if np.isfinite(point) else None
         return PlatformForecast(requests=requests, forecasts=forecasts, one_step_requests=one_step_requests)
 

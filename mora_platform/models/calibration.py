@@ -17,6 +17,13 @@ the minimum over its targets: it is as sure as its least sure target.
 Both are kept per *mode* (``fused`` and each member alone), because a degraded answer (one
 member unavailable) must carry that member's own head-room, not the ensemble's.
 
+**Relative head-room.** Usage noise grows with its level (a service at 100 users swings more
+than at 5). With ``relative=True`` the residual is scaled by the forecast, ``r_i = (y_i - yhat_i) /
+s_i`` with ``s_i = max(yhat_i, scale_floor)`` (``scale_floor`` = a tenth of the median |y|, so a
+near-zero forecast does not blow the ratio up), and the request is ``yhat + q * max(yhat,
+scale_floor)``: the head-room follows the current level instead of the noisiest one seen.
+``TargetCalibration.head_room(point)`` gives the head-room either way.
+
 **Horizon.** A request is held for a while, not for one step. With ``horizon_steps = H > 1`` the
 residual of row ``i`` is taken against the *peak* of the target over rows ``[i, i + H)`` of the
 same experiment (``forward_peak``), so ``request = yhat + q`` covers the highest usage over the
@@ -27,7 +34,7 @@ next ``H`` steps with probability ``coverage``. The one-step head-room is kept b
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -74,13 +81,26 @@ def confidence_score(y: np.ndarray, prediction: np.ndarray) -> float:
 
 @dataclass
 class TargetCalibration:
-    """Head-room ``quantile`` (target units), ``confidence`` and the evidence behind them."""
+    """Head-room ``quantile`` (target units, or a share of the forecast when ``relative``),
+    ``confidence`` and the evidence behind them."""
 
     quantile: float
     confidence: float
     mae: float
     n: int
     source: str = "validation"
+    relative: bool = False
+    scale_floor: float = 0.0
+
+    def head_room(self, point: Any) -> Any:
+        """Head-room to add to ``point`` (a float or an array of forecasts)."""
+        if self.relative:
+            return self.quantile * np.maximum(point, self.scale_floor)
+        return self.quantile + np.zeros(np.shape(point)) if np.ndim(point) else self.quantile
+
+    def request(self, point: float) -> float:
+        """``point`` plus its head-room, never below 0."""
+        return max(float(point) + float(self.head_room(float(point))), 0.0)
 
 
 @dataclass
@@ -163,11 +183,13 @@ def calibrate(
     coverage: float,
     source: str = "validation",
     horizon_steps: int = 1,
+    relative: bool = False,
 ) -> Calibration:
     """Calibrate every mode in ``predictions`` (mode -> frame of TARGETS) against ``actual``.
 
     ``actual`` is what the request must cover: the next value, or for ``horizon_steps > 1`` the
-    peak over the horizon (``horizon_actual``); ``horizon_steps`` is recorded. A mode without a
+    peak over the horizon (``horizon_actual``); ``horizon_steps`` is recorded. ``relative`` scales
+    the residuals by the forecast (see the module docstring). A mode without a
     single usable row borrows the widest head-room of the others (recorded).
     """
     calibration = Calibration(coverage, horizon_steps=int(horizon_steps))
@@ -178,7 +200,11 @@ def calibrate(
             ok = np.isfinite(y) & np.isfinite(p)
             if not ok.any():
                 continue
-            q, capped = conformal_quantile(y[ok] - p[ok], coverage)
+            # a target whose level is 0 (e.g. an idle service) has nothing to be relative to
+            scale_floor = 0.1 * float(np.median(np.abs(y[ok]))) if relative else 0.0
+            scaled = relative and scale_floor > 0
+            scale = np.maximum(p[ok], scale_floor) if scaled else 1.0
+            q, capped = conformal_quantile((y[ok] - p[ok]) / scale, coverage)
             if capped:
                 calibration.fallbacks.append(
                     f"calibration.{mode}.{target}: {int(ok.sum())} residuals too few for {coverage:.0%}; used the largest"
@@ -189,6 +215,8 @@ def calibrate(
                 mae=float(np.mean(np.abs(y[ok] - p[ok]))),
                 n=int(ok.sum()),
                 source=source,
+                relative=scaled,
+                scale_floor=scale_floor if scaled else 0.0,
             )
         if per:
             calibration.modes[mode] = per
@@ -200,8 +228,8 @@ def calibrate(
         for mode in predictions:
             per = calibration.modes.setdefault(mode, {})
             if target not in per:
-                per[target] = TargetCalibration(
-                    widest.quantile, min(c.confidence for c in known), widest.mae, 0, "borrowed"
+                per[target] = replace(
+                    widest, confidence=min(c.confidence for c in known), n=0, source="borrowed"
                 )
                 calibration.fallbacks.append(
                     f"calibration.{mode}.{target}: no {source} rows; borrowed the widest head-room"

@@ -166,7 +166,7 @@ class ServiceModel:
         window = self.history if history is None else self.prepare_history(history)
         answer = self.ensemble.explain_next(window, checked)
         per = self.calibration.for_mode(answer.mode)
-        requests = {t: max(answer.point[t] + per[t].quantile, 0.0) for t in TARGETS}
+        requests = {t: per[t].request(answer.point[t]) for t in TARGETS}
         confidence = min(per[t].confidence for t in TARGETS)
         contributions = {}
         for name, status in self.ensemble.status.items():

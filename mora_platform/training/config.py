@@ -3,7 +3,7 @@
 ``fusion_weights`` is Prophet's weight per target (the LSTM gets ``1 - w``); ``fusion="auto"``
 chooses it on the validation split instead. ``calibration_horizon_steps`` is how many steps a
 served request is held: the conformal head-room covers the peak over that many steps (see
-``models.calibration``). ``level_member`` adds the last observed value ("naive") as a third
+``models.calibration``); ``head_room="relative"`` scales it with the forecast. ``level_member`` adds the last observed value ("naive") as a third
 ensemble member, so fusion can anchor on the current level (useful for slow-moving memory);
 it needs ``fusion="auto"`` to receive a weight. The floors are the serving policy's
 (``recommend.policy``): 10 millicores and 32 MiB by default, 1 / 1 is Kubernetes' smallest unit.
@@ -42,6 +42,9 @@ class TrainingConfig(BaseModel):
     coverage: float = Field(default=0.95, gt=0.5, lt=1)
     calibration_horizon_steps: int = Field(
         default=1, ge=1, le=100_000, description="steps a request is held; head-room covers their peak"
+    )
+    head_room: Literal["absolute", "relative"] = Field(
+        default="absolute", description="conformal head-room in target units or relative to the forecast"
     )
     level_member: bool = Field(default=False, description="add the last value as a fusion member")
     cpu_floor_millicores: int = Field(default=10, ge=1, description="serving policy's CPU floor")

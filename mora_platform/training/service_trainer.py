@@ -139,7 +139,8 @@ def _requests(modes: dict[str, pd.DataFrame], calibration: Calibration) -> pd.Da
         per = calibration.for_mode(mode)
         for t in TARGETS:
             fill = out[t].isna() & predicted[t].notna()
-            out.loc[fill, t] = (predicted.loc[fill, t] + per[t].quantile).clip(lower=0)
+            point = predicted.loc[fill, t].to_numpy(dtype="float64")
+            out.loc[fill, t] = np.maximum(point + per[t].head_room(point), 0.0)
     return out
 
 
@@ -271,11 +272,19 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
     modes = ensemble.mode_predictions(members)
     ensemble.anchor(prepared[TIMESTAMP].max())
     timings["predict"] = time.perf_counter() - tick
-    calibration = _calibrate(service, actual, modes, val_rows, train_rows, config.coverage)
+    relative = config.head_room == "relative"
+    calibration = _calibrate(service, actual, modes, val_rows, train_rows, config.coverage, 1, relative)
     if config.calibration_horizon_steps > 1:
         held = horizon_actual(actual, prepared[EXPERIMENT_ID], config.calibration_horizon_steps)
         horizon = _calibrate(
-            service, held, modes, val_rows, train_rows, config.coverage, config.calibration_horizon_steps
+            service,
+            held,
+            modes,
+            val_rows,
+            train_rows,
+            config.coverage,
+            config.calibration_horizon_steps,
+            relative,
         )
         horizon.next_step = calibration.modes
         horizon.fallbacks = [*calibration.fallbacks, *(f"horizon {f}" for f in horizon.fallbacks)]
@@ -333,6 +342,7 @@ def _calibrate(
     train_rows: np.ndarray,
     coverage: float,
     horizon_steps: int = 1,
+    relative: bool = False,
 ) -> Calibration:
     """Calibrate on validation; without validation residuals fall back to training ones (recorded).
 
@@ -353,6 +363,7 @@ def _calibrate(
                 coverage,
                 source="training",
                 horizon_steps=horizon_steps,
+                relative=relative,
             )
         except ValueError as exc:
             raise ServiceDataError(service, f"cannot calibrate: {first}; {exc}") from exc

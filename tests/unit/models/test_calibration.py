@@ -76,3 +76,29 @@ def test_choose_weights_over_three_members_finds_the_level() -> None:
     for t in TARGETS:
         assert ensemble.weights["naive"][t] >= 0.9
         assert sum(ensemble.weights[m][t] for m in predictions) == pytest.approx(1.0)
+
+
+def test_relative_head_room_follows_the_level() -> None:
+    """Noise proportional to the level: relative head-room covers ~95% at a low and a high level
+    alike, while one absolute head-room over-covers the low one and under-covers the high one."""
+    rng = np.random.default_rng(4)
+    level = np.where(np.arange(20_000) % 2 == 0, 1.0, 10.0)
+    actual = pd.DataFrame({t: level * (1 + rng.normal(0, 0.1, level.size)) for t in TARGETS})
+    predicted = pd.DataFrame({t: level for t in TARGETS})
+    relative = calibrate(actual, {FUSED: predicted}, 0.95, relative=True).modes[FUSED]["cpu"]
+    absolute = calibrate(actual, {FUSED: predicted}, 0.95).modes[FUSED]["cpu"]
+    assert relative.relative and relative.scale_floor > 0 and not absolute.relative
+    y = actual["cpu"].to_numpy()
+    for low in (True, False):
+        rows = (level == 1.0) == low
+        covered = np.mean(level[rows] + relative.head_room(level[rows]) >= y[rows])
+        assert abs(covered - 0.95) < 0.02
+        plain = np.mean(level[rows] + absolute.head_room(level[rows]) >= y[rows])
+        assert (plain > 0.99) if low else (plain < 0.95)
+    assert relative.request(2.0) == pytest.approx(2.0 * (1 + relative.quantile))
+    assert (
+        Calibration.from_dict(Calibration(0.95, {FUSED: dict.fromkeys(TARGETS, relative)}).to_dict()).modes[
+            FUSED
+        ]["cpu"]
+        == relative
+    )
