@@ -14,8 +14,9 @@ perfect forecast, 0.5 when the mean absolute error equals the mean level, toward
 (``c = 1`` if both are 0, ``c = 0`` if only the level is 0). A recommendation's confidence is
 the minimum over its targets: it is as sure as its least sure target.
 
-Both are kept per *mode* (``fused`` and each member alone), because a degraded answer (one
-member unavailable) must carry that member's own head-room, not the ensemble's.
+Both are kept per *mode* (``fused``, the fusion of each proper subset of members such as
+``prophet+naive``, and each member alone), because a degraded answer (a member unavailable)
+must carry the head-room of what actually answered, not the ensemble's.
 
 **Relative head-room.** Usage noise grows with its level (a service at 100 users swings more
 than at 5). With ``relative=True`` the residual is scaled by the forecast, ``r_i = (y_i - yhat_i) /

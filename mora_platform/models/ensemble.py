@@ -3,15 +3,17 @@
 ``fused = sum(w_m * yhat_m) / sum(w_m)`` over the members that answered (default weights:
 Prophet 0.4, LSTM 0.6). A member that is missing (not configured / not trainable) or failed is
 left out, the other answers alone and the ensemble is flagged ``degraded``. When, for one row,
-only some members answer (e.g. the LSTM lacks a full window) that row is answered in that
-member's *mode*, so calibration can use the right head-room (see ``calibration``).
+only some members answer (e.g. the LSTM lacks a full window) that row is answered by the fusion
+of those members, in that subset's *mode* (``"prophet+naive"``; a single member's mode is its
+name), so calibration can use the right head-room (see ``calibration``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Self
 
@@ -32,6 +34,11 @@ def default_weights(prophet_weight: Mapping[str, float]) -> dict[str, dict[str, 
         "prophet": {t: float(prophet_weight[t]) for t in TARGETS},
         "lstm": {t: 1.0 - float(prophet_weight[t]) for t in TARGETS},
     }
+
+
+def subset_mode(names: Sequence[str]) -> str:
+    """The calibration mode of a fusion over ``names`` only (a single member: its own name)."""
+    return "+".join(names)
 
 
 def member_types() -> dict[str, type[Forecaster]]:
@@ -147,12 +154,21 @@ class EnsembleForecaster(Forecaster):
         return out
 
     def mode_predictions(self, predictions: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-        """Predictions per calibration mode: ``fused`` where every member answered, each member alone."""
-        fused = self.fuse(predictions)
+        """Predictions per calibration mode: ``fused`` where every member answered, then the fusion
+        of each proper subset of two or more members where those answered, then each member alone
+        (the order in which a row's answering mode is looked up)."""
+        names = list(predictions)
         complete = np.logical_and.reduce(
             [np.isfinite(p.to_numpy(dtype="float64")) for p in predictions.values()]
         )
-        modes = {FUSED: fused.where(complete)}
+        modes = {FUSED: self.fuse(predictions).where(complete)}
+        for size in range(len(names) - 1, 1, -1):
+            for subset in combinations(names, size):
+                part = {n: predictions[n] for n in subset}
+                answered = np.logical_and.reduce(
+                    [np.isfinite(p.to_numpy(dtype="float64")) for p in part.values()]
+                )
+                modes[subset_mode(subset)] = self.fuse(part).where(answered)
         modes.update(predictions)
         return modes
 
@@ -208,7 +224,7 @@ class EnsembleForecaster(Forecaster):
         if len(answered) == len(answers):
             mode = FUSED
         elif answered:
-            mode = answered[0]
+            mode = subset_mode(answered)
         else:
             raise ModelError("no ensemble member could answer for this history")
         # Same rule as ``fuse``, on scalars (this is the serving path: no DataFrames).

@@ -185,7 +185,7 @@ class ServiceModel:
             )
         reasons = list(self.ensemble.reasons.values())
         if answer.mode != FUSED:
-            silent = [n for n in self.ensemble.members if n != answer.mode]
+            silent = [n for n in self.ensemble.members if n not in answer.mode.split("+")]
             reasons.append(
                 f"answered by {answer.mode} alone: {', '.join(silent)} could not answer for this history"
             )

@@ -222,3 +222,9 @@ def test_horizon_calibration_is_recorded_and_served(spiked_frame: pd.DataFrame, 
     expected = answer.point["cpu"] + calibration.for_mode(answer.mode)["cpu"].quantile
     assert rec.recommendations.cpu_millicores == max(1, int(np.ceil(round(1000 * expected, 6))))
     assert set(rec.contributions) == {"prophet", "lstm", "naive"}
+    # too short for the LSTM: prophet and naive answer, fused, with their own head-room
+    assert {"prophet+naive", "prophet+lstm", "lstm+naive"} <= set(calibration.modes)
+    short = model.recommend(history=spiked_frame.head(3))
+    assert short.degraded and any("answered by prophet+naive" in r for r in short.reasons)
+    partial = model.ensemble.explain_next(model.prepare_history(spiked_frame.head(3)), {})
+    assert partial.mode == "prophet+naive" and partial.weights["lstm"]["cpu"] == 0.0
