@@ -150,6 +150,9 @@ def main() -> None:
     parser.add_argument(
         "--head-room", choices=("absolute", "relative"), default="absolute", help="TrainingConfig.head_room"
     )
+    parser.add_argument(
+        "--split-by", choices=("rows", "experiments"), default="rows", help="TrainingConfig.split_by"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args()
     wanted = {d.strip() for d in args.datasets.split(",") if d.strip()}
@@ -160,6 +163,8 @@ def main() -> None:
     training: dict[str, Any] = {"epochs": args.epochs}
     if args.level_member:
         training.update(level_member=True, fusion="auto")
+    if args.split_by != "rows":
+        training["split_by"] = args.split_by
     if args.head_room != "absolute":
         training["head_room"] = args.head_room
 

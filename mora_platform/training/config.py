@@ -50,6 +50,9 @@ class TrainingConfig(BaseModel):
     cpu_floor_millicores: int = Field(default=10, ge=1, description="serving policy's CPU floor")
     memory_floor_mib: int = Field(default=32, ge=1, description="serving policy's memory floor")
     validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    split_by: Literal["rows", "experiments"] = Field(
+        default="rows", description="hold out each experiment's last rows, or whole latest experiments"
+    )
     test_fraction: float = Field(default=0.15, ge=0, lt=0.5)
     min_rows: int = Field(default=12, ge=3, description="fewer rows than this is unusable data")
     seed: int = 0

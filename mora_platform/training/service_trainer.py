@@ -245,7 +245,9 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
         prepared = prepare_frame(selected)
     except FeatureError as exc:
         raise ServiceDataError(service, str(exc)) from exc
-    labels = split_frame(prepared, config.validation_fraction, config.test_fraction).to_numpy()
+    labels = split_frame(
+        prepared, config.validation_fraction, config.test_fraction, config.split_by
+    ).to_numpy()
     train_rows = labels == Split.TRAIN.value
     val_rows = labels == Split.VALIDATION.value
     test_rows = labels == Split.TEST.value
@@ -354,6 +356,7 @@ def _calibrate(
             {m: p[val_rows] for m, p in modes.items()},
             coverage,
             horizon_steps=horizon_steps,
+            relative=relative,
         )
     except ValueError as first:
         try:

@@ -119,3 +119,30 @@ def test_unknown_scenario_gets_unknown_code() -> None:
     frame = synthetic_service_frame(days=0.05)
     frame[SCENARIO] = "surprise"
     assert (prepare_frame(frame)["scenario_code"] == -1).all()
+
+
+def test_split_by_experiments_holds_out_the_latest_whole_experiments(three_experiments: pd.DataFrame) -> None:
+    # ten experiments whose ids do not sort in start order: the split follows start times
+    parts = []
+    first = three_experiments[EXPERIMENT_ID].iloc[0]
+    for k in range(10):
+        part = three_experiments[three_experiments[EXPERIMENT_ID] == first].copy()
+        part[EXPERIMENT_ID] = f"exp-{9 - k}"
+        part[TIMESTAMP] = part[TIMESTAMP] + pd.Timedelta(days=k)
+        parts.append(part)
+    frame = pd.concat(parts, ignore_index=True)
+    labels = split_frame(frame, 0.15, 0.15, by="experiments")
+    per_experiment = frame.assign(split=labels.to_numpy()).groupby(EXPERIMENT_ID)["split"].agg(set)
+    assert all(len(s) == 1 for s in per_experiment)
+    assert per_experiment["exp-0"] == {Split.TEST.value} and per_experiment["exp-9"] == {Split.TRAIN.value}
+    assert sorted(per_experiment.map(lambda s: next(iter(s))).value_counts().to_dict().items()) == [
+        ("test", 2),
+        ("train", 6),
+        ("validation", 2),
+    ]
+    # too few experiments: the split inside each experiment
+    assert split_frame(three_experiments, 0.2, 0.1, by="experiments").equals(
+        split_frame(three_experiments, 0.2, 0.1)
+    )
+    with pytest.raises(ValueError, match="split by"):
+        split_frame(three_experiments, 0.2, 0.1, by="days")  # type: ignore[arg-type]

@@ -228,3 +228,15 @@ def test_horizon_calibration_is_recorded_and_served(spiked_frame: pd.DataFrame, 
     assert short.degraded and any("answered by prophet+naive" in r for r in short.reasons)
     partial = model.ensemble.explain_next(model.prepare_history(spiked_frame.head(3)), {})
     assert partial.mode == "prophet+naive" and partial.weights["lstm"]["cpu"] == 0.0
+
+
+def test_relative_head_room_reaches_the_calibration(
+    fitted: FittedService, spiked_frame: pd.DataFrame
+) -> None:
+    relative = fit_service(
+        spiked_frame, SERVICE_NAME, TrainingConfig.model_validate({**TINY, "head_room": "relative"})
+    )
+    assert all(
+        c.relative and c.source == "validation" for c in relative.calibration.for_mode("fused").values()
+    )
+    assert not any(c.relative for c in fitted.calibration.for_mode("fused").values())
