@@ -16,7 +16,7 @@ per horizon) twice from the same fits: ``platform`` with the serving policy's de
 (1m, 1 MiB); ``platform-1step`` is the one-step head-room, for reference.
 
 Run: ``.venv/bin/python benchmarks/backtest_report.py [--quick] [--no-platform] [--ray]
-[--datasets online-boutique,synthetic] [--level-member] [--head-room relative] [--results DIR]``.
+[--datasets online-boutique,synthetic] [--plain-fusion] [--head-room relative] [--results DIR]``.
 """
 
 from __future__ import annotations
@@ -146,7 +146,9 @@ def main() -> None:
     parser.add_argument("--ray", action="store_true", help="one Ray task per series")
     parser.add_argument("--epochs", type=int, default=3, help="LSTM epochs per platform fit")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated runs to do")
-    parser.add_argument("--level-member", action="store_true", help="TrainingConfig.level_member")
+    parser.add_argument(
+        "--plain-fusion", action="store_true", help="no level member, fixed weights (the library defaults)"
+    )
     parser.add_argument(
         "--head-room", choices=("absolute", "relative"), default="absolute", help="TrainingConfig.head_room"
     )
@@ -161,8 +163,8 @@ def main() -> None:
         raise SystemExit(f"--datasets: unknown {sorted(unknown)}; choose from {', '.join(DATASETS)}")
     results: Path = args.results
     training: dict[str, Any] = {"epochs": args.epochs}
-    if args.level_member:
-        training.update(level_member=True, fusion="auto")
+    if args.plain_fusion:
+        training.update(level_member=False, fusion="fixed")
     if args.split_by != "rows":
         training["split_by"] = args.split_by
     if args.head_room != "absolute":
