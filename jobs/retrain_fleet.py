@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-calls",
         type=int,
-        default=0,
-        help="recycle a worker process after this many services (0 = reuse; bounds RSS growth)",
+        default=3,
+        help="recycle a worker process after this many services (0 = reuse). A reused TensorFlow worker "
+        "grows ~25 MB per service; 3 keeps peak RSS under 1.5 GB (benchmarks/train_fleet.py)",
     )
     parser.add_argument(
         "--memory-mb", type=int, default=None, help="memory reserved per task (scheduling only)"

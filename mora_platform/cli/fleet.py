@@ -158,7 +158,7 @@ def retrain(
     fail_on_any: bool = typer.Option(False, "--fail-on-any", help="The job fails if any service fails."),
     no_tuned: bool = typer.Option(False, "--no-tuned", help="Ignore tuned configs in the registry."),
     max_calls: int = typer.Option(
-        0, "--max-calls", min=0, help="Recycle a worker after N services (bounds memory growth; 0 = reuse)."
+        3, "--max-calls", min=0, help="Recycle a worker after N services (bounds memory growth; 0 = reuse)."
     ),
     timeout: float | None = typer.Option(
         None, "--timeout", help="With --wait: stop following after N seconds."
