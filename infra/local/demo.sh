@@ -29,12 +29,14 @@ $BIN/mora serve up
 $BIN/mora serve status
 
 step "Asking the endpoint for one recommendation"
-set -a; . .mora/stack.env; set +a
+set -a; . "${MORA_HOME:-.mora}/stack.env"; [ -f .env ] && . ./.env; set +a
 URL="http://${MORA_SERVE_HOST:-127.0.0.1}:${MORA_SERVE_PORT:-8000}/v1/recommendations"
 BODY='{"service": "frontend", "context": {"load_users": 50, "replica_count": 2, "scenario": "browsing"}}'
 echo "POST $URL"
 echo "$BODY"
-curl -fsS -X POST "$URL" -H 'content-type: application/json' -d "$BODY" | $BIN/python -m json.tool
+AUTH=()
+if [ -n "${MORA_SERVE_TOKEN:-}" ]; then AUTH=(-H "Authorization: Bearer ${MORA_SERVE_TOKEN}"); fi
+curl -fsS -X POST "$URL" -H 'content-type: application/json' "${AUTH[@]}" -d "$BODY" | $BIN/python -m json.tool
 
 cat <<MSG
 
