@@ -29,11 +29,12 @@ SYNTHETIC = "synthetic-14d"
 
 def _frames(data: Path, services: list[str] | None) -> dict[str, pd.DataFrame]:
     from mora_platform.data.loaders import load_path
-    from mora_platform.features.synthetic import synthetic_service_frame
+    from mora_platform.data.synthetic import generate_fleet
 
     loaded = load_path(data).frame
     frames = {str(name): group.reset_index(drop=True) for name, group in loaded.groupby("service", sort=True)}
-    frames[SYNTHETIC] = synthetic_service_frame(days=14, step_seconds=300, seed=0, service=SYNTHETIC)
+    # The same generator as `mora data synth`: daily/weekly cycles, bursts, memory growth, restarts.
+    frames[SYNTHETIC] = generate_fleet(1, days=14, step_seconds=300, seed=0).assign(service=SYNTHETIC)
     return {k: v for k, v in frames.items() if services is None or k in services}
 
 

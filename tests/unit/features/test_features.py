@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_frames import synthetic_service_frame
 
 from mora_platform.data.schema import EXPERIMENT_ID, LOAD_USERS, SCENARIO, TIMESTAMP
 from mora_platform.features import (
@@ -17,7 +18,6 @@ from mora_platform.features import (
     split_frame,
 )
 from mora_platform.features.split import split_sizes
-from mora_platform.features.synthetic import synthetic_service_frame
 from mora_platform.features.targets import FeatureError, feature_matrix, target_matrix
 
 

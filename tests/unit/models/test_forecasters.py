@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_frames import synthetic_service_frame
 
 from mora_platform.data.schema import LOAD_USERS, REPLICA_COUNT, TIMESTAMP
 from mora_platform.features import prepare_frame, split_frame
-from mora_platform.features.synthetic import synthetic_service_frame
 from mora_platform.features.targets import FEATURE_COLUMNS, feature_matrix
 from mora_platform.models import ModelLoadError, NotFittedError
 from mora_platform.models.baselines import LastValueForecaster, PercentileForecaster

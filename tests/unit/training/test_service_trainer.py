@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_frames import synthetic_service_frame
 
 from mora_platform.data.schema import EXPERIMENT_ID, SERVICE
 from mora_platform.features.split import split_frame
-from mora_platform.features.synthetic import synthetic_service_frame
 from mora_platform.features.targets import prepare_frame
 from mora_platform.models import ModelLoadError
 from mora_platform.training.bundle import ServiceModel

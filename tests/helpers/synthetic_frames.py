@@ -1,4 +1,7 @@
-"""Seeded synthetic frames for one service in the canonical loaded form (tests, benchmarks, demos).
+"""Seeded synthetic frames for one service in the canonical loaded form, for the model tests.
+
+Deliberately simpler than ``mora_platform.data.synthetic.generate_fleet`` (no bursts or restarts),
+so that coverage and round-trip assertions are about the models, not the noise.
 
 A daily cycle in CPU and memory driven by ``load_users``, noise, and integer replicas that
 follow the load. ``experiments > 1`` cuts the period into that many back-to-back experiments
