@@ -58,9 +58,5 @@ def update_env_file(path: Path, updates: Mapping[str, str]) -> None:
 
 
 def load_settings() -> MoraSettings:
-    """``MoraSettings`` that also read ``{MORA_HOME}/stack.env`` (real environment variables still win)."""
-    base = MoraSettings()  # type: ignore[call-arg]
-    env_file = stack_env_path(base.home)
-    if not env_file.is_file():
-        return base
-    return MoraSettings(_env_file=(env_file, Path(".env")))  # type: ignore[call-arg]
+    """The settings every command uses: ``MoraSettings`` itself reads ``$MORA_HOME/stack.env`` and ``.env``."""
+    return MoraSettings()
