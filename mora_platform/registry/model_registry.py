@@ -389,6 +389,10 @@ class ModelRegistry:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
             (staging / MANIFEST_NAME).write_bytes(manifest.to_json_bytes())
+            if dest.is_dir() and _matches(dest, manifest):
+                # A concurrent fetch finished first: keep its copy.
+                shutil.rmtree(staging, ignore_errors=True)
+                return FetchedBundle(service, version, dest, manifest, cached=True)
             try:
                 _swap_into_place(staging, dest)
             except OSError:
@@ -472,15 +476,33 @@ def _matches(directory: Path, manifest: Manifest) -> bool:
 
 
 def _swap_into_place(staging: Path, dest: Path) -> None:
-    """Rename ``staging`` to ``dest``, replacing an existing ``dest`` directory."""
+    """Rename ``staging`` to ``dest``, replacing an existing ``dest`` directory.
+
+    Safe against other threads or processes filling the same ``dest``: whatever happens, no
+    ``.old-`` directory is left behind, and ``dest`` is either the previous complete bundle or
+    a new complete one.
+    """
     if not dest.exists():
-        os.rename(staging, dest)
-        return
+        try:
+            os.rename(staging, dest)
+            return
+        except OSError:
+            if not dest.exists():
+                raise
+            # Someone else put a bundle in place between our check and our rename.
     old = dest.with_name(f".{dest.name}.old-{secrets.token_hex(4)}")
-    os.rename(dest, old)
+    try:
+        os.rename(dest, old)
+    except FileNotFoundError:
+        pass  # moved away by a concurrent swap; ours goes in below
     try:
         os.rename(staging, dest)
     except OSError:
-        os.rename(old, dest)
+        if old.exists():
+            try:
+                os.rename(old, dest)
+            except OSError:
+                # A concurrent fetch already installed its bundle; ours and the old one go.
+                shutil.rmtree(old, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)

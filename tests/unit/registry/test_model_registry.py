@@ -346,9 +346,11 @@ def test_concurrent_fetch_into_the_same_cache_dir(
     from concurrent.futures import ThreadPoolExecutor
 
     version = registry.publish("frontend", bundle[0], metadata=METADATA)
-    dest = tmp_path / "cache" / version
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda _: registry.fetch("frontend", version, dest), range(8)))
-    assert all(result.version == version for result in results)
-    assert verify_local_bundle(dest).version == version
-    assert sorted(p.name for p in dest.parent.iterdir()) == [version]  # no staging leftovers
+    # The race is timing-dependent: many rounds, each into a fresh cache directory.
+    for round_ in range(25):
+        dest = tmp_path / f"cache-{round_}" / version
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda _: registry.fetch("frontend", version, dest), range(16)))
+        assert all(result.version == version for result in results)
+        assert verify_local_bundle(dest).version == version
+        assert sorted(p.name for p in dest.parent.iterdir()) == [version]  # no staging leftovers
