@@ -13,6 +13,7 @@ A version without a manifest is incomplete and never returned; one with a manife
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -491,10 +492,8 @@ def _swap_into_place(staging: Path, dest: Path) -> None:
                 raise
             # Someone else put a bundle in place between our check and our rename.
     old = dest.with_name(f".{dest.name}.old-{secrets.token_hex(4)}")
-    try:
+    with contextlib.suppress(FileNotFoundError):  # moved away by a concurrent swap
         os.rename(dest, old)
-    except FileNotFoundError:
-        pass  # moved away by a concurrent swap; ours goes in below
     try:
         os.rename(staging, dest)
     except OSError:

@@ -350,7 +350,7 @@ def test_concurrent_fetch_into_the_same_cache_dir(
     for round_ in range(25):
         dest = tmp_path / f"cache-{round_}" / version
         with ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(pool.map(lambda _: registry.fetch("frontend", version, dest), range(16)))
+            results = list(pool.map(lambda d: registry.fetch("frontend", version, d), [dest] * 16))
         assert all(result.version == version for result in results)
         assert verify_local_bundle(dest).version == version
         assert sorted(p.name for p in dest.parent.iterdir()) == [version]  # no staging leftovers
