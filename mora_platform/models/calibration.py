@@ -25,6 +25,12 @@ near-zero forecast does not blow the ratio up), and the request is ``yhat + q * 
 scale_floor)``: the head-room follows the current level instead of the noisiest one seen.
 ``TargetCalibration.head_room(point)`` gives the head-room either way.
 
+**What is covered.** The members forecast the seed's targets (CPU x 1.2, memory x 1.15), but the
+head-room is calibrated against the *usage* itself (``covered``): ``q`` is a quantile of
+``usage - forecast``, so ``forecast + q`` covers the usage with probability ``coverage`` and the
+seed's factor is not added on top of the conformal margin (it would be paid twice). ``q`` is
+then usually negative for CPU. The confidence stays a measure of the forecast (target vs forecast).
+
 **Horizon.** A request is held for a while, not for one step. With ``horizon_steps = H > 1`` the
 residual of row ``i`` is taken against the *peak* of the target over rows ``[i, i + H)`` of the
 same experiment (``forward_peak``), so ``request = yhat + q`` covers the highest usage over the
@@ -185,27 +191,31 @@ def calibrate(
     source: str = "validation",
     horizon_steps: int = 1,
     relative: bool = False,
+    covered: pd.DataFrame | None = None,
 ) -> Calibration:
     """Calibrate every mode in ``predictions`` (mode -> frame of TARGETS) against ``actual``.
 
-    ``actual`` is what the request must cover: the next value, or for ``horizon_steps > 1`` the
-    peak over the horizon (``horizon_actual``); ``horizon_steps`` is recorded. ``relative`` scales
-    the residuals by the forecast (see the module docstring). A mode without a
-    single usable row borrows the widest head-room of the others (recorded).
+    ``actual`` is what the forecast forecasts (the confidence and MAE are measured on it);
+    ``covered`` (default ``actual``) is what the request must cover: the usage itself, or for
+    ``horizon_steps > 1`` its peak over the horizon (``horizon_actual``); ``horizon_steps`` is
+    recorded. ``relative`` scales the residuals by the forecast (see the module docstring). A mode
+    without a single usable row borrows the widest head-room of the others (recorded).
     """
+    covered = actual if covered is None else covered
     calibration = Calibration(coverage, horizon_steps=int(horizon_steps))
     for mode, predicted in predictions.items():
         per: dict[str, TargetCalibration] = {}
         for target in TARGETS:
             y, p = actual[target].to_numpy(dtype="float64"), predicted[target].to_numpy(dtype="float64")
-            ok = np.isfinite(y) & np.isfinite(p)
+            c = covered[target].to_numpy(dtype="float64")
+            ok = np.isfinite(y) & np.isfinite(p) & np.isfinite(c)
             if not ok.any():
                 continue
             # a target whose level is 0 (e.g. an idle service) has nothing to be relative to
             scale_floor = 0.1 * float(np.median(np.abs(y[ok]))) if relative else 0.0
             scaled = relative and scale_floor > 0
             scale = np.maximum(p[ok], scale_floor) if scaled else 1.0
-            q, capped = conformal_quantile((y[ok] - p[ok]) / scale, coverage)
+            q, capped = conformal_quantile((c[ok] - p[ok]) / scale, coverage)
             if capped:
                 calibration.fallbacks.append(
                     f"calibration.{mode}.{target}: {int(ok.sum())} residuals too few for {coverage:.0%}; used the largest"

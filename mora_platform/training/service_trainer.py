@@ -131,6 +131,13 @@ def _actual(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _usage(frame: pd.DataFrame) -> pd.DataFrame:
+    """What a request must cover: the usage behind each target (the seed's factor taken off)."""
+    return pd.DataFrame(
+        {t: frame[TARGET_SOURCES[t][0]].to_numpy(dtype="float64") for t in TARGETS}, index=frame.index
+    )
+
+
 def _requests(modes: dict[str, pd.DataFrame], calibration: Calibration) -> pd.DataFrame:
     """Per row: forecast + head-room of the mode that answered it (fused first, then members)."""
     fused = modes[FUSED]
@@ -153,10 +160,11 @@ def evaluate(
 ) -> dict[str, TargetMetrics]:
     """Metrics per target on the selected ``rows`` of a prepared frame.
 
-    ``coverage`` is against what the request was calibrated to cover: the next value, or the
-    peak over ``calibration.horizon_steps`` (same experiment); ``mae`` is the one-step error.
+    ``coverage`` is against what the request was calibrated to cover: the next usage, or its
+    peak over ``calibration.horizon_steps`` (same experiment); ``mae`` is the one-step error of
+    the target forecast.
     """
-    covered = horizon_actual(_actual(frame), frame[EXPERIMENT_ID], calibration.horizon_steps)[rows]
+    covered = horizon_actual(_usage(frame), frame[EXPERIMENT_ID], calibration.horizon_steps)[rows]
     actual = _actual(frame)[rows]
     requests = _requests({m: p[rows] for m, p in modes.items()}, calibration)
     point = modes[FUSED][rows].combine_first(next(iter(members.values()))[rows])
@@ -275,18 +283,22 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
     ensemble.anchor(prepared[TIMESTAMP].max())
     timings["predict"] = time.perf_counter() - tick
     relative = config.head_room == "relative"
-    calibration = _calibrate(service, actual, modes, val_rows, train_rows, config.coverage, 1, relative)
+    usage = _usage(prepared)
+    calibration = _calibrate(
+        service, actual, modes, val_rows, train_rows, config.coverage, 1, relative, usage
+    )
     if config.calibration_horizon_steps > 1:
-        held = horizon_actual(actual, prepared[EXPERIMENT_ID], config.calibration_horizon_steps)
+        held = horizon_actual(usage, prepared[EXPERIMENT_ID], config.calibration_horizon_steps)
         horizon = _calibrate(
             service,
-            held,
+            actual,
             modes,
             val_rows,
             train_rows,
             config.coverage,
             config.calibration_horizon_steps,
             relative,
+            held,
         )
         horizon.next_step = calibration.modes
         horizon.fallbacks = [*calibration.fallbacks, *(f"horizon {f}" for f in horizon.fallbacks)]
@@ -345,11 +357,14 @@ def _calibrate(
     coverage: float,
     horizon_steps: int = 1,
     relative: bool = False,
+    covered: pd.DataFrame | None = None,
 ) -> Calibration:
     """Calibrate on validation; without validation residuals fall back to training ones (recorded).
 
-    ``actual`` is what must be covered (the peak over ``horizon_steps`` when that is > 1).
+    ``actual`` is what the members forecast; ``covered`` what the request must cover (the usage,
+    or its peak over ``horizon_steps`` when that is > 1); default ``actual``.
     """
+    covered = actual if covered is None else covered
     try:
         return calibrate(
             actual[val_rows],
@@ -357,6 +372,7 @@ def _calibrate(
             coverage,
             horizon_steps=horizon_steps,
             relative=relative,
+            covered=covered[val_rows],
         )
     except ValueError as first:
         try:
@@ -367,6 +383,7 @@ def _calibrate(
                 source="training",
                 horizon_steps=horizon_steps,
                 relative=relative,
+                covered=covered[train_rows],
             )
         except ValueError as exc:
             raise ServiceDataError(service, f"cannot calibrate: {first}; {exc}") from exc

@@ -102,3 +102,19 @@ def test_relative_head_room_follows_the_level() -> None:
         ]["cpu"]
         == relative
     )
+
+
+def test_head_room_covers_the_usage_not_the_inflated_target() -> None:
+    """Members forecast usage x 1.2; calibrated against the usage, the request is not inflated twice."""
+    rng = np.random.default_rng(3)
+    usage = pd.DataFrame({t: 1.0 + rng.normal(0, 0.05, 5_000) for t in TARGETS})
+    target = usage * 1.2
+    forecast = pd.DataFrame({t: np.full(5_000, 1.2) for t in TARGETS})  # perfect forecast of the target level
+    on_target = calibrate(target, {FUSED: forecast}, 0.95).modes[FUSED]["cpu"]
+    on_usage = calibrate(target, {FUSED: forecast}, 0.95, covered=usage).modes[FUSED]["cpu"]
+    assert on_target.confidence == on_usage.confidence  # confidence still measures the forecast
+    assert on_usage.quantile < 0 < on_target.quantile
+    fresh = 1.0 + np.random.default_rng(4).normal(0, 0.05, 5_000)
+    request = on_usage.request(1.2)
+    assert abs(np.mean(fresh <= request) - 0.95) < 0.02  # covers the usage as promised
+    assert request < 1.2  # and less than the target forecast itself
