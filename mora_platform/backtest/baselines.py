@@ -24,6 +24,10 @@ Definitions implemented here (deviations from the peers' code are noted):
 - ``max``: max of the last 14 days x 1.15.
 - ``reactive``: p95 of the last hour x 1.15.
 
+Every method's request is rounded up to the units a request is written in: whole millicores
+(Kubernetes cannot express less than 1m CPU) and whole MiB. Without it a recommender would be
+credited with slack no Deployment can have (a 0.56m request is a 1m request in the cluster).
+
 Percentiles other than VPA's use linear interpolation (``numpy.quantile``), as PromQL's
 ``quantile_over_time`` does. A window with no sample falls back to the last sample before the origin.
 """
@@ -41,6 +45,8 @@ import pandas as pd
 
 RESOURCES: tuple[str, ...] = ("cpu", "memory")
 
+# What a request can be written as: whole millicores (Kubernetes' smallest CPU unit), whole MiB.
+REQUEST_QUANTA: Mapping[str, float] = {"cpu": 0.001, "memory": float(2**20)}
 VPA_CPU_MIN_CORES = 0.025
 VPA_MEMORY_MIN_BYTES = 250.0 * 2**20
 
@@ -85,8 +91,8 @@ class Recommender(ABC):
         return 0.0
 
     def quantum(self, resource: str) -> float:
-        """Requests are rounded up to a multiple of this (0 = no rounding)."""
-        return 0.0
+        """Requests are rounded up to a multiple of this: 1 millicore for CPU, 1 MiB for memory."""
+        return REQUEST_QUANTA[resource]
 
     def apply_margin(self, base: float, resource: str, margin: float | None = None) -> float:
         """Request from a base: ``max(base * margin, floor)`` rounded up to the quantum;

@@ -87,9 +87,6 @@ class PlatformRecommender(Recommender):
     def floor(self, resource: str) -> float:
         return self.cpu_floor_millicores / 1000 if resource == "cpu" else float(self.memory_floor_mib * MIB)
 
-    def quantum(self, resource: str) -> float:
-        return 0.001 if resource == "cpu" else float(MIB)
-
     def _ensure_model(self, frame: pd.DataFrame, origin: pd.Timestamp) -> PlatformModel:
         if self._model is None or not self.fits or origin - self.fits[-1] >= self.refit:
             if self.trainer is None:

@@ -89,7 +89,12 @@ def _resource_block(replay: ResourceReplay, config: BacktestConfig) -> dict[str,
             requests = trace.requests()
             score = score_requests(requests, replay.window_usage, replay.window_ids)
             curve = efficiency_curve(
-                trace.base, trace.floor, config.margins, replay.window_usage, replay.window_ids
+                trace.base,
+                trace.floor,
+                config.margins,
+                replay.window_usage,
+                replay.window_ids,
+                trace.quantum,
             )
             forecast = score_forecast(trace.forecast, replay.actual_mean, replay.naive_forecast)
             entry.update(
