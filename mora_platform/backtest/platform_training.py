@@ -47,6 +47,8 @@ BACKTEST_BUDGET: dict[str, Any] = {
     "fusion": "auto",
 }
 HISTORY_TAIL_ROWS = 2_000
+HEAD_ROOM_MODES: tuple[str, ...] = ("recent", "validation")
+RECENT_ROWS = 480
 _TARGET_FACTORS = {"cpu": CPU_TARGET_FACTOR, "memory": MEMORY_TARGET_FACTOR}
 
 
@@ -89,21 +91,41 @@ def budget_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
 class ServiceModelAdapter:
     """A loaded ``ServiceModel`` answering the backtest's ``PlatformModel.predict``.
 
-    It takes the same steps as ``ServiceModel.recommend`` (latest experiment's tail, ensemble's
-    next-step forecast, the calibrated head-room of the mode that answered) but stops before the
-    serving policy, whose floors and rounding the backtest applies itself (``PlatformRecommender``).
-    The point forecast is of the *target* (usage x the seed's factor), so it is divided back to usage.
-    No context is passed: the future load is unknown at the origin.
+    With ``head_room="recent"`` (the default) the request is ``ServiceModel.recent_requests``: the
+    head-room calibrated on the last ``recent_rows`` rows before the origin, over ``horizon_steps``
+    steps, choosing the cheapest of the fused forecast and each member (``models.recent``). With
+    ``"validation"`` it takes the same steps as ``ServiceModel.recommend`` (latest experiment's
+    tail, ensemble's next-step forecast, the head-room calibrated on validation at training time).
+    Either way it stops before the serving policy, whose floors and rounding the backtest applies
+    itself (``PlatformRecommender``). The point forecast is of the *target* (usage x the seed's
+    factor), so it is divided back to usage. No context is passed: the future load is unknown.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        horizon_steps: int = 1,
+        head_room: str = "recent",
+        recent_rows: int = RECENT_ROWS,
+    ) -> None:
+        if head_room not in HEAD_ROOM_MODES:
+            raise ValueError(f"head_room must be one of {HEAD_ROOM_MODES}, got {head_room!r}")
         self.model = model
+        self.horizon_steps = max(int(horizon_steps), 1)
+        self.head_room = head_room
+        self.recent_rows = max(int(recent_rows), 8 * self.horizon_steps)
+        self.choices: dict[str, int] = {}  # candidate -> times chosen (recent mode), for the report
 
     def predict(self, history: pd.DataFrame, horizon: pd.Timedelta) -> PlatformForecast:
         window = self.model.prepare_history(history.tail(HISTORY_TAIL_ROWS))
         answer = self.model.ensemble.explain_next(window, {})
         held = self.model.calibration.for_mode(answer.mode)
         one_step = self.model.calibration.for_mode(answer.mode, next_step=True)
+        recent = (
+            self.model.recent_requests(history, self.horizon_steps, rows=self.recent_rows)
+            if self.head_room == "recent"
+            else {}
+        )
         one_step_requests: dict[str, float] = {}
         requests: dict[str, float] = {}
         forecasts: dict[str, float | None] = {}
@@ -111,6 +133,11 @@ class ServiceModelAdapter:
             point = float(answer.point[resource])
             one_step_requests[resource] = one_step[resource].request(point)
             requests[resource] = held[resource].request(point)
+            choice = recent.get(resource)
+            if choice is not None:
+                point, requests[resource] = choice.point, choice.request
+                key = f"{resource}:{choice.candidate}"
+                self.choices[key] = self.choices.get(key, 0) + 1
             forecasts[resource] = point / factor if np.isfinite(point) else None
         return PlatformForecast(requests=requests, forecasts=forecasts, one_step_requests=one_step_requests)
 
@@ -118,9 +145,15 @@ class ServiceModelAdapter:
 class ServiceModelTrainer:
     """``PlatformTrainer`` over MODELS: train on the rows before the origin, load the bundle, answer."""
 
-    def __init__(self, overrides: Mapping[str, Any] | None = None, horizon_steps: int = 1) -> None:
+    def __init__(
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        horizon_steps: int = 1,
+        head_room: str = "recent",
+    ) -> None:
         self.config_dict = budget_config(overrides)
         self.horizon_steps = max(int(horizon_steps), 1)
+        self.head_room = head_room
         self._last: tuple[tuple[str, int, Any], ServiceModelAdapter] | None = None
 
     def __call__(self, frame: pd.DataFrame, service: str) -> ServiceModelAdapter:
@@ -148,4 +181,4 @@ class ServiceModelTrainer:
             model = service_model.load(directory)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
-        return ServiceModelAdapter(model)
+        return ServiceModelAdapter(model, self.horizon_steps, self.head_room)

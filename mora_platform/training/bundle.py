@@ -33,10 +33,17 @@ from mora_platform.data.schema import (
     STEP,
     TIMESTAMP,
 )
-from mora_platform.features.targets import FEATURE_COLUMNS, TARGET_COLUMNS, FeatureError, prepare_frame
+from mora_platform.features.targets import (
+    FEATURE_COLUMNS,
+    TARGET_COLUMNS,
+    TARGET_SOURCES,
+    FeatureError,
+    prepare_frame,
+)
 from mora_platform.models.base import ModelLoadError, read_json, write_json
 from mora_platform.models.calibration import FUSED, Calibration
 from mora_platform.models.ensemble import OK, EnsembleForecaster
+from mora_platform.models.recent import RecentChoice, choose_recent
 from mora_platform.recommend.policy import build_recommendation
 from mora_platform.recommend.types import TARGETS, MemberContribution, Recommendation
 from mora_platform.training.config import TrainingConfig
@@ -153,6 +160,46 @@ class ServiceModel:
             raise ValueError(f"history: {exc}") from exc
         latest = prepared[EXPERIMENT_ID].iloc[-1]
         return prepared[prepared[EXPERIMENT_ID] == latest].tail(max(self.config.effective_seq_len, 1))
+
+    def recent_requests(
+        self,
+        history: pd.DataFrame,
+        steps: int | None = None,
+        coverage: float | None = None,
+        rows: int = 480,
+    ) -> dict[str, RecentChoice | None]:
+        """Per target, the request after ``history`` calibrated on its last ``rows`` rows
+        (``models.recent``): the cheapest of the fused forecast and each member that covered the
+        usage over ``steps`` (default: the calibrated horizon) with probability ``coverage``.
+
+        ``history`` is taken in the caller's time order, so holding windows run across experiment
+        boundaries as a held request does. ``None`` for a target with too little recent history.
+        """
+        steps = int(steps or self.calibration.horizon_steps)
+        coverage = float(coverage or self.calibration.coverage)
+        if SERVICE in history.columns:
+            history = history[history[SERVICE].astype(str) == self.service]
+        if history.empty:
+            raise ValueError(f"history has no rows for service {self.service!r}")
+        try:
+            recent = prepare_frame(history.tail(rows + steps))
+        except FeatureError as exc:
+            raise ValueError(f"history: {exc}") from exc
+        latest = recent[EXPERIMENT_ID].iloc[-1]
+        window = recent[recent[EXPERIMENT_ID] == latest].tail(max(self.config.effective_seq_len, 1))
+        answer = self.ensemble.explain_next(window, {})
+        members = self.ensemble.member_predictions(recent)
+        fused = self.ensemble.mode_predictions(members)[FUSED]
+        out: dict[str, RecentChoice | None] = {}
+        for t in TARGETS:
+            now_fused = answer.point[t] if answer.mode == FUSED else float("nan")
+            candidates = {FUSED: (fused[t].to_numpy(dtype="float64"), now_fused)}
+            for name, predicted in members.items():
+                now = answer.members.get(name, {}).get(t, float("nan"))
+                candidates[name] = (predicted[t].to_numpy(dtype="float64"), now)
+            usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
+            out[t] = choose_recent(usage, candidates, steps, coverage)
+        return out
 
     def recommend(
         self,

@@ -102,7 +102,9 @@ def test_adapter_matches_what_the_service_model_serves() -> None:
     from mora_platform.data.synthetic import generate_fleet
 
     fleet = generate_fleet(n_services=1, days=1.5, step_seconds=300, seed=3)
-    trainer = ServiceModelTrainer({"epochs": 1, "lstm": {"units": [4], "dense_units": 0}})
+    trainer = ServiceModelTrainer(
+        {"epochs": 1, "lstm": {"units": [4], "dense_units": 0}}, head_room="validation"
+    )
     adapter = trainer(fleet, "svc-00")
     answer = adapter.predict(fleet, pd.Timedelta(hours=1))
     served = adapter.model.recommend(history=fleet.tail(2000)).recommendations
@@ -114,8 +116,27 @@ def test_adapter_matches_what_the_service_model_serves() -> None:
     assert answer.requests == answer.one_step_requests
     assert answer.forecasts["cpu"] is not None and 0 < answer.forecasts["cpu"] < answer.requests["cpu"]
     # held for 12 steps (1 h at 5 min), the head-room can only grow
-    held = ServiceModelTrainer({"epochs": 1, "lstm": {"units": [4], "dense_units": 0}}, horizon_steps=12)(
-        fleet, "svc-00"
-    ).predict(fleet, pd.Timedelta(hours=1))
+    held = ServiceModelTrainer(
+        {"epochs": 1, "lstm": {"units": [4], "dense_units": 0}}, horizon_steps=12, head_room="validation"
+    )(fleet, "svc-00").predict(fleet, pd.Timedelta(hours=1))
     for resource in ("cpu", "memory"):
         assert held.requests[resource] >= answer.one_step_requests[resource] - 1e-9
+
+
+def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None:
+    """The default adapter answers with ``ServiceModel.recent_requests`` on the rows before the origin."""
+    from mora_platform.backtest.platform_training import ServiceModelTrainer
+    from mora_platform.data.synthetic import generate_fleet
+
+    fleet = generate_fleet(n_services=1, days=3, step_seconds=300, seed=4)
+    adapter = ServiceModelTrainer({"epochs": 1, "lstm": {"units": [4], "dense_units": 0}}, horizon_steps=12)(
+        fleet, "svc-00"
+    )
+    answer = adapter.predict(fleet, pd.Timedelta(hours=1))
+    choices = adapter.model.recent_requests(fleet, 12, rows=adapter.recent_rows)
+    for resource in ("cpu", "memory"):
+        choice = choices[resource]
+        assert choice is not None and choice.origins >= 40
+        assert answer.requests[resource] == pytest.approx(choice.request)
+        assert choice.candidate in {"fused", *adapter.model.ensemble.members}
+    assert sum(adapter.choices.values()) == 2  # one choice per resource, counted for the report

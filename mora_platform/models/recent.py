@@ -1,0 +1,88 @@
+"""Recent-residual head-room: calibrate, and choose the forecast, on the rows just before a request.
+
+The validation split calibrates the head-room once, at training time, on rows of each experiment
+that look like the training rows. A request, though, is held over whatever comes next, and a
+service's load moves between regimes (a new experiment, a new release, a traffic shift) that no
+validation split saw. When the caller has the recent history, the head-room can be calibrated
+on it instead, the way adaptive conformal prediction does:
+
+- for each *candidate* forecast (the fused one and each member alone), take its one-step
+  predictions ``p_i`` over the recent rows and the usage over the ``H`` steps each request would
+  have been held, ``u_{i+k}`` for ``k < H``; the residuals ``u_{i+k} - p_i`` (every step of every
+  complete holding window, in the caller's time order, so windows run across experiment
+  boundaries just as a held request does) give the split-conformal quantile ``q`` at ``coverage``;
+  ``p_now + q`` then covers each step of the next holding period with probability ``coverage``;
+- among the candidates that can answer now, the one whose calibrated requests over the same rows
+  were the smallest on average (relative to the usage) is chosen: it wasted the least while
+  covering as promised. A member that went astray since training (a Prophet trend run off, an
+  LSTM outside its training range) stops being chosen without being retrained.
+
+The residuals of rows a model was trained on are in-sample (optimistic for that model); rows after
+the last fit are not. The choice and its evidence are returned so callers can report them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from mora_platform.models.calibration import conformal_quantile
+
+MIN_RECENT_ORIGINS = 40
+
+
+@dataclass(frozen=True)
+class RecentChoice:
+    """The chosen candidate, its current point forecast, recent head-room and the request."""
+
+    candidate: str
+    point: float
+    quantile: float
+    request: float
+    relative_cost: float
+    origins: int
+
+
+def holding_windows(usage: np.ndarray, predicted: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(u, p)``: per complete holding window starting at a row with a finite prediction, the
+    usage over its ``steps`` rows (shape ``(m, steps)``) and the prediction made at its start (``m``)."""
+    usage = np.asarray(usage, dtype="float64")
+    predicted = np.asarray(predicted, dtype="float64")
+    if usage.shape != predicted.shape:
+        raise ValueError(f"usage and predictions differ in shape: {usage.shape} vs {predicted.shape}")
+    steps = max(int(steps), 1)
+    starts = np.arange(max(len(usage) - steps + 1, 0))
+    starts = starts[np.isfinite(predicted[starts])]
+    windows = usage[starts[:, None] + np.arange(steps)[None, :]] if len(starts) else np.empty((0, steps))
+    keep = np.isfinite(windows).all(axis=1)
+    return windows[keep], predicted[starts][keep]
+
+
+def choose_recent(
+    usage: np.ndarray,
+    candidates: Mapping[str, tuple[np.ndarray, float]],
+    steps: int,
+    coverage: float,
+    min_origins: int = MIN_RECENT_ORIGINS,
+) -> RecentChoice | None:
+    """Calibrate each candidate ``name -> (predictions over the recent rows, point now)`` on the
+    recent ``usage`` and return the cheapest one (see the module docstring); ``None`` when no
+    candidate has ``min_origins`` complete holding windows and a finite point now."""
+    if not 0.5 < coverage < 1:
+        raise ValueError(f"coverage must be in (0.5, 1), got {coverage}")
+    best: RecentChoice | None = None
+    for name, (predicted, now) in candidates.items():
+        if not np.isfinite(now):
+            continue
+        windows, starts = holding_windows(usage, predicted, steps)
+        if len(starts) < min_origins:
+            continue
+        q, _ = conformal_quantile((windows - starts[:, None]).ravel(), coverage)
+        level = float(np.mean(np.abs(windows)))
+        cost = float(np.mean(np.maximum(starts + q, 0.0))) / level if level > 0 else float("inf")
+        choice = RecentChoice(name, float(now), q, max(float(now) + q, 0.0), cost, len(starts))
+        if best is None or choice.relative_cost < best.relative_cost:
+            best = choice
+    return best

@@ -1,0 +1,45 @@
+"""Recent-residual head-room: holding windows, coverage on fresh data, the cheapest candidate wins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mora_platform.models.recent import choose_recent, holding_windows
+
+
+def test_holding_windows_pair_each_prediction_with_the_usage_it_must_cover() -> None:
+    usage = np.arange(6.0)
+    predicted = np.array([np.nan, 1.0, 2.0, 3.0, 4.0, 5.0])
+    windows, starts = holding_windows(usage, predicted, 3)
+    assert starts.tolist() == [1.0, 2.0, 3.0]  # row 0 has no prediction; rows 4, 5 no complete window
+    assert windows.tolist() == [[1, 2, 3], [2, 3, 4], [3, 4, 5]]
+    with pytest.raises(ValueError, match="differ in shape"):
+        holding_windows(usage, predicted[:3], 3)
+
+
+def test_request_covers_each_held_step_with_the_promised_probability() -> None:
+    rng = np.random.default_rng(0)
+    level = 10.0
+    usage = level + rng.normal(0, 1, 3_000)
+    choice = choose_recent(usage, {"flat": (np.full(3_000, level), level)}, steps=12, coverage=0.95)
+    assert choice is not None and choice.candidate == "flat" and choice.origins == 3_000 - 11
+    fresh = level + np.random.default_rng(1).normal(0, 1, 20_000)
+    assert abs(np.mean(fresh <= choice.request) - 0.95) < 0.01
+
+
+def test_the_candidate_that_wastes_least_is_chosen_and_a_silent_one_never() -> None:
+    rng = np.random.default_rng(2)
+    t = np.arange(2_000)
+    usage = 10 + 3 * np.sin(2 * np.pi * t / 200) + rng.normal(0, 0.2, t.size)
+    tracking = np.r_[np.nan, usage[:-1]]  # last value: follows the cycle
+    flat = np.full(t.size, 10.0)  # ignores it: needs a head-room as wide as the cycle
+    candidates = {"flat": (flat, 10.0), "tracking": (tracking, float(usage[-1]))}
+    choice = choose_recent(usage, candidates, steps=4, coverage=0.95)
+    assert choice is not None and choice.candidate == "tracking"
+    assert choice.quantile < 2.0 < choose_recent(usage, {"flat": (flat, 10.0)}, 4, 0.95).quantile  # type: ignore[union-attr]
+    # a candidate that cannot answer now, or has too few recent windows, is skipped
+    assert choose_recent(usage, {"tracking": (tracking, float("nan"))}, 4, 0.95) is None
+    assert choose_recent(usage[:30], {"flat": (flat[:30], 10.0)}, 4, 0.95) is None
+    with pytest.raises(ValueError, match="coverage"):
+        choose_recent(usage, candidates, 4, 1.5)
