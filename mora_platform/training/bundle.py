@@ -52,6 +52,7 @@ CONFIG_FILE = "config.json"
 CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history_tail.json"
+MOVING_AVERAGE = "moving-average"
 CONTEXT_KEYS: tuple[str, ...] = (LOAD_USERS, REPLICA_COUNT)
 HISTORY_COLUMNS: tuple[str, ...] = (
     TIMESTAMP,
@@ -167,13 +168,18 @@ class ServiceModel:
         steps: int | None = None,
         coverage: float | None = None,
         rows: int = 480,
+        fitted_until: pd.Timestamp | None = None,
     ) -> dict[str, RecentChoice | None]:
         """Per target, the request after ``history`` calibrated on its last ``rows`` rows
-        (``models.recent``): the cheapest of the fused forecast and each member that covered the
-        usage over ``steps`` (default: the calibrated horizon) with probability ``coverage``.
+        (``models.recent``): the cheapest candidate that covered each step of the usage held over
+        ``steps`` steps (default: the calibrated horizon) with probability ``coverage``.
 
-        ``history`` is taken in the caller's time order, so holding windows run across experiment
-        boundaries as a held request does. ``None`` for a target with too little recent history.
+        Candidates: the fused forecast, each member, and a moving average of the last ``seq_len``
+        values (which needs no fit). A fitted candidate is judged only on rows after
+        ``fitted_until`` (the end of its training data), where its residuals are out-of-sample;
+        without ``fitted_until`` every recent row counts. ``history`` is taken in the caller's time
+        order, so holding windows run across experiment boundaries as a held request does.
+        ``None`` for a target with too little recent history.
         """
         steps = int(steps or self.calibration.horizon_steps)
         coverage = float(coverage or self.calibration.coverage)
@@ -190,13 +196,27 @@ class ServiceModel:
         answer = self.ensemble.explain_next(window, {})
         members = self.ensemble.member_predictions(recent)
         fused = self.ensemble.mode_predictions(members)[FUSED]
+        unseen = (
+            (recent[TIMESTAMP] > pd.Timestamp(fitted_until)).to_numpy()
+            if fitted_until is not None
+            else np.ones(len(recent), dtype=bool)
+        )
+        span = max(self.config.effective_seq_len, 1)
         out: dict[str, RecentChoice | None] = {}
         for t in TARGETS:
+            target = recent[TARGET_COLUMNS[t]].astype("float64")
+            average = target.rolling(span, min_periods=span).mean().shift(1).to_numpy()
+            now_average = float(target.tail(span).mean()) if len(target) >= span else float("nan")
             now_fused = answer.point[t] if answer.mode == FUSED else float("nan")
-            candidates = {FUSED: (fused[t].to_numpy(dtype="float64"), now_fused)}
+            candidates = {
+                MOVING_AVERAGE: (average, now_average),
+                FUSED: (np.where(unseen, fused[t].to_numpy(dtype="float64"), np.nan), now_fused),
+            }
             for name, predicted in members.items():
                 now = answer.members.get(name, {}).get(t, float("nan"))
-                candidates[name] = (predicted[t].to_numpy(dtype="float64"), now)
+                values = predicted[t].to_numpy(dtype="float64")
+                fitted = name != "naive"  # the last value has nothing fitted to the past
+                candidates[name] = (np.where(unseen, values, np.nan) if fitted else values, now)
             usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
             out[t] = choose_recent(usage, candidates, steps, coverage)
         return out
