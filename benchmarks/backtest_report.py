@@ -47,6 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "backtest"
 DATASETS = ("online-boutique", "synthetic")
 BASELINES = ("vpa", "krr", "crane", "max", "reactive")
+# the platform's head-room options (--calibrate-on, --recent-rows), applied to every run
+PLATFORM_OPTIONS: dict[str, Any] = {"head_room": "recent", "recent_rows": 480}
 
 
 def shared_data_dir() -> Path:
@@ -67,7 +69,7 @@ def run(
     results: Path = RESULTS,
 ) -> dict[str, Any]:
     series_set = series_from_frame(frame)
-    spec = replace(spec, horizon_steps=horizon_steps(series_set.series, config.horizon))
+    spec = replace(spec, horizon_steps=horizon_steps(series_set.series, config.horizon), **PLATFORM_OPTIONS)
     started = time.perf_counter()
     replays: list[SeriesReplay] = _replay_all(series_set.series, spec, config, use_ray, None)
     seconds = time.perf_counter() - started
@@ -81,6 +83,8 @@ def run(
         extra_config={
             "refit_seconds": spec.refit_seconds,
             "training": spec.training,
+            "platform_head_room": spec.head_room,
+            "recent_rows": spec.recent_rows,
             "seconds": round(seconds, 1),
         },
     )
@@ -155,8 +159,16 @@ def main() -> None:
     parser.add_argument(
         "--split-by", choices=("rows", "experiments"), default="rows", help="TrainingConfig.split_by"
     )
+    parser.add_argument(
+        "--calibrate-on",
+        choices=("recent", "validation"),
+        default="recent",
+        help="the platform's head-room: calibrated on the rows before each origin, or at training time",
+    )
+    parser.add_argument("--recent-rows", type=int, default=480, help="rows the recent head-room looks at")
     parser.add_argument("--results", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args()
+    PLATFORM_OPTIONS.update(head_room=args.calibrate_on, recent_rows=args.recent_rows)
     wanted = {d.strip() for d in args.datasets.split(",") if d.strip()}
     unknown = wanted - set(DATASETS)
     if unknown:

@@ -160,10 +160,14 @@ class ServiceModelTrainer:
         overrides: Mapping[str, Any] | None = None,
         horizon_steps: int = 1,
         head_room: str = "recent",
+        recent_rows: int = RECENT_ROWS,
     ) -> None:
+        if head_room not in HEAD_ROOM_MODES:
+            raise ValueError(f"head_room must be one of {HEAD_ROOM_MODES}, got {head_room!r}")
         self.config_dict = budget_config(overrides)
         self.horizon_steps = max(int(horizon_steps), 1)
         self.head_room = head_room
+        self.recent_rows = recent_rows
         self._last: tuple[tuple[str, int, Any], ServiceModelAdapter] | None = None
 
     def __call__(self, frame: pd.DataFrame, service: str) -> ServiceModelAdapter:
@@ -192,4 +196,6 @@ class ServiceModelTrainer:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         fitted_until = pd.Timestamp(frame[TIMESTAMP].max()) if len(frame) else None
-        return ServiceModelAdapter(model, self.horizon_steps, self.head_room, fitted_until=fitted_until)
+        return ServiceModelAdapter(
+            model, self.horizon_steps, self.head_room, self.recent_rows, fitted_until=fitted_until
+        )

@@ -51,6 +51,8 @@ class MethodSpec:
     refit_seconds: float
     training: dict[str, Any]
     horizon_steps: int = 1
+    head_room: str = "recent"  # the platform's head-room: "recent" rows or training-time "validation"
+    recent_rows: int = 480
 
 
 def build_methods(spec: MethodSpec) -> list[Recommender]:
@@ -69,7 +71,12 @@ def build_methods(spec: MethodSpec) -> list[Recommender]:
 
             cls = registered_recommenders()[name]
             assert issubclass(cls, PlatformRecommender)
-            trainer = trainer or ServiceModelTrainer(spec.training, horizon_steps=spec.horizon_steps)
+            trainer = trainer or ServiceModelTrainer(
+                spec.training,
+                horizon_steps=spec.horizon_steps,
+                head_room=spec.head_room,
+                recent_rows=spec.recent_rows,
+            )
             # "platform" gets the served floors as the training config sets them (default 10m / 32 MiB)
             served = name == "platform"
             methods.append(
@@ -201,6 +208,12 @@ def register(app: typer.Typer) -> None:
             None, "--ray-address", help="Ray address (default: MORA_RAY_ADDRESS, else a local Ray)"
         ),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots"),
+        calibrate_on: str = typer.Option(
+            "recent",
+            "--calibrate-on",
+            help="Platform head-room: 'recent' (rows before each origin) or 'validation' (training time)",
+        ),
+        recent_rows: int = typer.Option(480, "--recent-rows", min=50, help="Rows the recent head-room uses"),
     ) -> None:
         """Rolling-origin backtest: slack and under-provisioning of each method, per series and averaged."""
         from mora_platform.backtest.baselines import RESOURCES
@@ -219,6 +232,8 @@ def register(app: typer.Typer) -> None:
             warmup=_duration(warmup, "--warmup"),
             season=_duration(season, "--season"),
         )
+        if calibrate_on not in ("recent", "validation"):
+            _fail(f"--calibrate-on must be recent or validation, got {calibrate_on!r}")
         names = tuple(n.strip() for n in methods.split(",") if n.strip())
         notes: list[str] = []
         if any(n.startswith("platform") for n in names):
@@ -251,6 +266,8 @@ def register(app: typer.Typer) -> None:
             refit_seconds=_duration(refit, "--refit").total_seconds(),
             training={"epochs": epochs},
             horizon_steps=horizon_steps(series_set.series, config.horizon),
+            head_room=calibrate_on,
+            recent_rows=recent_rows,
         )
         replays = _replay_all(series_set.series, spec, config, ray_flag, ray_address)
         report = build_report(
@@ -264,6 +281,8 @@ def register(app: typer.Typer) -> None:
                 "refit_seconds": spec.refit_seconds,
                 "training": spec.training,
                 "horizon_steps": spec.horizon_steps,
+                "platform_head_room": spec.head_room,
+                "recent_rows": spec.recent_rows,
                 "ray": ray_flag,
             },
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,8 @@ class ServiceModel:
         Candidates: the fused forecast, each member, and a moving average of the last ``seq_len``
         values (which needs no fit). A fitted candidate is judged only on rows after
         ``fitted_until`` (the end of its training data), where its residuals are out-of-sample;
-        without ``fitted_until`` every recent row counts. ``history`` is taken in the caller's time
+        without ``fitted_until`` every recent row counts. A memory request is never below the last
+        observed memory usage (what the process holds now). ``history`` is taken in the caller's time
         order, so holding windows run across experiment boundaries as a held request does.
         ``None`` for a target with too little recent history.
         """
@@ -218,7 +219,11 @@ class ServiceModel:
                 fitted = name != "naive"  # the last value has nothing fitted to the past
                 candidates[name] = (np.where(unseen, values, np.nan) if fitted else values, now)
             usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
-            out[t] = choose_recent(usage, candidates, steps, coverage)
+            choice = choose_recent(usage, candidates, steps, coverage)
+            if choice is not None and t == "memory" and np.isfinite(usage[-1]) and choice.request < usage[-1]:
+                # memory is not given back while the process runs: never ask for less than it holds now
+                choice = replace(choice, request=float(usage[-1]))
+            out[t] = choice
         return out
 
     def recommend(
