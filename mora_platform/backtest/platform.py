@@ -6,7 +6,8 @@ has passed since the last fit, it trains a model on the unified rows *before* th
 forecast. CPU and memory come from one model, so one fit serves both. ``platform`` holds the
 request the model calibrated for the whole horizon, with the serving policy's default floors
 (10m CPU, 32 MiB); ``platform-min-floors`` the same request with Kubernetes' smallest units as
-floors (1m, 1 MiB); ``platform-1step`` the model's one-step head-room. The training itself is a
+floors (1m, 1 MiB); ``platform-validation`` the head-room calibrated at training time (floors
+1m / 1 MiB); ``platform-1step`` the model's one-step head-room. The training itself is a
 ``PlatformTrainer`` (a callable), so this module stays pure and light; ``ServiceModelTrainer``
 plugs in MODELS' ``train_service`` / ``ServiceModel`` and imports them only when called.
 """
@@ -32,6 +33,8 @@ class PlatformForecast:
     requests: Mapping[str, float]
     forecasts: Mapping[str, float | None]
     one_step_requests: Mapping[str, float] | None = None  # head-room calibrated for one step only
+    # the head-room calibrated at training time on validation (when ``requests`` is the recent one)
+    validation_requests: Mapping[str, float] | None = None
 
 
 class PlatformModel(Protocol):
@@ -60,6 +63,7 @@ class PlatformRecommender(Recommender):
     description = "MOrA platform: Prophet + LSTM fused, head-room calibrated for the horizon"
     default_margins = {"cpu": 1.0, "memory": 1.0}
     one_step = False
+    validation_head_room = False
     default_floors: tuple[int, int] = (CPU_FLOOR_MILLICORES, MEMORY_FLOOR_MIB)
 
     def __init__(
@@ -115,6 +119,8 @@ class PlatformRecommender(Recommender):
         requests = answer.requests
         if self.one_step:
             requests = answer.one_step_requests or {}
+        elif self.validation_head_room:
+            requests = answer.validation_requests or answer.requests
         if resource not in requests:
             raise PlatformUnavailableError(f"{self.name}: the model gave no {resource} request")
         return Suggestion(base=float(requests[resource]), forecast=answer.forecasts.get(resource))
@@ -133,4 +139,14 @@ class PlatformMinFloorsRecommender(PlatformRecommender):
     """The platform's horizon request with Kubernetes' smallest units as floors (1m CPU, 1 MiB)."""
 
     description = "MOrA platform, horizon head-room, floors 1m CPU / 1 MiB"
+    default_floors = (1, 1)
+
+
+@register_recommender("platform-validation")
+class PlatformValidationRecommender(PlatformRecommender):
+    """The platform with the head-room calibrated at training time (validation split, over the
+    horizon), floors 1m CPU / 1 MiB: what ``ServiceModel.recommend`` serves, beside the recent one."""
+
+    description = "MOrA platform, horizon head-room from validation, floors 1m CPU / 1 MiB"
+    validation_head_room = True
     default_floors = (1, 1)

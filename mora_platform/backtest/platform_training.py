@@ -138,18 +138,24 @@ class ServiceModelAdapter:
         )
         one_step_requests: dict[str, float] = {}
         requests: dict[str, float] = {}
+        validation: dict[str, float] = {}
         forecasts: dict[str, float | None] = {}
         for resource, factor in _TARGET_FACTORS.items():
             point = float(answer.point[resource])
             one_step_requests[resource] = one_step[resource].request(point)
-            requests[resource] = held[resource].request(point)
+            requests[resource] = validation[resource] = held[resource].request(point)
             choice = recent.get(resource)
             if choice is not None:
                 point, requests[resource] = choice.point, choice.request
                 key = f"{resource}:{choice.candidate}"
                 self.choices[key] = self.choices.get(key, 0) + 1
             forecasts[resource] = point / factor if np.isfinite(point) else None
-        return PlatformForecast(requests=requests, forecasts=forecasts, one_step_requests=one_step_requests)
+        return PlatformForecast(
+            requests=requests,
+            forecasts=forecasts,
+            one_step_requests=one_step_requests,
+            validation_requests=validation,
+        )
 
 
 class ServiceModelTrainer:

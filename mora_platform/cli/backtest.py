@@ -189,7 +189,7 @@ def register(app: typer.Typer) -> None:
         season: str = typer.Option("24h", "--season", help="Season of the naive forecast behind MASE"),
         refit: str = typer.Option("24h", "--refit", help="Retrain the platform this often"),
         methods: str = typer.Option(
-            "platform,platform-min-floors,platform-1step,vpa,krr,crane,max,reactive",
+            "platform,platform-min-floors,platform-validation,platform-1step,vpa,krr,crane,max,reactive",
             "--methods",
             help="Comma-separated methods to compare",
         ),

@@ -8,7 +8,12 @@ import pytest
 from backtest_fixtures import daily_series
 
 from mora_platform.backtest.engine import BacktestConfig, replay_series
-from mora_platform.backtest.platform import PlatformForecast, PlatformRecommender, PlatformUnavailableError
+from mora_platform.backtest.platform import (
+    PlatformForecast,
+    PlatformRecommender,
+    PlatformUnavailableError,
+    PlatformValidationRecommender,
+)
 
 
 class MeanModel:
@@ -144,3 +149,10 @@ def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None
         # every row was a training row: only what needs no fit can be judged on them
         assert choice.candidate in {"moving-average", "naive"}
     assert sum(adapter.choices.values()) == 2  # one choice per resource, counted for the report
+    # the training-time head-room rides along, for the platform-validation variant
+    assert ServiceModelTrainer().config_dict["coverage"] == 0.99  # each held step, as the peers' defaults sit
+    assert answer.validation_requests is not None and set(answer.validation_requests) == {"cpu", "memory"}
+    variant = PlatformValidationRecommender(trainer=lambda frame, service: adapter)
+    suggestion = variant.suggest(fleet.set_index("timestamp")["cpu_cores_value"], "cpu", frame=fleet)
+    assert suggestion.base == pytest.approx(answer.validation_requests["cpu"])
+    assert variant.floor("cpu") == 0.001
