@@ -66,10 +66,13 @@ def choose_recent(
     steps: int,
     coverage: float,
     min_origins: int = MIN_RECENT_ORIGINS,
+    relative: bool = False,
 ) -> RecentChoice | None:
     """Calibrate each candidate ``name -> (predictions over the recent rows, point now)`` on the
     recent ``usage`` and return the cheapest one (see the module docstring); ``None`` when no
-    candidate has ``min_origins`` complete holding windows and a finite point now."""
+    candidate has ``min_origins`` complete holding windows and a finite point now. ``relative``
+    scales each residual by its prediction (floored at a tenth of the median usage), so the
+    head-room follows the level, as ``models.calibration`` does."""
     if not 0.5 < coverage < 1:
         raise ValueError(f"coverage must be in (0.5, 1), got {coverage}")
     best: RecentChoice | None = None
@@ -79,10 +82,13 @@ def choose_recent(
         windows, starts = holding_windows(usage, predicted, steps)
         if len(starts) < min_origins:
             continue
-        q, _ = conformal_quantile((windows - starts[:, None]).ravel(), coverage)
+        floor = 0.1 * float(np.median(np.abs(windows))) if relative else 0.0
+        scale = np.maximum(starts, floor) if floor > 0 else np.ones_like(starts)
+        q, _ = conformal_quantile(((windows - starts[:, None]) / scale[:, None]).ravel(), coverage)
         level = float(np.mean(np.abs(windows)))
-        cost = float(np.mean(np.maximum(starts + q, 0.0))) / level if level > 0 else float("inf")
-        choice = RecentChoice(name, float(now), q, max(float(now) + q, 0.0), cost, len(starts))
+        cost = float(np.mean(np.maximum(starts + q * scale, 0.0))) / level if level > 0 else float("inf")
+        head_room = q * max(float(now), floor) if floor > 0 else q
+        choice = RecentChoice(name, float(now), q, max(float(now) + head_room, 0.0), cost, len(starts))
         if best is None or choice.relative_cost < best.relative_cost:
             best = choice
     return best

@@ -219,7 +219,9 @@ class ServiceModel:
                 fitted = name != "naive"  # the last value has nothing fitted to the past
                 candidates[name] = (np.where(unseen, values, np.nan) if fitted else values, now)
             usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
-            choice = choose_recent(usage, candidates, steps, coverage)
+            choice = choose_recent(
+                usage, candidates, steps, coverage, relative=self.config.head_room == "relative"
+            )
             if choice is not None and t == "memory" and np.isfinite(usage[-1]) and choice.request < usage[-1]:
                 # memory is not given back while the process runs: never ask for less than it holds now
                 choice = replace(choice, request=float(usage[-1]))

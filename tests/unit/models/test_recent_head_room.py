@@ -43,3 +43,17 @@ def test_the_candidate_that_wastes_least_is_chosen_and_a_silent_one_never() -> N
     assert choose_recent(usage[:30], {"flat": (flat[:30], 10.0)}, 4, 0.95) is None
     with pytest.raises(ValueError, match="coverage"):
         choose_recent(usage, candidates, 4, 1.5)
+
+
+def test_relative_head_room_follows_the_level() -> None:
+    """Noise proportional to the level: the relative head-room is narrow when the level is low."""
+    rng = np.random.default_rng(5)
+    level = np.where(np.arange(4_000) % 400 < 200, 2.0, 20.0)  # alternating quiet and busy periods
+    usage = level * (1 + rng.normal(0, 0.05, level.size))
+    candidates = {"level": (level, 2.0)}  # a perfect level forecast; now in a quiet period
+    absolute = choose_recent(usage, candidates, steps=1, coverage=0.95)
+    relative = choose_recent(usage, candidates, steps=1, coverage=0.95, relative=True)
+    assert absolute is not None and relative is not None
+    assert relative.request - 2.0 < 0.5 * (absolute.request - 2.0)
+    quiet = 2.0 * (1 + np.random.default_rng(6).normal(0, 0.05, 10_000))
+    assert abs(np.mean(quiet <= relative.request) - 0.95) < 0.02
