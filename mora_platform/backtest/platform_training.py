@@ -30,7 +30,6 @@ import pandas as pd
 
 from mora_platform.backtest.platform import PlatformForecast
 from mora_platform.data.schema import CPU_TARGET_FACTOR, MEMORY_TARGET_FACTOR, TIMESTAMP
-from mora_platform.models.calibration import FUSED
 
 # Where MODELS keeps ServiceModel (the contract says training/bundle.py "or similar").
 _SERVICE_MODEL_MODULES: tuple[str, ...] = (
@@ -145,15 +144,6 @@ class ServiceModelAdapter:
             point = float(answer.point[resource])
             one_step_requests[resource] = one_step[resource].request(point)
             requests[resource] = validation[resource] = held[resource].request(point)
-            # the validation head-room of the mode that asked for least on validation (same coverage)
-            answered = [FUSED] if answer.mode == FUSED else []
-            answered += [n for n, v in answer.members.items() if np.isfinite(v.get(resource, np.nan))]
-            cheapest = self.model.calibration.cheapest_mode(resource, answered)
-            if cheapest is not None and cheapest != FUSED:
-                member_point = float(answer.members[cheapest][resource])
-                validation[resource] = self.model.calibration.for_mode(cheapest)[resource].request(
-                    member_point
-                )
             choice = recent.get(resource)
             if choice is not None:
                 point, requests[resource] = choice.point, choice.request

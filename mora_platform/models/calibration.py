@@ -123,9 +123,6 @@ class Calibration:
     fallbacks: list[str] = field(default_factory=list)
     horizon_steps: int = 1
     next_step: dict[str, dict[str, TargetCalibration]] | None = None
-    # per mode and target: mean request (forecast + head-room) over the validation rows every mode
-    # answered, so modes can be compared on what they would have asked for (``cheapest_mode``)
-    mean_requests: dict[str, dict[str, float]] | None = None
 
     def for_mode(self, mode: str, *, next_step: bool = False) -> dict[str, TargetCalibration]:
         """Head-room of ``mode`` (falling back to ``fused``); ``next_step`` for the one-step one."""
@@ -142,18 +139,7 @@ class Calibration:
         }
         if self.next_step is not None:
             data["next_step"] = _modes_dict(self.next_step)
-        if self.mean_requests is not None:
-            data["mean_requests"] = self.mean_requests
         return data
-
-    def cheapest_mode(self, target: str, candidates: list[str]) -> str | None:
-        """Of ``candidates`` (modes that can answer now), the one whose calibrated requests were the
-        smallest on validation; ``None`` without ``mean_requests`` or a known candidate."""
-        means = self.mean_requests
-        if not means:
-            return None
-        known = [m for m in candidates if target in means.get(m, {}) and m in self.modes]
-        return min(known, key=lambda m: means[m][target]) if known else None
 
     @classmethod
     def from_dict(cls, data: Any) -> Calibration:
@@ -163,16 +149,12 @@ class Calibration:
             modes = _modes_from(data["modes"])
             next_step = _modes_from(data["next_step"]) if data.get("next_step") is not None else None
             horizon_steps = int(data.get("horizon_steps", 1))
-            mean_requests = data.get("mean_requests")
             calibration = cls(
                 float(data["coverage"]),
                 modes,
                 [str(f) for f in data.get("fallbacks", [])],
                 horizon_steps,
                 next_step,
-                {str(m): {str(t): float(v) for t, v in per.items()} for m, per in mean_requests.items()}
-                if mean_requests is not None
-                else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed calibration: {exc}") from exc

@@ -303,7 +303,6 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
         horizon.next_step = calibration.modes
         horizon.fallbacks = [*calibration.fallbacks, *(f"horizon {f}" for f in horizon.fallbacks)]
         calibration = horizon
-    calibration.mean_requests = _mean_requests(modes, val_rows, calibration)
     test_metrics = (
         evaluate(prepared, test_rows, modes, members_and_naive, calibration) if test_rows.any() else {}
     )
@@ -347,23 +346,6 @@ def train_service(frame: pd.DataFrame, service: str, config: TrainingConfig, out
     fitted.report.seconds = round(time.perf_counter() - started, 3)
     write_json(Path(out_dir) / METRICS_FILE, fitted.report.model_dump(mode="json"))
     return fitted.report
-
-
-def _mean_requests(
-    modes: dict[str, pd.DataFrame], rows: np.ndarray, calibration: Calibration
-) -> dict[str, dict[str, float]] | None:
-    """Per mode and target, the mean calibrated request over the ``rows`` where every mode answered."""
-    out: dict[str, dict[str, float]] = {m: {} for m in modes}
-    for t in TARGETS:
-        values = np.column_stack([p.loc[rows, t].to_numpy(dtype="float64") for p in modes.values()])
-        common = np.isfinite(values).all(axis=1)
-        if not common.any():
-            continue
-        for column, mode in enumerate(modes):
-            point = values[common, column]
-            head_room = calibration.for_mode(mode)[t].head_room(point)
-            out[mode][t] = float(np.mean(np.maximum(point + head_room, 0.0)))
-    return out if any(out.values()) else None
 
 
 def _calibrate(

@@ -118,25 +118,3 @@ def test_head_room_covers_the_usage_not_the_inflated_target() -> None:
     request = on_usage.request(1.2)
     assert abs(np.mean(fresh <= request) - 0.95) < 0.02  # covers the usage as promised
     assert request < 1.2  # and less than the target forecast itself
-
-
-def test_cheapest_mode_compares_what_each_mode_asked_for_on_validation() -> None:
-    actual, predicted, _ = _noisy(7, 2_000)
-    wide = predicted.copy()
-    wide.iloc[::2] = 0.7  # a member that swings: needs a wider head-room for the same coverage
-    calibration = calibrate(actual, {FUSED: predicted, "lstm": wide}, 0.95)
-    calibration.mean_requests = {
-        mode: {
-            t: float(np.mean(p[t] + calibration.for_mode(mode)[t].head_room(p[t].to_numpy())))
-            for t in TARGETS
-        }
-        for mode, p in ((FUSED, predicted), ("lstm", wide))
-    }
-    assert calibration.cheapest_mode("cpu", [FUSED, "lstm"]) == FUSED
-    assert calibration.cheapest_mode("cpu", ["lstm"]) == "lstm"
-    assert calibration.cheapest_mode("cpu", ["prophet"]) is None  # not calibrated
-    again = Calibration.from_dict(calibration.to_dict())
-    assert again.mean_requests == calibration.mean_requests
-    legacy = calibration.to_dict()
-    legacy.pop("mean_requests")
-    assert Calibration.from_dict(legacy).cheapest_mode("cpu", [FUSED]) is None
