@@ -169,7 +169,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--calibrate-on",
-        choices=("recent", "validation"),
+        choices=("auto", "recent", "validation"),
         default="recent",
         help="the platform's head-room: calibrated on the rows before each origin, or at training time",
     )

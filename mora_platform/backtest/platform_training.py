@@ -53,7 +53,10 @@ BACKTEST_BUDGET: dict[str, Any] = {
     "coverage": 0.99,
 }
 HISTORY_TAIL_ROWS = 2_000
-HEAD_ROOM_MODES: tuple[str, ...] = ("recent", "validation")
+HEAD_ROOM_MODES: tuple[str, ...] = ("auto", "recent", "validation")
+# "auto" keeps the validation head-room while it covers at least coverage - this on unseen rows
+KEPT_TOLERANCE = 0.01
+MIN_KEPT_WINDOWS = 40
 RECENT_ROWS = 480
 _TARGET_FACTORS = {"cpu": CPU_TARGET_FACTOR, "memory": MEMORY_TARGET_FACTOR}
 
@@ -133,9 +136,20 @@ class ServiceModelAdapter:
             self.model.recent_requests(
                 history, self.horizon_steps, rows=self.recent_rows, fitted_until=self.fitted_until
             )
-            if self.head_room == "recent"
+            if self.head_room in ("recent", "auto")
             else {}
         )
+        if self.head_room == "auto":
+            # keep the training-time head-room where it still covers unseen rows as promised
+            kept = self.model.validation_kept(
+                history, self.horizon_steps, rows=self.recent_rows, fitted_until=self.fitted_until
+            )
+            target = self.model.calibration.coverage - KEPT_TOLERANCE
+            recent = {
+                r: choice
+                for r, choice in recent.items()
+                if kept[r][1] >= MIN_KEPT_WINDOWS and not kept[r][0] >= target
+            }
         one_step_requests: dict[str, float] = {}
         requests: dict[str, float] = {}
         validation: dict[str, float] = {}

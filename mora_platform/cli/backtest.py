@@ -232,8 +232,8 @@ def register(app: typer.Typer) -> None:
             warmup=_duration(warmup, "--warmup"),
             season=_duration(season, "--season"),
         )
-        if calibrate_on not in ("recent", "validation"):
-            _fail(f"--calibrate-on must be recent or validation, got {calibrate_on!r}")
+        if calibrate_on not in ("auto", "recent", "validation"):
+            _fail(f"--calibrate-on must be auto, recent or validation, got {calibrate_on!r}")
         names = tuple(n.strip() for n in methods.split(",") if n.strip())
         notes: list[str] = []
         if any(n.startswith("platform") for n in names):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,8 @@ from mora_platform.features.targets import (
 )
 from mora_platform.models.base import ModelLoadError, read_json, write_json
 from mora_platform.models.calibration import FUSED, Calibration
-from mora_platform.models.ensemble import OK, EnsembleForecaster
-from mora_platform.models.recent import RecentChoice, choose_recent
+from mora_platform.models.ensemble import OK, EnsembleForecaster, NextForecast
+from mora_platform.models.recent import RecentChoice, choose_recent, holding_windows
 from mora_platform.recommend.policy import build_recommendation
 from mora_platform.recommend.types import TARGETS, MemberContribution, Recommendation
 from mora_platform.training.config import TrainingConfig
@@ -126,6 +126,7 @@ class ServiceModel:
     history: pd.DataFrame
     metrics: dict[str, Any]
     directory: Path | None = None
+    _recent_cache: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, directory: Path) -> ServiceModel:
@@ -184,24 +185,8 @@ class ServiceModel:
         """
         steps = int(steps or self.calibration.horizon_steps)
         coverage = float(coverage or self.calibration.coverage)
-        if SERVICE in history.columns:
-            history = history[history[SERVICE].astype(str) == self.service]
-        if history.empty:
-            raise ValueError(f"history has no rows for service {self.service!r}")
-        try:
-            recent = prepare_frame(history.tail(rows + steps))
-        except FeatureError as exc:
-            raise ValueError(f"history: {exc}") from exc
-        latest = recent[EXPERIMENT_ID].iloc[-1]
-        window = recent[recent[EXPERIMENT_ID] == latest].tail(max(self.config.effective_seq_len, 1))
-        answer = self.ensemble.explain_next(window, {})
-        members = self.ensemble.member_predictions(recent)
-        fused = self.ensemble.mode_predictions(members)[FUSED]
-        unseen = (
-            (recent[TIMESTAMP] > pd.Timestamp(fitted_until)).to_numpy()
-            if fitted_until is not None
-            else np.ones(len(recent), dtype=bool)
-        )
+        recent, answer, members, fused = self._recent_predictions(history, steps, rows)
+        unseen = _after(recent, fitted_until)
         span = max(self.config.effective_seq_len, 1)
         out: dict[str, RecentChoice | None] = {}
         for t in TARGETS:
@@ -227,6 +212,54 @@ class ServiceModel:
                 choice = replace(choice, request=float(usage[-1]))
             out[t] = choice
         return out
+
+    def validation_kept(
+        self,
+        history: pd.DataFrame,
+        steps: int | None = None,
+        rows: int = 480,
+        fitted_until: pd.Timestamp | None = None,
+    ) -> dict[str, tuple[float, int]]:
+        """Per target, ``(share of held steps covered, holding windows)`` by the validation head-room
+        of the fused forecast over the last ``rows`` rows after ``fitted_until``: whether the
+        training-time calibration still keeps its promise on data it never saw."""
+        steps = int(steps or self.calibration.horizon_steps)
+        recent, _, _, fused = self._recent_predictions(history, steps, rows)
+        unseen = _after(recent, fitted_until)
+        kept: dict[str, tuple[float, int]] = {}
+        for t in TARGETS:
+            point = np.where(unseen, fused[t].to_numpy(dtype="float64"), np.nan)
+            requests = np.maximum(point + self.calibration.for_mode(FUSED)[t].head_room(point), 0.0)
+            usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
+            windows, starts = holding_windows(usage, requests, steps)
+            share = float(np.mean(windows <= starts[:, None])) if len(starts) else float("nan")
+            kept[t] = (share, len(starts))
+        return kept
+
+    def _recent_predictions(
+        self, history: pd.DataFrame, steps: int, rows: int
+    ) -> tuple[pd.DataFrame, NextForecast, dict[str, pd.DataFrame], pd.DataFrame]:
+        """The last ``rows + steps`` rows prepared, the answer now, each member's and the fused
+        predictions over them (the last call's result is reused for the same history)."""
+        if SERVICE in history.columns:
+            history = history[history[SERVICE].astype(str) == self.service]
+        if history.empty:
+            raise ValueError(f"history has no rows for service {self.service!r}")
+        key = (len(history), str(history[TIMESTAMP].iloc[-1]), steps, rows)
+        if self._recent_cache is not None and self._recent_cache[0] == key:
+            return self._recent_cache[1]
+        try:
+            recent = prepare_frame(history.tail(rows + steps))
+        except FeatureError as exc:
+            raise ValueError(f"history: {exc}") from exc
+        latest = recent[EXPERIMENT_ID].iloc[-1]
+        window = recent[recent[EXPERIMENT_ID] == latest].tail(max(self.config.effective_seq_len, 1))
+        answer = self.ensemble.explain_next(window, {})
+        members = self.ensemble.member_predictions(recent)
+        fused = self.ensemble.mode_predictions(members)[FUSED]
+        result = (recent, answer, members, fused)
+        self._recent_cache = (key, result)
+        return result
 
     def recommend(
         self,
@@ -276,6 +309,13 @@ class ServiceModel:
             cpu_floor_millicores=self.config.cpu_floor_millicores,
             memory_floor_mib=self.config.memory_floor_mib,
         )
+
+
+def _after(frame: pd.DataFrame, moment: pd.Timestamp | None) -> np.ndarray:
+    """Rows of ``frame`` later than ``moment`` (every row when it is None)."""
+    if moment is None:
+        return np.ones(len(frame), dtype=bool)
+    return (frame[TIMESTAMP] > pd.Timestamp(moment)).to_numpy()
 
 
 def _finite_or_none(value: float | None) -> float | None:

@@ -156,3 +156,48 @@ def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None
     suggestion = variant.suggest(fleet.set_index("timestamp")["cpu_cores_value"], "cpu", frame=fleet)
     assert suggestion.base == pytest.approx(answer.validation_requests["cpu"])
     assert variant.floor("cpu") == 0.001
+
+
+def test_auto_head_room_keeps_validation_while_it_covers_unseen_rows() -> None:
+    """``auto``: the training-time head-room answers while it covers the rows after the fit as
+    promised; where it does not (or where evidence is short) the rule decides as documented."""
+    from mora_platform.backtest.platform_training import (
+        KEPT_TOLERANCE,
+        MIN_KEPT_WINDOWS,
+        ServiceModelTrainer,
+    )
+    from mora_platform.data.synthetic import generate_fleet
+
+    fleet = generate_fleet(n_services=1, days=3, step_seconds=300, seed=5)
+    past, later = fleet.iloc[:600], fleet
+    trainer = ServiceModelTrainer(
+        {"epochs": 1, "lstm": {"units": [4], "dense_units": 0}}, horizon_steps=12, head_room="auto"
+    )
+    adapter = trainer(past, "svc-00")
+    kept = adapter.model.validation_kept(
+        later, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until
+    )
+    recent = adapter.model.recent_requests(
+        later, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until
+    )
+    answer = adapter.predict(later, pd.Timedelta(hours=1))
+    target = adapter.model.calibration.coverage - KEPT_TOLERANCE
+    for resource in ("cpu", "memory"):
+        share, windows = kept[resource]
+        assert windows == len(later) - 600 - 11  # every complete holding window after the fit
+        assert 0 <= share <= 1
+        choice = recent[resource]
+        use_recent = windows >= MIN_KEPT_WINDOWS and share < target and choice is not None
+        expected = (
+            choice.request if use_recent and choice is not None else answer.validation_requests[resource]
+        )  # type: ignore[index]
+        assert answer.requests[resource] == pytest.approx(expected)
+    # rows the model was trained on are no evidence: nothing unseen, validation answers
+    none_unseen = adapter.model.validation_kept(
+        past, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until
+    )
+    assert all(windows == 0 for _, windows in none_unseen.values())
+    assert (
+        adapter.predict(past, pd.Timedelta(hours=1)).requests
+        == adapter.predict(past, pd.Timedelta(hours=1)).validation_requests
+    )
