@@ -11,16 +11,16 @@ side by side:
   1-minute samples over 10 days; origins every hour after 3 days, requests held 1 h, refit 24 h.
 
 The platform is trained with ``calibration_horizon_steps`` = rows per horizon and coverage 0.99 per
-held step, and answers four ways from the same fits: ``platform`` (head-room calibrated on the 480
-rows before each origin, ``models.recent``; the serving policy's default floors 10m CPU / 32 MiB),
+held step, and answers four ways from the same fits: ``platform`` (``--calibrate-on``, default ``auto``:
+the head-room calibrated at training time while it covers the rows seen since the fit, else the one
+calibrated on the 480 rows before each origin; the serving policy's floors 10m CPU / 32 MiB),
 ``platform-min-floors`` (the same with Kubernetes' smallest units, 1m / 1 MiB), ``platform-validation``
-(the head-room calibrated at training time on validation, floors 1m / 1 MiB) and ``platform-1step``
-(the one-step head-room, for reference). Every method's request is rounded up to whole millicores
-and MiB.
+(the training-time head-room alone, floors 1m / 1 MiB) and ``platform-1step`` (the one-step head-room,
+for reference). Every method's request is rounded up to whole millicores and MiB.
 
 Run: ``.venv/bin/python benchmarks/backtest_report.py [--quick] [--no-platform] [--ray]
 [--datasets online-boutique,synthetic] [--plain-fusion] [--head-room relative]
-[--calibrate-on recent|validation] [--recent-rows N] [--results DIR]``.
+[--calibrate-on auto|recent|validation] [--recent-rows N] [--results DIR]``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ RESULTS = REPO / "benchmarks" / "results" / "backtest"
 DATASETS = ("online-boutique", "synthetic")
 BASELINES = ("vpa", "krr", "crane", "max", "reactive")
 # the platform's head-room options (--calibrate-on, --recent-rows), applied to every run
-PLATFORM_OPTIONS: dict[str, Any] = {"head_room": "recent", "recent_rows": 480}
+PLATFORM_OPTIONS: dict[str, Any] = {"head_room": "auto", "recent_rows": 480}
 
 
 def shared_data_dir() -> Path:
@@ -136,9 +136,10 @@ def summary_lines(name: str, report: dict[str, Any]) -> list[str]:
                 f"{method} {_pct(stats['slack_at_reference_risk'])}"
                 for method, stats in comparison["baselines"].items()
             )
+            head_room = report.get("config", {}).get("platform_head_room", "auto")
             floors = {
-                "platform": "recent head-room, 10m / 32 MiB floors",
-                "platform-min-floors": "recent head-room, 1m / 1 MiB floors",
+                "platform": f"{head_room} head-room, 10m / 32 MiB floors",
+                "platform-min-floors": f"{head_room} head-room, 1m / 1 MiB floors",
                 "platform-validation": "validation head-room, 1m / 1 MiB floors",
             }.get(reference, reference)
             lines += [
@@ -170,8 +171,9 @@ def main() -> None:
     parser.add_argument(
         "--calibrate-on",
         choices=("auto", "recent", "validation"),
-        default="recent",
-        help="the platform's head-room: calibrated on the rows before each origin, or at training time",
+        default="auto",
+        help="the platform's head-room: training-time (validation) while it keeps its coverage on unseen "
+        "rows, else recent (auto); or one of them alone",
     )
     parser.add_argument("--recent-rows", type=int, default=480, help="rows the recent head-room looks at")
     parser.add_argument("--results", type=Path, default=RESULTS, help="results directory")

@@ -1,13 +1,13 @@
 """Plug MODELS' training into the backtest: ``train_service`` on the past, ``ServiceModel`` to answer.
 
-The trainer sets ``TrainingConfig.calibration_horizon_steps`` to the rows per backtest horizon. At
-each origin the adapter answers with the head-room calibrated on the *recent* rows before the
-origin (``ServiceModel.recent_requests``, ``models.recent``: the cheapest of the fused forecast and
-each member that covered every held step with probability ``coverage``), because a request is
-held across load changes that the training-time validation split never saw;
-``head_room="validation"`` uses the head-room calibrated at training time instead (what
-``ServiceModel.recommend`` serves). ``platform-1step`` is the model's one-step head-room
-(``Calibration.next_step``), as a request re-asked every step would be.
+The trainer sets ``TrainingConfig.calibration_horizon_steps`` to the rows per backtest horizon. Two
+head-rooms can answer at each origin: the one calibrated at training time on validation (what
+``ServiceModel.recommend`` serves) and one calibrated on the *recent* rows before the origin
+(``ServiceModel.recent_requests``, ``models.recent``), because a request is held across load
+changes a validation split may never have seen. ``head_room="auto"`` (the default) keeps the first
+while it covers the rows seen since the fit as promised and switches to the second when it does
+not; ``"recent"`` and ``"validation"`` force one. ``platform-1step`` is the model's one-step
+head-room (``Calibration.next_step``), as a request re-asked every step would be.
 
 Imported only when the platform method is used; TensorFlow and Prophet load inside MODELS' code.
 The training budget is deliberately small (few epochs, one small LSTM layer, one CPU thread) so a
@@ -100,11 +100,14 @@ def budget_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
 class ServiceModelAdapter:
     """A loaded ``ServiceModel`` answering the backtest's ``PlatformModel.predict``.
 
-    With ``head_room="recent"`` (the default) the request is ``ServiceModel.recent_requests``: the
-    head-room calibrated on the last ``recent_rows`` rows before the origin, over ``horizon_steps``
-    steps, choosing the cheapest of the fused forecast and each member (``models.recent``). With
-    ``"validation"`` it takes the same steps as ``ServiceModel.recommend`` (latest experiment's
-    tail, ensemble's next-step forecast, the head-room calibrated on validation at training time).
+    With ``head_room="recent"`` the request is ``ServiceModel.recent_requests``: the head-room
+    calibrated on the last ``recent_rows`` rows before the origin, over ``horizon_steps`` steps,
+    choosing the cheapest of the fused forecast, each member and a moving average
+    (``models.recent``). With ``"validation"`` it takes the same steps as ``ServiceModel.recommend``
+    (latest experiment's tail, ensemble's next-step forecast, the head-room calibrated on validation
+    at training time). ``"auto"`` (the default) answers with the validation head-room while it
+    covers the rows seen since the fit as promised (``ServiceModel.validation_kept``, at least
+    ``MIN_KEPT_WINDOWS`` holding windows, coverage within ``KEPT_TOLERANCE``), else with the recent one.
     Either way it stops before the serving policy, whose floors and rounding the backtest applies
     itself (``PlatformRecommender``). The point forecast is of the *target* (usage x the seed's
     factor), so it is divided back to usage. No context is passed: the future load is unknown.
@@ -114,7 +117,7 @@ class ServiceModelAdapter:
         self,
         model: Any,
         horizon_steps: int = 1,
-        head_room: str = "recent",
+        head_room: str = "auto",
         recent_rows: int = RECENT_ROWS,
         fitted_until: pd.Timestamp | None = None,
     ) -> None:
@@ -179,7 +182,7 @@ class ServiceModelTrainer:
         self,
         overrides: Mapping[str, Any] | None = None,
         horizon_steps: int = 1,
-        head_room: str = "recent",
+        head_room: str = "auto",
         recent_rows: int = RECENT_ROWS,
     ) -> None:
         if head_room not in HEAD_ROOM_MODES:

@@ -51,7 +51,7 @@ class MethodSpec:
     refit_seconds: float
     training: dict[str, Any]
     horizon_steps: int = 1
-    head_room: str = "recent"  # the platform's head-room: "recent" rows or training-time "validation"
+    head_room: str = "auto"  # the platform's head-room: "auto", "recent" rows or training-time "validation"
     recent_rows: int = 480
 
 
@@ -209,9 +209,10 @@ def register(app: typer.Typer) -> None:
         ),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots"),
         calibrate_on: str = typer.Option(
-            "recent",
+            "auto",
             "--calibrate-on",
-            help="Platform head-room: 'recent' (rows before each origin) or 'validation' (training time)",
+            help="Platform head-room: 'validation' (training time) while it covers unseen rows as promised, "
+            "else 'recent' (rows before each origin): 'auto'; or either alone",
         ),
         recent_rows: int = typer.Option(480, "--recent-rows", min=50, help="Rows the recent head-room uses"),
     ) -> None:
