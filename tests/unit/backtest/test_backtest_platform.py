@@ -129,15 +129,17 @@ def test_adapter_matches_what_the_service_model_serves() -> None:
 
 
 def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None:
-    """The default adapter answers with ``ServiceModel.recent_requests`` on the rows before the origin."""
+    """``head_room="recent"``: the adapter answers with ``ServiceModel.recent_requests`` on the rows
+    before the origin."""
     from mora_platform.backtest.platform_training import ServiceModelTrainer
     from mora_platform.data.synthetic import generate_fleet
 
     fleet = generate_fleet(n_services=1, days=3, step_seconds=300, seed=4)
-    adapter = ServiceModelTrainer({"epochs": 1, "lstm": {"units": [4], "dense_units": 0}}, horizon_steps=12)(
-        fleet, "svc-00"
-    )
+    adapter = ServiceModelTrainer(
+        {"epochs": 1, "lstm": {"units": [4], "dense_units": 0}}, horizon_steps=12, head_room="recent"
+    )(fleet, "svc-00")
     answer = adapter.predict(fleet, pd.Timedelta(hours=1))
+    assert ServiceModelTrainer().head_room == "auto"  # the default
     assert adapter.fitted_until == pd.Timestamp(fleet["timestamp"].max())
     choices = adapter.model.recent_requests(
         fleet, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until
