@@ -62,3 +62,8 @@ def test_backtest_command_errors_are_clear(tmp_path: Path) -> None:
     assert bad_step.exit_code == 2 and "--step" in bad_step.output and "'soon'" in bad_step.output
     bad_method = runner.invoke(app, ["backtest", str(tmp_path / "traces"), "--methods", "max,oracle"])
     assert bad_method.exit_code == 2 and "unknown recommender 'oracle'" in bad_method.output
+    bad_head_room = runner.invoke(
+        app, ["backtest", str(tmp_path / "traces"), "--methods", "max", "--calibrate-on", "tomorrow"]
+    )
+    assert bad_head_room.exit_code == 2 and "--calibrate-on" in bad_head_room.output
+    assert "'tomorrow'" in bad_head_room.output
