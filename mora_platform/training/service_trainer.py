@@ -278,7 +278,13 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
     }
     actual = _actual(prepared)
     if config.fusion == "auto":
-        ensemble.choose_weights(actual[val_rows], {n: p[val_rows] for n, p in members.items()})
+        # weights for what the request must cover: the next value, or the peak over the held steps
+        chosen_for = (
+            horizon_actual(actual, prepared[EXPERIMENT_ID], config.calibration_horizon_steps)
+            if config.calibration_horizon_steps > 1
+            else actual
+        )
+        ensemble.choose_weights(chosen_for[val_rows], {n: p[val_rows] for n, p in members.items()})
     modes = ensemble.mode_predictions(members)
     ensemble.anchor(prepared[TIMESTAMP].max())
     timings["predict"] = time.perf_counter() - tick
