@@ -1,7 +1,8 @@
 """``TrainingConfig``: everything one service's training needs, as a pydantic model Tune can fill.
 
 ``fusion_weights`` is Prophet's weight per target (the LSTM gets ``1 - w``); ``fusion="auto"``
-chooses it on the validation split instead. ``calibration_horizon_steps`` is how many steps a
+chooses it on the validation split instead (by MAE against the next value, or against the peak over
+``calibration_horizon_steps`` when that is > 1). ``calibration_horizon_steps`` is how many steps a
 served request is held: the conformal head-room covers the peak over that many steps (see
 ``models.calibration``); ``head_room="relative"`` scales it with the forecast. ``level_member`` adds the last observed value ("naive") as a third
 ensemble member, so fusion can anchor on the current level (useful for slow-moving memory);
