@@ -223,9 +223,12 @@ class FleetOrchestrator:
 
 
 def new_run_id(prefix: str = "retrain") -> str:
-    """A sortable, unique run id such as ``retrain-20261128T010203Z-1a2b3c``."""
+    """A sortable, unique run id such as ``retrain-20261128T010203Z-1a2b3c4d5e6f``.
+
+    48 random bits after the second: runs started in the same second never share a summary path.
+    """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
+    return f"{prefix}-{stamp}-{secrets.token_hex(6)}"
 
 
 def utc_now() -> str:
