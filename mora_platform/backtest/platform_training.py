@@ -128,7 +128,6 @@ class ServiceModelAdapter:
         self.head_room = head_room
         self.recent_rows = max(int(recent_rows), 8 * self.horizon_steps)
         self.fitted_until = fitted_until
-        self.choices: dict[str, int] = {}  # candidate -> times chosen (recent mode), for the report
 
     def predict(self, history: pd.DataFrame, horizon: pd.Timedelta) -> PlatformForecast:
         window = self.model.prepare_history(history.tail(HISTORY_TAIL_ROWS))
@@ -164,8 +163,6 @@ class ServiceModelAdapter:
             choice = recent.get(resource)
             if choice is not None:
                 point, requests[resource] = choice.point, choice.request
-                key = f"{resource}:{choice.candidate}"
-                self.choices[key] = self.choices.get(key, 0) + 1
             forecasts[resource] = point / factor if np.isfinite(point) else None
         return PlatformForecast(
             requests=requests,

@@ -152,14 +152,21 @@ class ServiceModel:
 
     def prepare_history(self, history: pd.DataFrame) -> pd.DataFrame:
         """A caller's canonical frame -> prepared rows of this service's latest experiment."""
+        return self._latest_window(self._prepared(history))
+
+    def _prepared(self, history: pd.DataFrame, tail_rows: int | None = None) -> pd.DataFrame:
+        """This service's rows of a caller's frame (the last ``tail_rows`` of them), prepared."""
         if SERVICE in history.columns:
             history = history[history[SERVICE].astype(str) == self.service]
         if history.empty:
             raise ValueError(f"history has no rows for service {self.service!r}")
         try:
-            prepared = prepare_frame(history)
+            return prepare_frame(history if tail_rows is None else history.tail(tail_rows))
         except FeatureError as exc:
             raise ValueError(f"history: {exc}") from exc
+
+    def _latest_window(self, prepared: pd.DataFrame) -> pd.DataFrame:
+        """The last ``seq_len`` prepared rows of the latest experiment: what the members answer from."""
         latest = prepared[EXPERIMENT_ID].iloc[-1]
         return prepared[prepared[EXPERIMENT_ID] == latest].tail(max(self.config.effective_seq_len, 1))
 
@@ -241,20 +248,12 @@ class ServiceModel:
     ) -> tuple[pd.DataFrame, NextForecast, dict[str, pd.DataFrame], pd.DataFrame]:
         """The last ``rows + steps`` rows prepared, the answer now, each member's and the fused
         predictions over them (the last call's result is reused for the same history)."""
-        if SERVICE in history.columns:
-            history = history[history[SERVICE].astype(str) == self.service]
-        if history.empty:
-            raise ValueError(f"history has no rows for service {self.service!r}")
-        key = (len(history), str(history[TIMESTAMP].iloc[-1]), steps, rows)
+        last = str(history[TIMESTAMP].iloc[-1]) if len(history) else None
+        key = (len(history), last, steps, rows)
         if self._recent_cache is not None and self._recent_cache[0] == key:
             return self._recent_cache[1]
-        try:
-            recent = prepare_frame(history.tail(rows + steps))
-        except FeatureError as exc:
-            raise ValueError(f"history: {exc}") from exc
-        latest = recent[EXPERIMENT_ID].iloc[-1]
-        window = recent[recent[EXPERIMENT_ID] == latest].tail(max(self.config.effective_seq_len, 1))
-        answer = self.ensemble.explain_next(window, {})
+        recent = self._prepared(history, rows + steps)
+        answer = self.ensemble.explain_next(self._latest_window(recent), {})
         members = self.ensemble.member_predictions(recent)
         fused = self.ensemble.mode_predictions(members)[FUSED]
         result = (recent, answer, members, fused)

@@ -150,7 +150,6 @@ def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None
         assert answer.requests[resource] == pytest.approx(choice.request)
         # every row was a training row: only what needs no fit can be judged on them
         assert choice.candidate in {"moving-average", "naive"}
-    assert sum(adapter.choices.values()) == 2  # one choice per resource, counted for the report
     # the training-time head-room rides along, for the platform-validation variant
     assert ServiceModelTrainer().config_dict["coverage"] == 0.99  # each held step, as the peers' defaults sit
     assert answer.validation_requests is not None and set(answer.validation_requests) == {"cpu", "memory"}
