@@ -52,7 +52,7 @@ RESULTS = REPO / "benchmarks" / "results" / "backtest"
 DATASETS = ("online-boutique", "synthetic")
 BASELINES = ("vpa", "krr", "crane", "max", "reactive")
 # the platform's head-room options (--calibrate-on, --recent-rows), applied to every run
-PLATFORM_OPTIONS: dict[str, Any] = {"head_room": "auto", "recent_rows": 480}
+PLATFORM_OPTIONS: dict[str, Any] = {"head_room": "auto", "recent_rows": 1_440}
 
 
 def shared_data_dir() -> Path:
@@ -127,6 +127,11 @@ def summary_lines(name: str, report: dict[str, Any]) -> list[str]:
                 f"| {method} | {100 * stats['slack']:.1f}% | {100 * stats['under_provisioning_rate']:.2f}% | "
                 f"{100 * stats['peak_exceed_rate']:.1f}% | {stats['changes']:.0f} | {at} |"
             )
+        answered = block["methods"].get("platform", {}).get("answered_by") or {}
+        if answered:
+            total = sum(answered.values())
+            shares = ", ".join(f"{source} {100 * n / total:.0f}%" for source, n in answered.items())
+            lines += ["", f"platform's request answered by (share of origins): {shares}"]
         for reference, comparison in (
             block.get("comparisons") or {"platform": block.get("comparison")}
         ).items():
@@ -175,7 +180,7 @@ def main() -> None:
         help="the platform's head-room: training-time (validation) while it keeps its coverage on unseen "
         "rows, else recent (auto); or one of them alone",
     )
-    parser.add_argument("--recent-rows", type=int, default=480, help="rows the recent head-room looks at")
+    parser.add_argument("--recent-rows", type=int, default=1_440, help="rows the recent head-room looks at")
     parser.add_argument("--results", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args()
     PLATFORM_OPTIONS.update(head_room=args.calibrate_on, recent_rows=args.recent_rows)

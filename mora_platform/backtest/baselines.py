@@ -61,6 +61,7 @@ class Suggestion:
 
     base: float
     forecast: float | None = None
+    source: str | None = None  # what answered, for methods that choose among several (the platform)
 
 
 class Recommender(ABC):

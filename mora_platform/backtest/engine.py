@@ -75,6 +75,7 @@ class MethodTrace:
     floor: float
     quantum: float = 0.0
     error: str | None = None
+    sources: dict[str, int] = field(default_factory=dict)  # origins answered by each source
 
     @property
     def ok(self) -> bool:
@@ -257,6 +258,8 @@ def replay_series(
                 trace.base[k] = suggestion.base
                 if suggestion.forecast is not None:
                     trace.forecast[k] = suggestion.forecast
+                if suggestion.source:
+                    trace.sources[suggestion.source] = trace.sources.get(suggestion.source, 0) + 1
     return result
 
 

@@ -33,6 +33,8 @@ class PlatformForecast:
     requests: Mapping[str, float]
     forecasts: Mapping[str, float | None]
     one_step_requests: Mapping[str, float] | None = None  # head-room calibrated for one step only
+    # what answered ``requests`` per resource ("validation", or the recent candidate chosen)
+    sources: Mapping[str, str] | None = None
     # the head-room calibrated at training time on validation (when ``requests`` is the recent one)
     validation_requests: Mapping[str, float] | None = None
 
@@ -117,13 +119,16 @@ class PlatformRecommender(Recommender):
             self._answer = (origin, model.predict(frame, horizon))
         answer = self._answer[1]
         requests = answer.requests
+        source = (answer.sources or {}).get(resource)
         if self.one_step:
-            requests = answer.one_step_requests or {}
+            requests, source = answer.one_step_requests or {}, "one-step"
         elif self.validation_head_room:
-            requests = answer.validation_requests or answer.requests
+            requests, source = answer.validation_requests or answer.requests, "validation"
         if resource not in requests:
             raise PlatformUnavailableError(f"{self.name}: the model gave no {resource} request")
-        return Suggestion(base=float(requests[resource]), forecast=answer.forecasts.get(resource))
+        return Suggestion(
+            base=float(requests[resource]), forecast=answer.forecasts.get(resource), source=source
+        )
 
 
 @register_recommender("platform-1step")

@@ -57,7 +57,11 @@ HEAD_ROOM_MODES: tuple[str, ...] = ("auto", "recent", "validation")
 # "auto" keeps the validation head-room while it covers at least coverage - this on unseen rows
 KEPT_TOLERANCE = 0.01
 MIN_KEPT_WINDOWS = 40
-RECENT_ROWS = 480
+RECENT_ROWS = 1_440
+# what the recent head-room chooses between: the platform's fused forecast and the recent peak (the
+# members alone are already weighed inside the fusion; offering each again on the same rows made a
+# lucky pick likelier than a good one: 1.5-6.6% under-provisioning where the pair gives ~0.5%)
+RECENT_CANDIDATES: tuple[str, ...] = ("fused", "recent-peak")
 _TARGET_FACTORS = {"cpu": CPU_TARGET_FACTOR, "memory": MEMORY_TARGET_FACTOR}
 
 
@@ -136,7 +140,11 @@ class ServiceModelAdapter:
         one_step = self.model.calibration.for_mode(answer.mode, next_step=True)
         recent = (
             self.model.recent_requests(
-                history, self.horizon_steps, rows=self.recent_rows, fitted_until=self.fitted_until
+                history,
+                self.horizon_steps,
+                rows=self.recent_rows,
+                fitted_until=self.fitted_until,
+                candidates=RECENT_CANDIDATES,
             )
             if self.head_room in ("recent", "auto")
             else {}
@@ -150,25 +158,34 @@ class ServiceModelAdapter:
             recent = {
                 r: choice
                 for r, choice in recent.items()
-                if kept[r][1] >= MIN_KEPT_WINDOWS and not kept[r][0] >= target
+                if choice is not None
+                and not (
+                    kept[r].windows >= max(MIN_KEPT_WINDOWS, choice.origins // 2)
+                    and kept[r].share >= target
+                    and kept[r].relative_cost <= choice.relative_cost
+                )
             }
         one_step_requests: dict[str, float] = {}
         requests: dict[str, float] = {}
         validation: dict[str, float] = {}
         forecasts: dict[str, float | None] = {}
+        sources: dict[str, str] = {}
         for resource, factor in _TARGET_FACTORS.items():
             point = float(answer.point[resource])
             one_step_requests[resource] = one_step[resource].request(point)
             requests[resource] = validation[resource] = held[resource].request(point)
             choice = recent.get(resource)
+            sources[resource] = "validation"
             if choice is not None:
                 point, requests[resource] = choice.point, choice.request
+                sources[resource] = choice.candidate
             forecasts[resource] = point / factor if np.isfinite(point) else None
         return PlatformForecast(
             requests=requests,
             forecasts=forecasts,
             one_step_requests=one_step_requests,
             validation_requests=validation,
+            sources=sources,
         )
 
 

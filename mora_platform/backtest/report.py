@@ -23,6 +23,7 @@
                       "mean_change_relative", "mean_request", "mean_usage", "origins", "samples"} | null,
             "oom_risk_rate": float | null,        # memory only: = peak_exceed_rate
             "forecast": {"mae", "naive_mae", "mase", "origins"} | null,
+            "answered_by": {"<source>": int},      # platform: origins answered by each candidate
             "curve": [{"margin", "slack", "under_provisioning_rate"}],
             "slack_at_risk": {"<target>": float | null}}},   # least slack with under-prov <= target
           "trace": {"origins": [iso], "requests": {"<method>": [float | null]}}}}}],
@@ -30,6 +31,7 @@
         "series": [str],                          # series where every method succeeded (the average's base)
         "methods": {"<method>": {"slack", "under_provisioning_rate", "peak_exceed_rate", "changes",
                                  "mean_change_relative": float, "mase": float | null, "mae": float | null,
+                                 "answered_by": {"<source>": int},   # summed over series
                                  "curve": [...], "slack_at_risk": {...}}},
         "comparison": null | {"reference": "platform", "slack": float, "under_provisioning_rate": float,
                               "baselines": {"<method>": {"slack": float, "under_provisioning_rate": float,
@@ -101,12 +103,15 @@ def _resource_block(replay: ResourceReplay, config: BacktestConfig) -> dict[str,
                 score=score.to_dict(),
                 oom_risk_rate=score.peak_exceed_rate if replay.resource == "memory" else None,
                 forecast=forecast.to_dict() if forecast else None,
+                answered_by=dict(sorted(trace.sources.items())),
                 curve=[p.to_dict() for p in curve],
                 slack_at_risk={str(t): _finite(slack_at_risk(curve, t)) for t in config.risk_targets},
             )
             trace_requests[name] = [_finite(v) for v in requests]
         else:
-            entry.update(score=None, oom_risk_rate=None, forecast=None, curve=[], slack_at_risk={})
+            entry.update(
+                score=None, oom_risk_rate=None, forecast=None, answered_by={}, curve=[], slack_at_risk={}
+            )
         methods[name] = entry
     origins = [t.isoformat() for t in replay.origins]
     return {
@@ -152,8 +157,13 @@ def _summary(
                     "mean_change_relative",
                 )
             }
+            answered_by: dict[str, int] = {}
+            for b in blocks:
+                for source, count in b.get("answered_by", {}).items():
+                    answered_by[source] = answered_by.get(source, 0) + count
             per_method[m].update(
                 mae=_mean([f["mae"] for f in forecasts]),
+                answered_by=dict(sorted(answered_by.items())),
                 mase=_mean([f["mase"] for f in forecasts]),
                 curve=[p.to_dict() for p in mean_curve],
                 slack_at_risk={str(t): _finite(slack_at_risk(mean_curve, t)) for t in config.risk_targets},

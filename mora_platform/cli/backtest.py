@@ -52,7 +52,7 @@ class MethodSpec:
     training: dict[str, Any]
     horizon_steps: int = 1
     head_room: str = "auto"  # the platform's head-room: "auto", "recent" rows or training-time "validation"
-    recent_rows: int = 480
+    recent_rows: int = 1_440
 
 
 def build_methods(spec: MethodSpec) -> list[Recommender]:
@@ -214,7 +214,9 @@ def register(app: typer.Typer) -> None:
             help="Platform head-room: 'validation' (training time) while it covers unseen rows as promised, "
             "else 'recent' (rows before each origin): 'auto'; or either alone",
         ),
-        recent_rows: int = typer.Option(480, "--recent-rows", min=50, help="Rows the recent head-room uses"),
+        recent_rows: int = typer.Option(
+            1_440, "--recent-rows", min=50, help="Rows the recent head-room uses"
+        ),
     ) -> None:
         """Rolling-origin backtest: slack and under-provisioning of each method, per series and averaged."""
         from mora_platform.backtest.baselines import RESOURCES

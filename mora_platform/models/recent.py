@@ -6,7 +6,8 @@ service's load moves between regimes (a new experiment, a new release, a traffic
 validation split saw. When the caller has the recent history, the head-room can be calibrated
 on it instead, the way adaptive conformal prediction does:
 
-- for each *candidate* forecast (the fused one and each member alone), take its one-step
+- for each *candidate* forecast (the fused one, each member alone, and rules that need no fit: a
+  moving average and the recent peak, the highest usage of the last hour), take its one-step
   predictions ``p_i`` over the recent rows and the usage over the ``H`` steps each request would
   have been held, ``u_{i+k}`` for ``k < H``; the residuals ``u_{i+k} - p_i`` (every step of every
   complete holding window, in the caller's time order, so windows run across experiment
@@ -31,6 +32,19 @@ import numpy as np
 from mora_platform.models.calibration import conformal_quantile
 
 MIN_RECENT_ORIGINS = 40
+
+
+def rolling_peak(values: np.ndarray, window: int) -> np.ndarray:
+    """At each row, the highest of the ``window`` values before it (NaN until ``window`` are seen):
+    the recent-peak candidate's prediction over the recent rows."""
+    values = np.asarray(values, dtype="float64")
+    window = max(int(window), 1)
+    out = np.full(values.shape, np.nan)
+    if len(values) > window:
+        windows = np.lib.stride_tricks.sliding_window_view(values, window)[:-1]
+        with np.errstate(invalid="ignore"):
+            out[window:] = np.max(windows, axis=1)
+    return out
 
 
 @dataclass(frozen=True)

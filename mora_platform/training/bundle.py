@@ -16,7 +16,7 @@ rounding (``recommend.policy``). ``context`` may set ``load_users`` and ``replic
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,13 @@ from mora_platform.features.targets import (
 from mora_platform.models.base import ModelLoadError, read_json, write_json
 from mora_platform.models.calibration import FUSED, Calibration
 from mora_platform.models.ensemble import OK, EnsembleForecaster, NextForecast
-from mora_platform.models.recent import RecentChoice, choose_recent, holding_windows
+from mora_platform.models.recent import (
+    MIN_RECENT_ORIGINS,
+    RecentChoice,
+    choose_recent,
+    holding_windows,
+    rolling_peak,
+)
 from mora_platform.recommend.policy import build_recommendation
 from mora_platform.recommend.types import TARGETS, MemberContribution, Recommendation
 from mora_platform.training.config import TrainingConfig
@@ -53,6 +59,20 @@ CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history_tail.json"
 MOVING_AVERAGE = "moving-average"
+RECENT_PEAK = "recent-peak"
+PEAK_WINDOW = pd.Timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class KeptCheck:
+    """How the validation head-room did on rows after the fit: share of held steps covered, the
+    complete holding windows judged, and its mean request relative to the mean usage there."""
+
+    share: float
+    windows: int
+    relative_cost: float
+
+
 CONTEXT_KEYS: tuple[str, ...] = (LOAD_USERS, REPLICA_COUNT)
 HISTORY_COLUMNS: tuple[str, ...] = (
     TIMESTAMP,
@@ -177,15 +197,20 @@ class ServiceModel:
         coverage: float | None = None,
         rows: int = 480,
         fitted_until: pd.Timestamp | None = None,
+        peak_window: pd.Timedelta | None = PEAK_WINDOW,
+        candidates: Collection[str] | None = None,
     ) -> dict[str, RecentChoice | None]:
         """Per target, the request after ``history`` calibrated on its last ``rows`` rows
         (``models.recent``): the cheapest candidate that covered each step of the usage held over
         ``steps`` steps (default: the calibrated horizon) with probability ``coverage``.
 
-        Candidates: the fused forecast, each member, and a moving average of the last ``seq_len``
-        values (which needs no fit). A fitted candidate is judged only on rows after
+        Candidates: the fused forecast, each member, a moving average of the last ``seq_len``
+        values and the recent peak (the highest usage over ``peak_window`` before each row; None
+        leaves it out); the last two need no fit. A fitted candidate is judged only on rows after
         ``fitted_until`` (the end of its training data), where its residuals are out-of-sample;
-        without ``fitted_until`` every recent row counts. A memory request is never below the last
+        without ``fitted_until`` every recent row counts, and only once the rows after the fit hold
+        at least half the holding windows at hand (each candidate needs ``MIN_RECENT_ORIGINS``). ``candidates`` limits the choice to
+        those names (default: all). A memory request is never below the last
         observed memory usage (what the process holds now). ``history`` is taken in the caller's time
         order, so holding windows run across experiment boundaries as a held request does.
         ``None`` for a target with too little recent history.
@@ -195,24 +220,39 @@ class ServiceModel:
         recent, answer, members, fused = self._recent_predictions(history, steps, rows)
         unseen = _after(recent, fitted_until)
         span = max(self.config.effective_seq_len, 1)
+        peak_rows = _rows_in(recent, peak_window)
+        # a fitted candidate is judged on at least half the holding windows at hand: judged on the
+        # few rows since its fit it would win on luck as often as on merit
+        starts = max(len(recent) - steps + 1, 0)
+        fitted_ok = int(unseen[:starts].sum()) >= max(MIN_RECENT_ORIGINS, starts // 2)
         out: dict[str, RecentChoice | None] = {}
         for t in TARGETS:
             target = recent[TARGET_COLUMNS[t]].astype("float64")
             average = target.rolling(span, min_periods=span).mean().shift(1).to_numpy()
             now_average = float(target.tail(span).mean()) if len(target) >= span else float("nan")
             now_fused = answer.point[t] if answer.mode == FUSED else float("nan")
-            candidates = {
-                MOVING_AVERAGE: (average, now_average),
-                FUSED: (np.where(unseen, fused[t].to_numpy(dtype="float64"), np.nan), now_fused),
-            }
+            offered = {MOVING_AVERAGE: (average, now_average)}
+            if fitted_ok:
+                offered[FUSED] = (np.where(unseen, fused[t].to_numpy(dtype="float64"), np.nan), now_fused)
+            usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
+            if peak_rows:
+                now_peak = float(np.max(usage[-peak_rows:])) if len(usage) >= peak_rows else float("nan")
+                offered[RECENT_PEAK] = (rolling_peak(usage, peak_rows), now_peak)
             for name, predicted in members.items():
                 now = answer.members.get(name, {}).get(t, float("nan"))
                 values = predicted[t].to_numpy(dtype="float64")
-                fitted = name != "naive"  # the last value has nothing fitted to the past
-                candidates[name] = (np.where(unseen, values, np.nan) if fitted else values, now)
-            usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
+                if name == "naive":  # the last value has nothing fitted to the past
+                    offered[name] = (values, now)
+                elif fitted_ok:
+                    offered[name] = (np.where(unseen, values, np.nan), now)
+            if candidates is not None:
+                offered = {name: offer for name, offer in offered.items() if name in candidates}
             choice = choose_recent(
-                usage, candidates, steps, coverage, relative=self.config.head_room == "relative"
+                usage,
+                offered,
+                steps,
+                coverage,
+                relative=self.config.head_room == "relative",
             )
             if choice is not None and t == "memory" and np.isfinite(usage[-1]) and choice.request < usage[-1]:
                 # memory is not given back while the process runs: never ask for less than it holds now
@@ -226,21 +266,24 @@ class ServiceModel:
         steps: int | None = None,
         rows: int = 480,
         fitted_until: pd.Timestamp | None = None,
-    ) -> dict[str, tuple[float, int]]:
-        """Per target, ``(share of held steps covered, holding windows)`` by the validation head-room
-        of the fused forecast over the last ``rows`` rows after ``fitted_until``: whether the
-        training-time calibration still keeps its promise on data it never saw."""
+    ) -> dict[str, KeptCheck]:
+        """Per target, how the validation head-room of the fused forecast did over the last ``rows``
+        rows after ``fitted_until`` (``KeptCheck``): whether the training-time calibration still
+        keeps its promise on data it never saw, and at what cost (comparable with
+        ``RecentChoice.relative_cost``)."""
         steps = int(steps or self.calibration.horizon_steps)
         recent, _, _, fused = self._recent_predictions(history, steps, rows)
         unseen = _after(recent, fitted_until)
-        kept: dict[str, tuple[float, int]] = {}
+        kept: dict[str, KeptCheck] = {}
         for t in TARGETS:
             point = np.where(unseen, fused[t].to_numpy(dtype="float64"), np.nan)
             requests = np.maximum(point + self.calibration.for_mode(FUSED)[t].head_room(point), 0.0)
             usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
             windows, starts = holding_windows(usage, requests, steps)
             share = float(np.mean(windows <= starts[:, None])) if len(starts) else float("nan")
-            kept[t] = (share, len(starts))
+            level = float(np.mean(np.abs(windows))) if len(starts) else 0.0
+            cost = float(np.mean(starts)) / level if level > 0 else float("inf")
+            kept[t] = KeptCheck(share, len(starts), cost)
         return kept
 
     def _recent_predictions(
@@ -308,6 +351,17 @@ class ServiceModel:
             cpu_floor_millicores=self.config.cpu_floor_millicores,
             memory_floor_mib=self.config.memory_floor_mib,
         )
+
+
+def _rows_in(frame: pd.DataFrame, span: pd.Timedelta | None) -> int:
+    """How many rows of ``frame`` (at its median spacing) cover ``span``; 0 without a span or spacing."""
+    if span is None or len(frame) < 2:
+        return 0
+    gaps = frame[TIMESTAMP].diff().dropna()
+    gaps = gaps[gaps > pd.Timedelta(0)]
+    if gaps.empty:
+        return 0
+    return max(round(float(pd.Timedelta(span) / gaps.median())), 1)
 
 
 def _after(frame: pd.DataFrame, moment: pd.Timestamp | None) -> np.ndarray:

@@ -131,7 +131,7 @@ def test_adapter_matches_what_the_service_model_serves() -> None:
 def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None:
     """``head_room="recent"``: the adapter answers with ``ServiceModel.recent_requests`` on the rows
     before the origin."""
-    from mora_platform.backtest.platform_training import ServiceModelTrainer
+    from mora_platform.backtest.platform_training import RECENT_CANDIDATES, ServiceModelTrainer
     from mora_platform.data.synthetic import generate_fleet
 
     fleet = generate_fleet(n_services=1, days=3, step_seconds=300, seed=4)
@@ -142,14 +142,14 @@ def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None
     assert ServiceModelTrainer().head_room == "auto"  # the default
     assert adapter.fitted_until == pd.Timestamp(fleet["timestamp"].max())
     choices = adapter.model.recent_requests(
-        fleet, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until
+        fleet, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until, candidates=RECENT_CANDIDATES
     )
     for resource in ("cpu", "memory"):
         choice = choices[resource]
         assert choice is not None and choice.origins >= 40
         assert answer.requests[resource] == pytest.approx(choice.request)
         # every row was a training row: only what needs no fit can be judged on them
-        assert choice.candidate in {"moving-average", "naive"}
+        assert choice.candidate == "recent-peak"
     # the training-time head-room rides along, for the platform-validation variant
     assert ServiceModelTrainer().config_dict["coverage"] == 0.99  # each held step, as the peers' defaults sit
     assert answer.validation_requests is not None and set(answer.validation_requests) == {"cpu", "memory"}
@@ -159,12 +159,13 @@ def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None
     assert variant.floor("cpu") == 0.001
 
 
-def test_auto_head_room_keeps_validation_while_it_covers_unseen_rows() -> None:
-    """``auto``: the training-time head-room answers while it covers the rows after the fit as
-    promised; where it does not (or where evidence is short) the rule decides as documented."""
+def test_auto_head_room_answers_with_the_cheaper_calibration_that_keeps_its_promise() -> None:
+    """``auto``: the recent head-room answers unless the training-time one, judged on as many
+    unseen windows, kept its promise at no higher cost; with too little history, validation answers."""
     from mora_platform.backtest.platform_training import (
         KEPT_TOLERANCE,
         MIN_KEPT_WINDOWS,
+        RECENT_CANDIDATES,
         ServiceModelTrainer,
     )
     from mora_platform.data.synthetic import generate_fleet
@@ -179,26 +180,43 @@ def test_auto_head_room_keeps_validation_while_it_covers_unseen_rows() -> None:
         later, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until
     )
     recent = adapter.model.recent_requests(
-        later, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until
+        later, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until, candidates=RECENT_CANDIDATES
     )
     answer = adapter.predict(later, pd.Timedelta(hours=1))
     target = adapter.model.calibration.coverage - KEPT_TOLERANCE
     for resource in ("cpu", "memory"):
-        share, windows = kept[resource]
-        assert windows == len(later) - 600 - 11  # every complete holding window after the fit
-        assert 0 <= share <= 1
+        check = kept[resource]
+        assert check.windows == len(later) - 600 - 11  # every complete holding window after the fit
+        assert 0 <= check.share <= 1 and check.relative_cost > 0
         choice = recent[resource]
-        use_recent = windows >= MIN_KEPT_WINDOWS and share < target and choice is not None
+        # validation only where it was judged on as many windows, kept its promise and cost no more
+        use_recent = choice is not None and not (
+            check.windows >= max(MIN_KEPT_WINDOWS, choice.origins // 2)
+            and check.share >= target
+            and check.relative_cost <= choice.relative_cost
+        )
         expected = (
             choice.request if use_recent and choice is not None else answer.validation_requests[resource]
         )  # type: ignore[index]
         assert answer.requests[resource] == pytest.approx(expected)
-    # rows the model was trained on are no evidence: nothing unseen, validation answers
+    # rows the model was trained on are no evidence for it: nothing unseen, so only the rules that
+    # need no fit can answer, and they do
     none_unseen = adapter.model.validation_kept(
         past, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until
     )
-    assert all(windows == 0 for _, windows in none_unseen.values())
+    assert all(check.windows == 0 for check in none_unseen.values())
+    at_fit = adapter.model.recent_requests(
+        past, 12, rows=adapter.recent_rows, fitted_until=adapter.fitted_until, candidates=RECENT_CANDIDATES
+    )
+    answer = adapter.predict(past, pd.Timedelta(hours=1))
+    for resource in ("cpu", "memory"):
+        choice = at_fit[resource]
+        assert choice is not None and choice.candidate == "recent-peak"
+        assert answer.requests[resource] == pytest.approx(choice.request)
+        assert answer.sources is not None and answer.sources[resource] == "recent-peak"
+    # too short a history for any recent rule: the training-time head-room answers
+    short = fleet.iloc[:45]  # 34 holding windows of 12 steps: fewer than any rule needs
     assert (
-        adapter.predict(past, pd.Timedelta(hours=1)).requests
-        == adapter.predict(past, pd.Timedelta(hours=1)).validation_requests
+        adapter.predict(short, pd.Timedelta(hours=1)).requests
+        == adapter.predict(short, pd.Timedelta(hours=1)).validation_requests
     )

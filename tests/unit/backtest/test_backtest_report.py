@@ -23,7 +23,8 @@ class OracleLikeRecommender(Recommender):
     default_margins = {"cpu": 1.3, "memory": 1.3}
 
     def _suggest(self, history, resource, origin, horizon, frame):  # type: ignore[no-untyped-def]
-        return Suggestion(base=float(history.iloc[-1]), forecast=float(history.iloc[-1]))
+        source = "up" if len(history) % 2 else "down"  # a method choosing between two sources
+        return Suggestion(base=float(history.iloc[-1]), forecast=float(history.iloc[-1]), source=source)
 
 
 def make_methods() -> list[Recommender]:
@@ -60,14 +61,19 @@ def test_json_schema_and_pngs(tmp_path: Path, small_config: BacktestConfig) -> N
     assert entry["oom_risk_rate"] == entry["score"]["peak_exceed_rate"]
     assert [p["margin"] for p in entry["curve"]] == [0.8, 1.0, 1.5]
     assert set(entry["slack_at_risk"]) == {"0.01", "0.05", "0.1"}
-    assert entry["forecast"] is None
+    assert entry["forecast"] is None and entry["answered_by"] == {}
     platform = series["resources"]["cpu"]["methods"]["platform"]
     assert (
         platform["forecast"]["mase"] > 0
         and series["resources"]["cpu"]["methods"]["platform"]["oom_risk_rate"] is None
     )
+    answered = platform["answered_by"]
+    assert set(answered) <= {"up", "down"} and sum(answered.values()) == series["resources"]["cpu"]["origins"]
     summary = loaded["summary"]["cpu"]
     assert summary["series"] == ["a/b", "c"]
+    assert sum(summary["methods"]["platform"]["answered_by"].values()) == sum(
+        s["resources"]["cpu"]["origins"] for s in loaded["series"]
+    )
     slacks = [s["resources"]["cpu"]["methods"]["krr"]["score"]["slack"] for s in loaded["series"]]
     assert np.isclose(summary["methods"]["krr"]["slack"], np.mean(slacks))
     comparison = summary["comparison"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mora_platform.models.recent import choose_recent, holding_windows
+from mora_platform.models.recent import choose_recent, holding_windows, rolling_peak
 
 
 def test_holding_windows_pair_each_prediction_with_the_usage_it_must_cover() -> None:
@@ -57,3 +57,26 @@ def test_relative_head_room_follows_the_level() -> None:
     assert relative.request - 2.0 < 0.5 * (absolute.request - 2.0)
     quiet = 2.0 * (1 + np.random.default_rng(6).normal(0, 0.05, 10_000))
     assert abs(np.mean(quiet <= relative.request) - 0.95) < 0.02
+
+
+def test_rolling_peak_sees_only_the_rows_before_each_row() -> None:
+    values = np.array([1.0, 5.0, 2.0, 0.0, 3.0, 9.0])
+    peak = rolling_peak(values, 2)
+    assert np.isnan(peak[:2]).all()
+    # row i: max of rows i-2 and i-1; row 5's own 9.0 is not in its prediction
+    assert peak[2:].tolist() == [5.0, 5.0, 2.0, 3.0]
+    assert np.isnan(rolling_peak(values, 6)).all()
+
+
+def test_recent_peak_wins_on_plateaus_a_forecast_cannot_anticipate() -> None:
+    """Usage that sits on plateaus and jumps between them (experiments, releases): a last-hour peak
+    covers the next hold more cheaply than a forecast whose residuals carry every jump."""
+    rng = np.random.default_rng(11)
+    levels = rng.choice([1.0, 1.5, 3.0], size=60).repeat(80)
+    usage = levels * (1 + rng.normal(0, 0.02, levels.size))
+    peak = rolling_peak(usage, 200)
+    slow = np.convolve(usage, np.ones(400) / 400, mode="full")[: usage.size]  # a lagging forecast
+    choice = choose_recent(
+        usage, {"recent-peak": (peak, float(usage[-200:].max())), "slow": (slow, float(slow[-1]))}, 20, 0.95
+    )
+    assert choice is not None and choice.candidate == "recent-peak"
