@@ -30,6 +30,7 @@ import pandas as pd
 
 from mora_platform.backtest.platform import PlatformForecast
 from mora_platform.data.schema import CPU_TARGET_FACTOR, MEMORY_TARGET_FACTOR, TIMESTAMP
+from mora_platform.models.recent import RECENT_CANDIDATES, RECENT_ROWS, VALIDATION
 
 # Where MODELS keeps ServiceModel (the contract says training/bundle.py "or similar").
 _SERVICE_MODEL_MODULES: tuple[str, ...] = (
@@ -54,14 +55,6 @@ BACKTEST_BUDGET: dict[str, Any] = {
 }
 HISTORY_TAIL_ROWS = 2_000
 HEAD_ROOM_MODES: tuple[str, ...] = ("auto", "recent", "validation")
-# "auto" keeps the validation head-room while it covers at least coverage - this on unseen rows
-KEPT_TOLERANCE = 0.01
-MIN_KEPT_WINDOWS = 40
-RECENT_ROWS = 1_440
-# what the recent head-room chooses between: the platform's fused forecast and the recent peak (the
-# members alone are already weighed inside the fusion; offering each again on the same rows made a
-# lucky pick likelier than a good one: 1.5-6.6% under-provisioning where the pair gives ~0.5%)
-RECENT_CANDIDATES: tuple[str, ...] = ("fused", "recent-peak")
 _TARGET_FACTORS = {"cpu": CPU_TARGET_FACTOR, "memory": MEMORY_TARGET_FACTOR}
 
 
@@ -138,33 +131,23 @@ class ServiceModelAdapter:
         answer = self.model.ensemble.explain_next(window, {})
         held = self.model.calibration.for_mode(answer.mode)
         one_step = self.model.calibration.for_mode(answer.mode, next_step=True)
-        recent = (
-            self.model.recent_requests(
+        chosen: dict[str, tuple[float, float, str]] = {}  # resource -> (request, point, source)
+        if self.head_room == "auto":
+            for resource, held_request in self.model.held_requests(
+                history, self.horizon_steps, rows=self.recent_rows, fitted_until=self.fitted_until
+            ).items():
+                chosen[resource] = (held_request.request, held_request.point, held_request.source)
+        elif self.head_room == "recent":
+            recent = self.model.recent_requests(
                 history,
                 self.horizon_steps,
                 rows=self.recent_rows,
                 fitted_until=self.fitted_until,
                 candidates=RECENT_CANDIDATES,
             )
-            if self.head_room in ("recent", "auto")
-            else {}
-        )
-        if self.head_room == "auto":
-            # keep the training-time head-room where it still covers unseen rows as promised
-            kept = self.model.validation_kept(
-                history, self.horizon_steps, rows=self.recent_rows, fitted_until=self.fitted_until
-            )
-            target = self.model.calibration.coverage - KEPT_TOLERANCE
-            recent = {
-                r: choice
-                for r, choice in recent.items()
-                if choice is not None
-                and not (
-                    kept[r].windows >= max(MIN_KEPT_WINDOWS, choice.origins // 2)
-                    and kept[r].share >= target
-                    and kept[r].relative_cost <= choice.relative_cost
-                )
-            }
+            for resource, choice in recent.items():
+                if choice is not None:
+                    chosen[resource] = (choice.request, choice.point, choice.candidate)
         one_step_requests: dict[str, float] = {}
         requests: dict[str, float] = {}
         validation: dict[str, float] = {}
@@ -174,11 +157,9 @@ class ServiceModelAdapter:
             point = float(answer.point[resource])
             one_step_requests[resource] = one_step[resource].request(point)
             requests[resource] = validation[resource] = held[resource].request(point)
-            choice = recent.get(resource)
-            sources[resource] = "validation"
-            if choice is not None:
-                point, requests[resource] = choice.point, choice.request
-                sources[resource] = choice.candidate
+            sources[resource] = VALIDATION
+            if resource in chosen and chosen[resource][2] != VALIDATION:
+                requests[resource], point, sources[resource] = chosen[resource]
             forecasts[resource] = point / factor if np.isfinite(point) else None
         return PlatformForecast(
             requests=requests,

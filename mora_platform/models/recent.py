@@ -32,6 +32,17 @@ import numpy as np
 from mora_platform.models.calibration import conformal_quantile
 
 MIN_RECENT_ORIGINS = 40
+RECENT_PEAK = "recent-peak"
+VALIDATION = "validation"  # the training-time head-room, as a source of a request
+PEAK_WINDOW_SECONDS = 3_600  # the recent peak: the highest usage of the last hour
+# the recent head-room's defaults: rows it looks at, and what it chooses between (the fused forecast
+# and the recent peak; the members alone are already weighed inside the fusion, and offering each
+# again on the same rows made a lucky pick likelier than a good one)
+RECENT_ROWS = 1_440
+RECENT_CANDIDATES: tuple[str, ...] = ("fused", RECENT_PEAK)
+# "auto" keeps the validation head-room only where it covered at least coverage - this on unseen rows
+KEPT_TOLERANCE = 0.01
+MIN_KEPT_WINDOWS = 40
 
 
 def rolling_peak(values: np.ndarray, window: int) -> np.ndarray:

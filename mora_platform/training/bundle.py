@@ -44,7 +44,14 @@ from mora_platform.models.base import ModelLoadError, read_json, write_json
 from mora_platform.models.calibration import FUSED, Calibration
 from mora_platform.models.ensemble import OK, EnsembleForecaster, NextForecast
 from mora_platform.models.recent import (
+    KEPT_TOLERANCE,
+    MIN_KEPT_WINDOWS,
     MIN_RECENT_ORIGINS,
+    PEAK_WINDOW_SECONDS,
+    RECENT_CANDIDATES,
+    RECENT_PEAK,
+    RECENT_ROWS,
+    VALIDATION,
     RecentChoice,
     choose_recent,
     holding_windows,
@@ -59,8 +66,17 @@ CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history_tail.json"
 MOVING_AVERAGE = "moving-average"
-RECENT_PEAK = "recent-peak"
-PEAK_WINDOW = pd.Timedelta(hours=1)
+PEAK_WINDOW = pd.Timedelta(seconds=PEAK_WINDOW_SECONDS)
+
+
+@dataclass(frozen=True)
+class HeldRequest:
+    """The request for a held period and what set it: ``validation`` (the training-time head-room)
+    or the recent candidate chosen (``fused``, ``recent-peak``, ...), with its point forecast."""
+
+    request: float
+    point: float
+    source: str
 
 
 @dataclass(frozen=True)
@@ -195,7 +211,7 @@ class ServiceModel:
         history: pd.DataFrame,
         steps: int | None = None,
         coverage: float | None = None,
-        rows: int = 480,
+        rows: int = RECENT_ROWS,
         fitted_until: pd.Timestamp | None = None,
         peak_window: pd.Timedelta | None = PEAK_WINDOW,
         candidates: Collection[str] | None = None,
@@ -264,7 +280,7 @@ class ServiceModel:
         self,
         history: pd.DataFrame,
         steps: int | None = None,
-        rows: int = 480,
+        rows: int = RECENT_ROWS,
         fitted_until: pd.Timestamp | None = None,
     ) -> dict[str, KeptCheck]:
         """Per target, how the validation head-room of the fused forecast did over the last ``rows``
@@ -303,19 +319,92 @@ class ServiceModel:
         self._recent_cache = (key, result)
         return result
 
+    @property
+    def fitted_until(self) -> pd.Timestamp | None:
+        """The last timestamp of the training data (``metrics.json``'s data window), if recorded."""
+        end = (self.metrics.get("data_window") or {}).get("end")
+        return pd.Timestamp(end) if end else None
+
+    def held_requests(
+        self,
+        history: pd.DataFrame,
+        steps: int | None = None,
+        rows: int = RECENT_ROWS,
+        fitted_until: pd.Timestamp | None = None,
+        candidates: Collection[str] | None = RECENT_CANDIDATES,
+    ) -> dict[str, HeldRequest]:
+        """CPU and memory requests after ``history``, held for ``steps`` steps, head-room "auto".
+
+        The recent head-room (``recent_requests`` over ``candidates``) answers, unless the
+        training-time head-room, judged on at least as many (half the chosen candidate's) holding
+        windows after the fit, covered them as promised (within ``KEPT_TOLERANCE``) at no higher
+        relative cost. With too little history for any recent candidate, the training-time
+        head-room answers. ``fitted_until`` defaults to the end of the training data.
+        """
+        steps = int(steps or self.calibration.horizon_steps)
+        fitted_until = fitted_until if fitted_until is not None else self.fitted_until
+        recent = self.recent_requests(
+            history, steps, rows=rows, fitted_until=fitted_until, candidates=candidates
+        )
+        kept = self.validation_kept(history, steps, rows=rows, fitted_until=fitted_until)
+        _, answer, _, _ = self._recent_predictions(history, steps, rows)
+        held = self.calibration.for_mode(answer.mode)
+        target = self.calibration.coverage - KEPT_TOLERANCE
+        out: dict[str, HeldRequest] = {}
+        for t in ("cpu", "memory"):
+            point = float(answer.point[t])
+            choice = recent.get(t)
+            check = kept[t]
+            validation_wins = (
+                check.windows >= max(MIN_KEPT_WINDOWS, choice.origins // 2)
+                and check.share >= target
+                and check.relative_cost <= choice.relative_cost
+                if choice is not None
+                else True
+            )
+            if validation_wins or choice is None:
+                out[t] = HeldRequest(held[t].request(point), point, VALIDATION)
+            else:
+                out[t] = HeldRequest(choice.request, choice.point, choice.candidate)
+        return out
+
     def recommend(
         self,
         history: pd.DataFrame | None = None,
         context: Mapping[str, float | str] | None = None,
         *,
         model_version: str | None = None,
+        head_room: str = "auto",
     ) -> Recommendation:
-        """Recommendation for the next step after ``history`` (default: the stored tail)."""
+        """Recommendation for the next step after ``history`` (default: the stored tail).
+
+        ``head_room="auto"``: when ``history`` holds enough rows for the recent head-room (at least
+        ``MIN_RECENT_ORIGINS`` holding windows), the CPU and memory requests are ``held_requests``'
+        (each reason says which source set it); otherwise, and with ``"validation"``, the head-room
+        calibrated at training time.
+        """
+        if head_room not in ("auto", VALIDATION):
+            raise ValueError(f"head_room must be 'auto' or 'validation', got {head_room!r}")
         checked = _check_context(context)
         window = self.history if history is None else self.prepare_history(history)
         answer = self.ensemble.explain_next(window, checked)
         per = self.calibration.for_mode(answer.mode)
         requests = {t: per[t].request(answer.point[t]) for t in TARGETS}
+        recent_reasons: list[str] = []
+        steps = max(int(self.calibration.horizon_steps), 1)
+        if (
+            head_room == "auto"
+            and history is not None
+            and len(window)
+            and len(history) > steps + MIN_RECENT_ORIGINS
+        ):
+            for t, held in self.held_requests(history, steps).items():
+                if held.source != VALIDATION:
+                    requests[t] = held.request
+                    recent_reasons.append(
+                        f"{t} head-room calibrated on the {min(len(history), RECENT_ROWS)} rows sent "
+                        f"({held.source}), not on validation"
+                    )
         confidence = min(per[t].confidence for t in TARGETS)
         contributions = {}
         for name, status in self.ensemble.status.items():
@@ -332,7 +421,7 @@ class ServiceModel:
                 replicas=_finite_or_none(values.get("replicas")),
                 status=label,
             )
-        reasons = list(self.ensemble.reasons.values())
+        reasons = [*self.ensemble.reasons.values(), *recent_reasons]
         if answer.mode != FUSED:
             silent = [n for n in self.ensemble.members if n not in answer.mode.split("+")]
             reasons.append(

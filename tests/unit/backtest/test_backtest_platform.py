@@ -112,7 +112,7 @@ def test_adapter_matches_what_the_service_model_serves() -> None:
     )
     adapter = trainer(fleet, "svc-00")
     answer = adapter.predict(fleet, pd.Timedelta(hours=1))
-    served = adapter.model.recommend(history=fleet.tail(2000)).recommendations
+    served = adapter.model.recommend(history=fleet.tail(2000), head_room="validation").recommendations
     platform = PlatformRecommender()
     assert answer.one_step_requests is not None
     assert platform.apply_margin(answer.one_step_requests["cpu"], "cpu") == pytest.approx(served.cpu_cores)
@@ -131,8 +131,9 @@ def test_adapter_matches_what_the_service_model_serves() -> None:
 def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None:
     """``head_room="recent"``: the adapter answers with ``ServiceModel.recent_requests`` on the rows
     before the origin."""
-    from mora_platform.backtest.platform_training import RECENT_CANDIDATES, ServiceModelTrainer
+    from mora_platform.backtest.platform_training import ServiceModelTrainer
     from mora_platform.data.synthetic import generate_fleet
+    from mora_platform.models.recent import RECENT_CANDIDATES
 
     fleet = generate_fleet(n_services=1, days=3, step_seconds=300, seed=4)
     adapter = ServiceModelTrainer(
@@ -162,13 +163,9 @@ def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None
 def test_auto_head_room_answers_with_the_cheaper_calibration_that_keeps_its_promise() -> None:
     """``auto``: the recent head-room answers unless the training-time one, judged on as many
     unseen windows, kept its promise at no higher cost; with too little history, validation answers."""
-    from mora_platform.backtest.platform_training import (
-        KEPT_TOLERANCE,
-        MIN_KEPT_WINDOWS,
-        RECENT_CANDIDATES,
-        ServiceModelTrainer,
-    )
+    from mora_platform.backtest.platform_training import ServiceModelTrainer
     from mora_platform.data.synthetic import generate_fleet
+    from mora_platform.models.recent import KEPT_TOLERANCE, MIN_KEPT_WINDOWS, RECENT_CANDIDATES
 
     fleet = generate_fleet(n_services=1, days=3, step_seconds=300, seed=5)
     past, later = fleet.iloc[:600], fleet
@@ -220,3 +217,42 @@ def test_auto_head_room_answers_with_the_cheaper_calibration_that_keeps_its_prom
         adapter.predict(short, pd.Timedelta(hours=1)).requests
         == adapter.predict(short, pd.Timedelta(hours=1)).validation_requests
     )
+
+
+def test_served_recommendation_uses_the_auto_head_room_when_history_allows() -> None:
+    """``ServiceModel.recommend(history)`` serves what the backtest measured: ``held_requests``
+    (auto head-room) for CPU and memory when the history is long enough, with a reason naming the
+    source; the training-time head-room for a short history or ``head_room="validation"``."""
+    import math
+
+    from mora_platform.backtest.platform_training import ServiceModelTrainer
+    from mora_platform.data.synthetic import generate_fleet
+    from mora_platform.models.recent import VALIDATION
+
+    fleet = generate_fleet(n_services=1, days=3, step_seconds=300, seed=8)
+    model = ServiceModelTrainer({"epochs": 1, "lstm": {"units": [4], "dense_units": 0}}, horizon_steps=12)(
+        fleet.iloc[:600], "svc-00"
+    ).model
+    assert model.fitted_until == pd.Timestamp(fleet["timestamp"].iloc[599])
+    later = fleet.iloc[:800]
+    held = model.held_requests(later)
+    served = model.recommend(history=later)
+    plain = model.recommend(history=later, head_room="validation")
+    assert {h.source for h in held.values()} - {VALIDATION}, "the recent head-room should answer here"
+    for target, attr, unit in (("cpu", "cpu_millicores", 1e-3), ("memory", "memory_mib", 2**20)):
+        recent_reason = [r for r in served.reasons if r.startswith(f"{target} head-room calibrated")]
+        if held[target].source == VALIDATION:
+            assert getattr(served.recommendations, attr) == getattr(plain.recommendations, attr)
+            assert not recent_reason
+        else:
+            floor = 10 if target == "cpu" else 32
+            assert getattr(served.recommendations, attr) == max(math.ceil(held[target].request / unit), floor)
+            assert recent_reason and held[target].source in recent_reason[0]
+    # a short history: nothing to calibrate on, the training-time head-room answers
+    short = model.recommend(history=later.tail(30))
+    assert (
+        short.recommendations
+        == model.recommend(history=later.tail(30), head_room="validation").recommendations
+    )
+    with pytest.raises(ValueError, match="head_room"):
+        model.recommend(head_room="sometimes")
