@@ -11,12 +11,14 @@ side by side:
   1-minute samples over 10 days; origins every hour after 3 days, requests held 1 h, refit 24 h.
 
 The platform is trained with ``calibration_horizon_steps`` = rows per horizon and coverage 0.99 per
-held step, and answers four ways from the same fits: ``platform`` (``--calibrate-on``, default ``auto``:
-the head-room calibrated at training time while it covers the rows seen since the fit, else the one
-calibrated on the 480 rows before each origin; the serving policy's floors 10m CPU / 32 MiB),
+held step, and answers four ways from the same fits: ``platform`` (``--calibrate-on``, default ``auto``,
+``ServiceModel.held_requests``: the head-room calibrated on the 1,440 rows before each origin for the
+cheaper of the fused forecast and the recent peak, unless the training-time head-room covered the rows
+seen since the fit as promised at no higher cost; the serving policy's floors 10m CPU / 32 MiB),
 ``platform-min-floors`` (the same with Kubernetes' smallest units, 1m / 1 MiB), ``platform-validation``
 (the training-time head-room alone, floors 1m / 1 MiB) and ``platform-1step`` (the one-step head-room,
-for reference). Every method's request is rounded up to whole millicores and MiB.
+for reference). Every method's request is rounded up to whole millicores and MiB. ``summary.md`` says
+which source answered the platform's requests, as a share of origins.
 
 Run: ``.venv/bin/python benchmarks/backtest_report.py [--quick] [--no-platform] [--ray]
 [--datasets online-boutique,synthetic] [--plain-fusion] [--head-room relative]

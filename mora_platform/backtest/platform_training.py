@@ -99,12 +99,13 @@ class ServiceModelAdapter:
 
     With ``head_room="recent"`` the request is ``ServiceModel.recent_requests``: the head-room
     calibrated on the last ``recent_rows`` rows before the origin, over ``horizon_steps`` steps,
-    choosing the cheapest of the fused forecast, each member and a moving average
-    (``models.recent``). With ``"validation"`` it takes the same steps as ``ServiceModel.recommend``
-    (latest experiment's tail, ensemble's next-step forecast, the head-room calibrated on validation
-    at training time). ``"auto"`` (the default) answers with the validation head-room while it
-    covers the rows seen since the fit as promised (``ServiceModel.validation_kept``, at least
-    ``MIN_KEPT_WINDOWS`` holding windows, coverage within ``KEPT_TOLERANCE``), else with the recent one.
+    choosing the cheaper of the fused forecast and the recent peak (``RECENT_CANDIDATES``,
+    ``models.recent``). With ``"validation"`` it takes the same steps as
+    ``ServiceModel.recommend(head_room="validation")`` (latest experiment's tail, ensemble's
+    next-step forecast, the head-room calibrated on validation at training time). ``"auto"`` (the
+    default) is ``ServiceModel.held_requests``, what ``recommend`` serves for a long enough history:
+    the recent head-room, unless the validation one, judged on as many unseen windows, kept its
+    promise at no higher cost. Each answer records its source (``PlatformForecast.sources``).
     Either way it stops before the serving policy, whose floors and rounding the backtest applies
     itself (``PlatformRecommender``). The point forecast is of the *target* (usage x the seed's
     factor), so it is divided back to usage. No context is passed: the future load is unknown.

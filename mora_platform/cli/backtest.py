@@ -211,8 +211,8 @@ def register(app: typer.Typer) -> None:
         calibrate_on: str = typer.Option(
             "auto",
             "--calibrate-on",
-            help="Platform head-room: 'validation' (training time) while it covers unseen rows as promised, "
-            "else 'recent' (rows before each origin): 'auto'; or either alone",
+            help="Platform head-room: 'recent' (rows before each origin: fused forecast or recent peak) unless "
+            "'validation' (training time) covered unseen rows as promised at no higher cost: 'auto'; or either alone",
         ),
         recent_rows: int = typer.Option(
             1_440, "--recent-rows", min=50, help="Rows the recent head-room uses"

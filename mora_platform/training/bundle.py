@@ -10,7 +10,10 @@ A request: the ensemble's next-step forecast (Prophet from its precomputed grid,
 NumPy forward pass) plus the calibrated head-room of the mode that answered (covering the peak
 over ``calibration_horizon_steps``, see ``models.calibration``), then the config's floors and
 rounding (``recommend.policy``). ``context`` may set ``load_users`` and ``replica_count``
-(Prophet's regressors); the LSTM forecasts from the history alone.
+(Prophet's regressors); the LSTM forecasts from the history alone. When the caller sends a history
+long enough to judge on, the CPU and memory head-room is the *auto* one (``held_requests``): set on
+that history's last rows for the cheaper of the fused forecast and the recent peak, unless the
+training-time head-room kept its promise there at no higher cost.
 """
 
 from __future__ import annotations
