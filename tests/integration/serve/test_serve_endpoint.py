@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -77,6 +79,44 @@ def test_request_with_history_and_current(serve_endpoint: Endpoint, published: d
     check_recommendation(response.json(), service, published[service])
     stored = post(serve_endpoint, "/v1/recommendations", {"service": service, "context": CONTEXT}).json()
     assert response.json()["recommendations"] != stored["recommendations"], "the sent history must matter"
+
+
+def test_long_history_is_answered_with_the_recent_head_room(
+    serve_endpoint: Endpoint, published: dict[str, str], trained_bundles: dict[str, Path]
+) -> None:
+    """A request carrying enough history gets the auto head-room (what the backtest measured), the
+    same answer ``ServiceModel.recommend`` gives in process, with a reason naming its source."""
+    from mora_platform.training.bundle import ServiceModel
+    from serve.model_slots import request_inputs
+
+    service = next(iter(published))
+    start = datetime(2000, 1, 1, tzinfo=UTC)  # before the training data: only the recent peak can be judged
+    history = [
+        {
+            "timestamp": (start + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z"),
+            "cpu_cores_value": (0.004 if (minute // 45) % 2 else 0.002) + 0.0001 * (minute % 7),
+            "mem_bytes_value": 60e6 + 1e5 * (minute % 11),
+            "replica_count_value": 1.0,
+        }
+        for minute in range(180)
+    ]
+    body = {"service": service, "context": CONTEXT, "history": history}
+    response = post(serve_endpoint, "/v1/recommendations", body)
+    assert response.status_code == 200, response.text
+    served = response.json()
+    check_recommendation(served, service, published[service])
+    frame, context, _ = request_inputs(service, body)
+    assert frame is not None
+    model = ServiceModel.load(trained_bundles[service])
+    expected = model.recommend(frame, context)
+    assert served["recommendations"] == expected.recommendations.model_dump(mode="json")
+    held = model.held_requests(frame)
+    assert {h.source for h in held.values()} == {"recent-peak"}
+    for target in ("cpu", "memory"):
+        assert any(
+            r.startswith(f"{target} head-room calibrated on the 180 rows sent (recent-peak)")
+            for r in served["reasons"]
+        )
 
 
 def test_batch_answers_in_order(serve_endpoint: Endpoint, published: dict[str, str]) -> None:
