@@ -13,6 +13,8 @@ on it instead, the way adaptive conformal prediction does:
   complete holding window, in the caller's time order, so windows run across experiment
   boundaries just as a held request does) give the split-conformal quantile ``q`` at ``coverage``;
   ``p_now + q`` then covers each step of the next holding period with probability ``coverage``;
+  the quantile of the last ``DRIFT_WINDOWS`` windows alone is taken too, and the larger one kept,
+  so a level that moved lately widens the head-room at once rather than a day later;
 - among the candidates that can answer now, the one whose calibrated requests over the same rows
   were the smallest on average (relative to the usage) is chosen: it wasted the least while
   covering as promised. A member that went astray since training (a Prophet trend run off, an
@@ -32,6 +34,7 @@ import numpy as np
 from mora_platform.models.calibration import conformal_quantile
 
 MIN_RECENT_ORIGINS = 40
+DRIFT_WINDOWS = 240  # the drift guard: the last holding windows calibrated on their own as well
 RECENT_PEAK = "recent-peak"
 VALIDATION = "validation"  # the training-time head-room, as a source of a request
 PEAK_WINDOW_SECONDS = 3_600  # the recent peak: the highest usage of the last hour
@@ -92,12 +95,15 @@ def choose_recent(
     coverage: float,
     min_origins: int = MIN_RECENT_ORIGINS,
     relative: bool = False,
+    drift_windows: int | None = None,
 ) -> RecentChoice | None:
     """Calibrate each candidate ``name -> (predictions over the recent rows, point now)`` on the
     recent ``usage`` and return the cheapest one (see the module docstring); ``None`` when no
     candidate has ``min_origins`` complete holding windows and a finite point now. ``relative``
     scales each residual by its prediction (floored at a tenth of the median usage), so the
-    head-room follows the level, as ``models.calibration`` does."""
+    head-room follows the level, as ``models.calibration`` does. With ``drift_windows``, the quantile
+    of the last ``drift_windows`` windows alone (at least ``min_origins``) is taken as well and the
+    larger one kept."""
     if not 0.5 < coverage < 1:
         raise ValueError(f"coverage must be in (0.5, 1), got {coverage}")
     best: RecentChoice | None = None
@@ -109,7 +115,10 @@ def choose_recent(
             continue
         floor = 0.1 * float(np.median(np.abs(windows))) if relative else 0.0
         scale = np.maximum(starts, floor) if floor > 0 else np.ones_like(starts)
-        q, _ = conformal_quantile(((windows - starts[:, None]) / scale[:, None]).ravel(), coverage)
+        residuals = (windows - starts[:, None]) / scale[:, None]
+        q, _ = conformal_quantile(residuals.ravel(), coverage)
+        if drift_windows and len(starts) > drift_windows:
+            q = max(q, conformal_quantile(residuals[-max(drift_windows, min_origins) :].ravel(), coverage)[0])
         level = float(np.mean(np.abs(windows)))
         cost = float(np.mean(np.maximum(starts + q * scale, 0.0))) / level if level > 0 else float("inf")
         head_room = q * max(float(now), floor) if floor > 0 else q

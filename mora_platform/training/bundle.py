@@ -47,6 +47,7 @@ from mora_platform.models.base import ModelLoadError, read_json, write_json
 from mora_platform.models.calibration import FUSED, Calibration
 from mora_platform.models.ensemble import OK, EnsembleForecaster, NextForecast
 from mora_platform.models.recent import (
+    DRIFT_WINDOWS,
     KEPT_TOLERANCE,
     MIN_KEPT_WINDOWS,
     MIN_RECENT_ORIGINS,
@@ -272,6 +273,7 @@ class ServiceModel:
                 steps,
                 coverage,
                 relative=self.config.head_room == "relative",
+                drift_windows=DRIFT_WINDOWS,
             )
             if choice is not None and t == "memory" and np.isfinite(usage[-1]) and choice.request < usage[-1]:
                 # memory is not given back while the process runs: never ask for less than it holds now

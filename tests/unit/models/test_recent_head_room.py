@@ -80,3 +80,22 @@ def test_recent_peak_wins_on_plateaus_a_forecast_cannot_anticipate() -> None:
         usage, {"recent-peak": (peak, float(usage[-200:].max())), "slow": (slow, float(slow[-1]))}, 20, 0.95
     )
     assert choice is not None and choice.candidate == "recent-peak"
+
+
+def test_drift_guard_widens_the_head_room_when_the_last_windows_got_noisier() -> None:
+    """A day of quiet usage, then the last 300 rows ten times noisier: calibrated on all rows the
+    head-room is the quiet one; the drift guard also calibrates on the last windows alone."""
+    rng = np.random.default_rng(12)
+    usage = np.r_[10 + rng.normal(0, 0.1, 1_500), 10 + rng.normal(0, 1.0, 300)]
+    flat = np.full(usage.size, 10.0)
+    plain = choose_recent(usage, {"flat": (flat, 10.0)}, steps=1, coverage=0.95)
+    guarded = choose_recent(usage, {"flat": (flat, 10.0)}, steps=1, coverage=0.95, drift_windows=240)
+    assert plain is not None and guarded is not None
+    noisy = 10 + np.random.default_rng(13).normal(0, 1.0, 20_000)  # what comes next
+    assert np.mean(noisy <= plain.request) < 0.8
+    assert abs(np.mean(noisy <= guarded.request) - 0.95) < 0.03
+    # no drift: the guard changes little (the same quantile, up to sampling)
+    quiet = 10 + rng.normal(0, 0.1, 1_800)
+    a = choose_recent(quiet, {"flat": (flat, 10.0)}, 1, 0.95)
+    b = choose_recent(quiet, {"flat": (flat, 10.0)}, 1, 0.95, drift_windows=240)
+    assert a is not None and b is not None and b.quantile >= a.quantile and b.quantile - a.quantile < 0.05
