@@ -6,15 +6,18 @@ trial through the object store. A trial then fits only the LSTM, on the training
 ``w * prophet + (1 - w) * lstm`` on the validation rows: the mean over targets of MAE divided by the
 mean absolute actual value (scale-free, so CPU cores and memory bytes weigh alike).
 
-ASHA needs intermediate results: a trial trains at growing epoch budgets (1, 2, 4, ... up to
-``max_epochs``; each rung refits from scratch, since the LSTM member exposes no per-epoch hook) and
-reports after each, so a poor configuration is stopped after its cheapest rungs.
+ASHA needs intermediate results: a trial reports after epochs 1, 2, 4, ... up to ``max_epochs``
+(its rungs), so a poor configuration is stopped after its cheapest rungs. One fit serves every rung
+(``LSTMForecaster``'s epoch hook scores the network of that moment); when early stopping ends the fit
+before a rung, the final network's score stands for the rungs left. A configuration with one network
+per target (``multi_output`` false) has no single network to score mid-fit and refits per rung.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -94,10 +97,41 @@ def prepare_reference(frame: pd.DataFrame, service: str, base_config: dict[str, 
     )
 
 
-def score_lstm(
-    reference: ValidationReference, training_config: Any, weight: float, cpu_threads: int
+def score_predictions(
+    reference: ValidationReference, predict: Callable[[pd.DataFrame], pd.DataFrame], weight: float
 ) -> float:
-    """Fit the LSTM member on the training rows with ``training_config`` and score the fused forecast."""
+    """The fused validation score of an LSTM's predictions over the reference rows."""
+    predictions = predict(reference.prepared)[list(TARGETS)].to_numpy(dtype="float64")
+    return fused_nmae(reference.actual, reference.prophet, predictions[reference.validation_mask], weight)
+
+
+@dataclass
+class RungReporter:
+    """``LSTMForecaster``'s epoch hook in a trial: scores the network after each rung and reports."""
+
+    reference: ValidationReference
+    weight: float
+    epochs: list[int]
+    report: Callable[[dict[str, Any]], None]
+    reported: list[int] = field(default_factory=list)
+
+    def __call__(self, epoch: int, predict: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+        self.send(epoch, score_predictions(self.reference, predict, self.weight))
+
+    def send(self, epoch: int, score: float) -> None:
+        self.report({METRIC: score if math.isfinite(score) else 1e9, "epochs": epoch})
+        self.reported.append(epoch)
+
+
+def score_lstm(
+    reference: ValidationReference,
+    training_config: Any,
+    weight: float,
+    cpu_threads: int,
+    reporter: RungReporter | None = None,
+) -> float:
+    """Fit the LSTM member on the training rows with ``training_config`` and score the fused forecast
+    (``reporter``, if given, reports the rungs the fit passes on the way)."""
     from mora_platform.models.lstm import LSTMForecaster
 
     lstm = LSTMForecaster(
@@ -105,11 +139,12 @@ def score_lstm(
         seq_len=training_config.seq_len,
         seed=training_config.seed,
         cpu_threads=cpu_threads,
+        epoch_hook=reporter,
     )
     lstm.fit(reference.prepared[reference.train_mask])
-    predictions = lstm.predict(reference.prepared)[list(TARGETS)].to_numpy(dtype="float64")
+    score = score_predictions(reference, lstm.predict, weight)
     _release_keras_state()
-    return fused_nmae(reference.actual, reference.prophet, predictions[reference.validation_mask], weight)
+    return score
 
 
 def run_trial(
@@ -128,12 +163,22 @@ def run_trial(
 
     cap_compute_threads(cpu_threads)
     weight = float(config["fusion_weight"])
-    for epochs in epoch_rungs(max_epochs):
-        training_config = TrainingConfig.model_validate(
+    rungs = epoch_rungs(max_epochs)
+    reporter = RungReporter(reference, weight, rungs, tune.report)
+
+    def training_config(epochs: int) -> Any:
+        return TrainingConfig.model_validate(
             trial_to_config(config, {**base_config, "cpu_threads": cpu_threads}, epochs=epochs)
         )
-        score = score_lstm(reference, training_config, weight, cpu_threads)
-        tune.report({METRIC: score if math.isfinite(score) else 1e9, "epochs": epochs})
+
+    if training_config(max_epochs).lstm.multi_output:
+        final = score_lstm(reference, training_config(max_epochs), weight, cpu_threads, reporter)
+        for epoch in rungs:
+            if epoch not in reporter.reported:  # early stopping ended the fit before this rung
+                reporter.send(epoch, final)
+        return
+    for epochs in rungs:
+        reporter.send(epochs, score_lstm(reference, training_config(epochs), weight, cpu_threads))
 
 
 def _release_keras_state() -> None:

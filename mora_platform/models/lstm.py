@@ -11,13 +11,17 @@ saved model with 3 outputs. Files: ``lstm.keras`` (no optimizer state; loaded wi
 
 Inference runs a NumPy forward pass over the saved weights (dropout is inactive at inference),
 checked against ``model(x, training=False)``; it answers one window in well under a millisecond.
+
+An ``EpochHook`` (Ray Tune's trials use one) is called after the epochs it names with a predict
+function over the weights of that moment, so one fit serves every intermediate report.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 import pandas as pd
@@ -61,15 +65,31 @@ def _lstm_forward(
     return np.stack(outputs, axis=1) if sequences else h
 
 
+class EpochHook(Protocol):
+    """Called after each epoch (1-based) in ``epochs`` with a predict function (frame -> targets)
+    over the network's weights at that moment. Only for a single network (``multi_output``)."""
+
+    @property
+    def epochs(self) -> Collection[int]: ...
+
+    def __call__(self, epoch: int, predict: Callable[[pd.DataFrame], pd.DataFrame]) -> None: ...
+
+
 class LSTMForecaster(Forecaster):
     """Keras LSTM over windows of the 14 scaled features; see the module docstring."""
 
     name = "lstm"
 
     def __init__(
-        self, config: LSTMConfig | None = None, seq_len: int = 30, seed: int = 0, cpu_threads: int = 1
+        self,
+        config: LSTMConfig | None = None,
+        seq_len: int = 30,
+        seed: int = 0,
+        cpu_threads: int = 1,
+        epoch_hook: EpochHook | None = None,
     ) -> None:
         super().__init__()
+        self.epoch_hook = epoch_hook
         self.config = config or LSTMConfig()
         self.seq_len = self.config.seq_len or seq_len
         self.seed = seed
@@ -131,6 +151,15 @@ class LSTMForecaster(Forecaster):
                     monitor=monitor, factor=0.5, patience=cfg.lr_patience, min_lr=1e-5
                 ),
             ]
+            hook = self.epoch_hook
+            if hook is not None and len(groups) == 1:
+                callbacks.append(
+                    keras.callbacks.LambdaCallback(
+                        on_epoch_end=lambda epoch, logs, net=net, hook=hook: self._at_epoch(
+                            keras, net, groups, epoch + 1, hook
+                        )
+                    )
+                )
             history = net.fit(
                 x_tr.astype("float32"),
                 y_tr[:, cols].astype("float32"),
@@ -145,6 +174,16 @@ class LSTMForecaster(Forecaster):
             )
             epochs.append(len(history.history["loss"]))
             trained.append(net)
+        self._assemble(keras, trained, groups)
+        self.training = {
+            "windows_train": len(x_tr),
+            "windows_validation": len(x_va),
+            "epochs": epochs,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    def _assemble(self, keras: Any, trained: list[Any], groups: list[list[int]]) -> None:
+        """The saved model from the trained networks, and its NumPy weights for inference."""
         # Fresh, uncompiled copies: the saved model then carries no optimizer state (a third of the size).
         inference = []
         for name, net, cols in zip(self.branches, trained, groups, strict=True):
@@ -155,13 +194,12 @@ class LSTMForecaster(Forecaster):
         outs = [net(inputs) for net in inference]
         output = outs[0] if len(outs) == 1 else keras.layers.Concatenate(name="targets")(outs)
         self.model = keras.Model(inputs, output, name="mora_lstm")
-        self.training = {
-            "windows_train": len(x_tr),
-            "windows_validation": len(x_va),
-            "epochs": epochs,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
         self._extract_weights()
+
+    def _at_epoch(self, keras: Any, net: Any, groups: list[list[int]], epoch: int, hook: EpochHook) -> None:
+        if epoch in hook.epochs:
+            self._assemble(keras, [net], groups)
+            hook(epoch, self._predict)
 
     def _holdout_mask(self, window_experiments: np.ndarray) -> np.ndarray:
         """Last ``validation_fraction`` of each experiment's windows (time-ordered)."""
