@@ -56,6 +56,7 @@ bench: install ## Run the benchmarks (writes JSON under benchmarks/results/)
 	$(BIN)/python benchmarks/train_fleet.py
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/backtest_report.py
+	$(BIN)/python benchmarks/tune_trial.py
 
 clean: stack-down ## Stop the stack and remove local state (.mora) and caches
 	rm -rf .mora .pytest_cache .mypy_cache .ruff_cache
