@@ -218,7 +218,7 @@ class ServiceModel:
         rows: int = RECENT_ROWS,
         fitted_until: pd.Timestamp | None = None,
         peak_window: pd.Timedelta | None = PEAK_WINDOW,
-        candidates: Collection[str] | None = None,
+        candidates: Collection[str] | None = RECENT_CANDIDATES,
     ) -> dict[str, RecentChoice | None]:
         """Per target, the request after ``history`` calibrated on its last ``rows`` rows
         (``models.recent``): the cheapest candidate that covered each step of the usage held over
@@ -226,13 +226,15 @@ class ServiceModel:
 
         Candidates: the fused forecast, each member, a moving average of the last ``seq_len``
         values and the recent peak (the highest usage over ``peak_window`` before each row; None
-        leaves it out); the last two need no fit. A fitted candidate is judged only on rows after
-        ``fitted_until`` (the end of its training data), where its residuals are out-of-sample;
-        without ``fitted_until`` every recent row counts, and only once the rows after the fit hold
-        at least half the holding windows at hand (each candidate needs ``MIN_RECENT_ORIGINS``). ``candidates`` limits the choice to
-        those names (default: all). A memory request is never below the last
-        observed memory usage (what the process holds now). ``history`` is taken in the caller's time
-        order, so holding windows run across experiment boundaries as a held request does.
+        leaves it out); the last two need no fit. ``candidates`` limits the choice to those names
+        (default ``RECENT_CANDIDATES``: the fused forecast and the recent peak; None offers every
+        one). A fitted candidate is judged only on rows after ``fitted_until`` (the end of its
+        training data), where its residuals are out-of-sample, and is offered only once those rows
+        hold at least half the holding windows at hand; without ``fitted_until`` every recent row
+        counts. Each candidate needs ``MIN_RECENT_ORIGINS`` windows. A memory request is never below
+        the last observed memory usage (what the process holds now). ``history`` is taken in the
+        caller's time order, so holding windows run across experiment boundaries as a held request
+        does.
         ``None`` for a target with too little recent history.
         """
         steps = int(steps or self.calibration.horizon_steps)
