@@ -39,6 +39,7 @@ import pandas as pd
 
 from mora_platform.backtest.engine import BacktestConfig, SeriesReplay
 from mora_platform.backtest.inputs import series_from_frame
+from mora_platform.backtest.platform_training import HEAD_ROOM_MODES
 from mora_platform.backtest.plots import write_plots
 from mora_platform.backtest.report import build_report, format_table, write_report
 from mora_platform.cli.backtest import (
@@ -48,13 +49,14 @@ from mora_platform.cli.backtest import (
     build_methods,
     horizon_steps,
 )
+from mora_platform.models.recent import RECENT_ROWS
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "backtest"
 DATASETS = ("online-boutique", "synthetic")
 BASELINES = ("vpa", "krr", "crane", "max", "reactive")
 # the platform's head-room options (--calibrate-on, --recent-rows), applied to every run
-PLATFORM_OPTIONS: dict[str, Any] = {"head_room": "auto", "recent_rows": 1_440}
+PLATFORM_OPTIONS: dict[str, Any] = {"head_room": "auto", "recent_rows": RECENT_ROWS}
 
 
 def shared_data_dir() -> Path:
@@ -177,12 +179,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--calibrate-on",
-        choices=("auto", "recent", "validation"),
+        choices=HEAD_ROOM_MODES,
         default="auto",
-        help="the platform's head-room: training-time (validation) while it keeps its coverage on unseen "
-        "rows, else recent (auto); or one of them alone",
+        help="the platform's head-room: recent (fused forecast or recent peak, on the rows before each origin) "
+        "unless validation (training time) kept its promise at no higher cost (auto); or one of them alone",
     )
-    parser.add_argument("--recent-rows", type=int, default=1_440, help="rows the recent head-room looks at")
+    parser.add_argument(
+        "--recent-rows", type=int, default=RECENT_ROWS, help="rows the recent head-room looks at"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args()
     PLATFORM_OPTIONS.update(head_room=args.calibrate_on, recent_rows=args.recent_rows)

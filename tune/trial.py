@@ -171,8 +171,9 @@ def run_trial(
             trial_to_config(config, {**base_config, "cpu_threads": cpu_threads}, epochs=epochs)
         )
 
-    if training_config(max_epochs).lstm.multi_output:
-        final = score_lstm(reference, training_config(max_epochs), weight, cpu_threads, reporter)
+    full = training_config(max_epochs)
+    if full.lstm.multi_output:
+        final = score_lstm(reference, full, weight, cpu_threads, reporter)
         for epoch in rungs:
             if epoch not in reporter.reported:  # early stopping ended the fit before this rung
                 reporter.send(epoch, final)

@@ -52,7 +52,7 @@ class MethodSpec:
     training: dict[str, Any]
     horizon_steps: int = 1
     head_room: str = "auto"  # the platform's head-room: "auto", "recent" rows or training-time "validation"
-    recent_rows: int = 1_440
+    recent_rows: int = 1_440  # models.recent.RECENT_ROWS (not imported: the CLI starts without pandas)
 
 
 def build_methods(spec: MethodSpec) -> list[Recommender]:
@@ -235,8 +235,10 @@ def register(app: typer.Typer) -> None:
             warmup=_duration(warmup, "--warmup"),
             season=_duration(season, "--season"),
         )
-        if calibrate_on not in ("auto", "recent", "validation"):
-            _fail(f"--calibrate-on must be auto, recent or validation, got {calibrate_on!r}")
+        from mora_platform.backtest.platform_training import HEAD_ROOM_MODES
+
+        if calibrate_on not in HEAD_ROOM_MODES:
+            _fail(f"--calibrate-on must be one of {', '.join(HEAD_ROOM_MODES)}, got {calibrate_on!r}")
         names = tuple(n.strip() for n in methods.split(",") if n.strip())
         notes: list[str] = []
         if any(n.startswith("platform") for n in names):

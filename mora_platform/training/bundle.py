@@ -360,16 +360,12 @@ class ServiceModel:
         out: dict[str, HeldRequest] = {}
         for t in ("cpu", "memory"):
             point = float(answer.point[t])
-            choice = recent.get(t)
-            check = kept[t]
-            validation_wins = (
+            choice, check = recent.get(t), kept[t]
+            if choice is None or (
                 check.windows >= max(MIN_KEPT_WINDOWS, choice.origins // 2)
                 and check.share >= target
                 and check.relative_cost <= choice.relative_cost
-                if choice is not None
-                else True
-            )
-            if validation_wins or choice is None:
+            ):
                 out[t] = HeldRequest(held[t].request(point), point, VALIDATION)
             else:
                 out[t] = HeldRequest(choice.request, choice.point, choice.candidate)
@@ -399,12 +395,7 @@ class ServiceModel:
         requests = {t: per[t].request(answer.point[t]) for t in TARGETS}
         recent_reasons: list[str] = []
         steps = max(int(self.calibration.horizon_steps), 1)
-        if (
-            head_room == "auto"
-            and history is not None
-            and len(window)
-            and len(history) > steps + MIN_RECENT_ORIGINS
-        ):
+        if head_room == "auto" and history is not None and len(history) > steps + MIN_RECENT_ORIGINS:
             for t, held in self.held_requests(history, steps).items():
                 if held.source != VALIDATION:
                     requests[t] = held.request
