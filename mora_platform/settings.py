@@ -1,8 +1,9 @@
 """Settings for every entrypoint, read from the environment (prefix ``MORA_``).
 
-The local stack writes ``.mora/stack.env`` so that every command finds the S3 endpoint
-and credentials it started; a ``.env`` file or real environment variables override it.
-Secrets are ``SecretStr`` so they never appear in reprs or logs.
+The local stack writes ``$MORA_HOME/stack.env`` so that every command finds the S3 endpoint
+and credentials it started, from any working directory; a ``.env`` file in the working directory or
+real environment variables override it. ``MORA_HOME`` defaults to ``~/.mora`` (per user, not per
+checkout). Secrets are ``SecretStr`` so they never appear in reprs or logs.
 """
 
 from __future__ import annotations
@@ -11,8 +12,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Where local state lives when ``MORA_HOME`` is not set: one per user, whatever the working directory.
+DEFAULT_HOME_NAME = ".mora"
+
+
+def default_home() -> Path:
+    """``$MORA_HOME`` when set, else ``~/.mora``, as an absolute path (never relative to the working directory)."""
+    configured = os.environ.get("MORA_HOME", "").strip()
+    home = Path(configured).expanduser() if configured else Path.home() / DEFAULT_HOME_NAME
+    return home.absolute()
+
+
+def settings_env_files() -> tuple[Path, Path]:
+    """The dotenv files every settings class reads, lowest priority first: the stack's, then ``./.env``."""
+    return default_home() / "stack.env", Path(".env")
 
 
 class MoraSettings(BaseSettings):
@@ -20,12 +36,15 @@ class MoraSettings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="MORA_",
-        env_file=(".mora/stack.env", ".env"),
+        env_file=(f"~/{DEFAULT_HOME_NAME}/stack.env", ".env"),  # resolved per instance in __init__
         env_file_encoding="utf-8",
         extra="ignore",
     )
 
-    home: Path = Field(Path(".mora"), description="Local state directory (stack data, PIDs, logs)")
+    home: Path = Field(
+        default_factory=default_home,
+        description="Local state directory (stack data, PIDs, logs, stack.env); default ~/.mora",
+    )
 
     s3_endpoint_url: str = Field("http://127.0.0.1:8333", description="S3 endpoint (MinIO, SeaweedFS, AWS)")
     s3_bucket: str = Field("mora", description="Bucket holding datasets/, models/ and runs/")
@@ -43,11 +62,16 @@ class MoraSettings(BaseSettings):
     serve_token: SecretStr | None = Field(None, description="Bearer token required by the endpoint, if set")
 
     def __init__(self, **values: Any) -> None:
-        # The stack file lives under MORA_HOME, which may not be ./.mora: resolve it per instance.
+        # The stack file lives under MORA_HOME (default ~/.mora): resolve it per instance.
         if "_env_file" not in values:
-            home = Path(os.environ.get("MORA_HOME", ".mora"))
-            values["_env_file"] = (home / "stack.env", Path(".env"))
+            values["_env_file"] = settings_env_files()
         super().__init__(**values)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        # A relative MORA_HOME would make every command depend on its working directory.
+        return Path(value).expanduser().absolute()
 
     def s3_credentials(self) -> tuple[str | None, str | None]:
         """The access key pair as plain strings, for the clients that need them."""

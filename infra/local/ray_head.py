@@ -5,6 +5,11 @@ stopping it (SIGTERM to that one PID) shuts the whole node down cleanly; signall
 group at once instead kills the GCS first and makes the leader hang 30 s trying to drain.
 Ray resolves 127.0.0.1 to the machine's address internally; the dashboard still binds 127.0.0.1.
 
+Job entrypoints (``python jobs/retrain_fleet.py ...``) run in a shell on the head with the head's
+``PATH``: the head therefore gets this interpreter's ``bin/`` first on its ``PATH`` (whoever started
+it, virtualenv active or not), and records the interpreter so ``mora stack up`` can tell a head
+started from another environment.
+
 Token authentication: Ray 2.60 turns it on for a new head whenever ``~/.ray/auth_token`` exists
 (any earlier ``ray.init()`` on the machine writes one), and then every client must send the token.
 The mode is therefore set explicitly (``RAY_AUTH_MODE`` of the child), default "disabled", so the
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,6 +77,26 @@ class RayPorts:
         ports.pop("min_worker")
         ports.pop("max_worker")
         return ports
+
+
+def interpreter() -> str:
+    """This environment's Python (the virtualenv's, not what it links to): what the head's jobs run."""
+    return str(Path(sys.executable).absolute())
+
+
+def head_environment(base: dict[str, str], python: str | None = None) -> dict[str, str]:
+    """``base`` with ``python``'s ``bin/`` first on ``PATH`` (and ``VIRTUAL_ENV`` when it is a venv)."""
+    python = python or interpreter()
+    bin_dir = str(Path(python).parent)
+    env = dict(base)
+    rest = [entry for entry in env.get("PATH", "").split(os.pathsep) if entry and entry != bin_dir]
+    env["PATH"] = os.pathsep.join([bin_dir, *rest])
+    venv = Path(bin_dir).parent
+    if (venv / "pyvenv.cfg").is_file():
+        env["VIRTUAL_ENV"] = str(venv)
+    else:
+        env.pop("VIRTUAL_ENV", None)
+    return env
 
 
 def default_temp_dir(home: Path) -> Path:
@@ -161,7 +187,7 @@ class RayHead:
     def start(self, timeout: float = 120.0) -> ProcessRecord:
         """Start the head and wait until the dashboard answers and reports the GCS healthy."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        env = head_environment(dict(os.environ))
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         env.update(self.extra_env)
         record = spawn(
@@ -174,6 +200,7 @@ class RayHead:
                 "dashboard_url": self.dashboard_url,
                 "ports": asdict(self.ports),
                 "temp_dir": str(self.temp_dir),
+                "python": interpreter(),
             },
         )
         self.record = record

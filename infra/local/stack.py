@@ -1,9 +1,13 @@
 """The local stack behind ``mora stack up | down | status``: one S3 server and one Ray head.
 
-State lives under ``MORA_HOME`` (default ``.mora/``): ``s3/`` (data and identities), ``run/``
+State lives under ``MORA_HOME`` (default ``~/.mora``): ``s3/`` (data and identities), ``run/``
 (one PID record per component), ``logs/`` and ``stack.env`` (endpoints and credentials).
 ``up`` starts only what is not already running, checks every port before starting anything,
 and starts both components at once; ``down`` stops exactly the processes ``up`` recorded.
+The Ray head runs with this environment's interpreter first on its PATH and ``MORA_HOME`` set, so
+jobs submitted to it (``mora retrain`` or a plain ``ray job submit``) run the platform's Python and
+read their settings, credentials included, from ``$MORA_HOME/stack.env``, never from the job's
+runtime_env. A running head started from another environment is refused with what to do.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ import httpx
 from infra.local.config import RAY_PORT_FIELDS, WEED_PORT_FIELDS, StackSettings, port_hint
 from infra.local.envfile import read_env_file, stack_env_path, update_env_file
 from infra.local.processes import ProcessRecord, ProcessStartError, stop, wait_until
-from infra.local.ray_head import RayHead, dashboard_healthy, default_temp_dir
+from infra.local.ray_head import RayHead, dashboard_healthy, default_temp_dir, interpreter
 from infra.local.weed import WeedServer
 from mora_platform.storage.errors import StorageError
 from mora_platform.storage.object_store import ObjectStore
 
 COMPONENTS: tuple[str, ...] = ("s3", "ray")
+
+
+class ForeignHeadError(RuntimeError):
+    """The recorded Ray head runs jobs with another Python than this command's."""
 
 
 @dataclass
@@ -118,6 +126,20 @@ class LocalStack:
             temp_dir=self.config.ray_temp_dir or default_temp_dir(self.home),
             num_cpus=self.config.ray_num_cpus,
             object_store_memory=self.config.ray_object_store_bytes,
+            extra_env={"MORA_HOME": str(self.home)},
+        )
+
+    def check_head_environment(self, record: ProcessRecord) -> None:
+        """Raise ``ForeignHeadError`` when the running head was started from another Python environment."""
+        started_with = record.details.get("python")
+        here = interpreter()
+        if started_with == here:
+            return
+        origin = f"from {started_with}" if started_with else "by an older `mora` that did not record its Python"
+        raise ForeignHeadError(
+            f"the Ray head (PID {record.pid}) was started {origin}; its jobs would not run with "
+            f"this environment's Python ({here}). Stop it and start it again from here: "
+            "`mora stack down --component ray && mora stack up` (or `make stack-down && make demo`)"
         )
 
     # -- up -------------------------------------------------------------------------------------
@@ -135,6 +157,8 @@ class LocalStack:
             if stale:
                 say(f"{component}: removed a stale PID record (the process had exited)")
             if record is not None:
+                if component == "ray":
+                    self.check_head_environment(record)
                 results[component] = self._status_of(component, record, state="already running")
             else:
                 to_start.append(component)

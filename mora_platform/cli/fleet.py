@@ -1,8 +1,10 @@
 """`mora retrain` (fleet retraining submitted as a Ray Job) and `mora tune` (a Tune search for one service).
 
 ``mora retrain`` packages the repository as the job's working directory (``.rayignore`` keeps it
-small), hands the S3 settings to the job through ``runtime_env`` environment variables (never
-printed) and submits ``jobs/retrain_fleet.py`` to ``settings.ray_dashboard_url``. ``--wait`` follows
+small) and submits ``jobs/retrain_fleet.py`` to ``settings.ray_dashboard_url``. Only settings that
+are not secret (S3 endpoint, bucket, region) travel in the job's ``runtime_env``, which anyone who
+can read the dashboard sees; the cluster's processes take the S3 key pair from their own
+environment (``$MORA_HOME/stack.env`` on the local stack, a Kubernetes Secret on KubeRay). ``--wait`` follows
 the job's log until it ends. ``mora tune`` runs the search from this process on
 ``settings.ray_address`` (a local Ray when unset) and stores the best config in the registry.
 """
@@ -46,18 +48,17 @@ def repository_root() -> Path:
 
 
 def job_env_vars(settings: MoraSettings) -> dict[str, str]:
-    """The MORA_ S3 settings (and a few pass-through variables) for the job's ``runtime_env``."""
-    key, secret = settings.s3_credentials()
+    """The job's ``runtime_env`` variables: where the data is, never a credential.
+
+    The Jobs API shows a job's runtime_env to anyone who can read the dashboard, and Ray copies it
+    into its logs, so the S3 key pair is left to the cluster's own environment.
+    """
     env = {
         "MORA_S3_ENDPOINT_URL": settings.s3_endpoint_url,
         "MORA_S3_BUCKET": settings.s3_bucket,
         "MORA_S3_REGION": settings.s3_region,
         "PYTHONUNBUFFERED": "1",
     }
-    if key is not None:
-        env["MORA_S3_ACCESS_KEY"] = key
-    if secret is not None:
-        env["MORA_S3_SECRET_KEY"] = secret
     for name in PASSTHROUGH_ENV:
         if os.environ.get(name):
             env[name] = os.environ[name]

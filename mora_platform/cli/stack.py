@@ -85,6 +85,7 @@ def up(
 ) -> None:
     """Start the S3 server and the Ray head (only what is not already running)."""
     from infra.local.processes import PortInUseError, ProcessStartError
+    from infra.local.stack import ForeignHeadError
 
     stack = _build_stack(port)
     began = time.monotonic()
@@ -92,8 +93,8 @@ def up(
         rows = stack.up(
             _components(component), progress=lambda message: console.print(f"[dim]{message}[/dim]")
         )
-    except PortInUseError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
+    except (PortInUseError, ForeignHeadError) as exc:
+        errors.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from exc
     except ProcessStartError as exc:
         errors.print(f"[red]error:[/red] the stack did not start: {exc}")

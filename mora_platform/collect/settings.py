@@ -1,6 +1,6 @@
 """How `mora collect` reaches Prometheus and slices its queries (env prefix ``MORA_PROMETHEUS_``).
 
-Values come from the environment / ``.mora/stack.env`` / ``.env``, then from an optional YAML
+Values come from the environment / ``$MORA_HOME/stack.env`` / ``.env``, then from an optional YAML
 or JSON settings file, then from command-line flags (each later source wins). Secrets are
 ``SecretStr``: they never show up in reprs, logs or summaries.
 """
@@ -31,7 +31,7 @@ class PrometheusSettings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="MORA_PROMETHEUS_",
-        env_file=(".mora/stack.env", ".env"),
+        env_file=("~/.mora/stack.env", ".env"),  # resolved per instance (MORA_HOME) in __init__
         env_file_encoding="utf-8",
         extra="ignore",
     )
@@ -68,6 +68,14 @@ class PrometheusSettings(BaseSettings):
         default_factory=dict, description="PromQL templates overriding the defaults"
     )
     scenario: str = Field("collected", description="Value of the scenario column for collected rows")
+
+    def __init__(self, **values: Any) -> None:
+        # Same files as MoraSettings: $MORA_HOME/stack.env (default ~/.mora), then ./.env.
+        if "_env_file" not in values:
+            from mora_platform.settings import settings_env_files
+
+            values["_env_file"] = settings_env_files()
+        super().__init__(**values)
 
     @field_validator("step", "rate_window")
     @classmethod

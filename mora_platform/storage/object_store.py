@@ -188,7 +188,7 @@ class ObjectStore:
             who = "anonymous requests" if self._access_key is None else "the credentials"
             return StorageAuthError(
                 f"{what}: the S3 endpoint {self.endpoint_url} refused {who} ({code or status}); "
-                "check MORA_S3_ACCESS_KEY / MORA_S3_SECRET_KEY (the local stack keeps them in .mora/stack.env)"
+                "check MORA_S3_ACCESS_KEY / MORA_S3_SECRET_KEY (the local stack keeps them in $MORA_HOME/stack.env, default ~/.mora)"
             )
         message = error.get("Message") or str(exc)
         return StorageError(f"{what}: S3 error {code or status} from {self.endpoint_url}: {message}")

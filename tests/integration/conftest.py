@@ -1,4 +1,4 @@
-"""Integration fixtures: a real SeaweedFS S3 server (auth on, free 127.0.0.1 ports) and the shared data.
+"""Integration fixtures: a real SeaweedFS S3 server (auth on, free 127.0.0.1 ports) and the Online Boutique data.
 
 The server is started once per session with a random access key / secret and stopped by PID at
 the end, whatever the tests did. Its data is thrown away, so teardown does not wait for weed's
@@ -7,12 +7,12 @@ slow graceful exit (~16 s): SIGKILL follows SIGTERM after a few seconds.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from online_boutique import DataDirError, online_boutique_dir
 from pydantic import SecretStr
 
 from infra.local.processes import ProcessStartError
@@ -24,25 +24,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_BUCKET = "mora-test"
 
 
-def _find_shared_data() -> Path:
-    configured = os.environ.get("MORA_SHARED_DATA")
-    candidates = [Path(configured)] if configured else []
-    candidates.append(REPO_ROOT.parent / "shared" / "data" / "online-boutique")
-    for candidate in candidates:
-        if candidate.is_dir() and any(candidate.glob("*.csv")):
-            return candidate
-    tried = ", ".join(str(c) for c in candidates)
-    pytest.fail(
-        f"the shared Online Boutique data is missing (tried {tried}); "
-        "put shared/ beside the clone or set MORA_SHARED_DATA to the directory of CSVs",
-        pytrace=False,
-    )
-
-
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """The directory of Online Boutique CSVs (``<repo>/../shared/data/online-boutique`` or MORA_SHARED_DATA)."""
-    return _find_shared_data()
+    """Online Boutique CSVs: the subset in examples/ (or MORA_SHARED_DATA when set; see tests/helpers)."""
+    try:
+        return online_boutique_dir()
+    except DataDirError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")

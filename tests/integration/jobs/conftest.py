@@ -1,7 +1,10 @@
 """A real local Ray head (dashboard + Jobs API on free 127.0.0.1 ports) and fleet datasets on S3.
 
-The head is ``infra.local.ray_head.RayHead`` (``ray start --head --block``), stopped by its PID.
-The venv's bin/ goes first on its PATH, so a job's ``python`` entrypoint is the project's Python.
+The head is ``infra.local.ray_head.RayHead`` (``ray start --head --block``), stopped by its PID,
+started exactly as ``mora stack up`` starts it: this process's PATH untouched (RayHead itself puts the
+interpreter's bin/ first, so a job's ``python`` entrypoint is the project's Python) and ``MORA_HOME``
+pointing at a home whose ``stack.env`` holds the test S3 settings, so jobs find their credentials
+without any in their runtime_env.
 Datasets get unique service names so the shared ``models/`` prefix never mixes with other tests.
 """
 
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from infra.local.envfile import stack_env_path, update_env_file
 from infra.local.ray_head import RayHead, RayPorts
 from mora_platform.settings import MoraSettings
 
@@ -33,16 +36,32 @@ TINY_CONFIG: dict[str, Any] = {
 class FleetCluster:
     head: RayHead
     settings: MoraSettings
+    home: Path
 
 
 @pytest.fixture(scope="session")
 def fleet_cluster(s3_settings: MoraSettings) -> Iterator[FleetCluster]:
     """A 2-CPU Ray head with dashboard; settings pointing at it and at the test S3 server."""
     temp = Path(tempfile.mkdtemp(prefix="mora-fleet-", dir="/tmp"))
-    head = RayHead(RayPorts.free(), temp / "ray.log", temp_dir=temp / "ray", num_cpus=2)
-    venv_bin = str(Path(sys.executable).parent)
-    saved = {name: os.environ.get(name) for name in ("PATH", "RAY_AUTH_MODE")}
-    os.environ["PATH"] = f"{venv_bin}{os.pathsep}{saved['PATH'] or ''}"
+    home = temp / "home"
+    key, secret = s3_settings.s3_credentials()
+    update_env_file(
+        stack_env_path(home),
+        {
+            "MORA_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url,
+            "MORA_S3_BUCKET": s3_settings.s3_bucket,
+            "MORA_S3_ACCESS_KEY": key or "",
+            "MORA_S3_SECRET_KEY": secret or "",
+        },
+    )
+    head = RayHead(
+        RayPorts.free(),
+        temp / "ray.log",
+        temp_dir=temp / "ray",
+        num_cpus=2,
+        extra_env={"MORA_HOME": str(home)},
+    )
+    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE",)}
     # Ray 2.60 turns token auth on by default for a new head, and the head helper's readiness probe
     # (plain HTTP to /api/version) gets 401 then; this throw-away head on 127.0.0.1 runs without it,
     # and this process and its children (mora tune) talk to it the same way.
@@ -52,13 +71,11 @@ def fleet_cluster(s3_settings: MoraSettings) -> Iterator[FleetCluster]:
     except BaseException:
         _restore(saved)
         raise
-    finally:
-        os.environ["PATH"] = saved["PATH"] or ""
     settings = s3_settings.model_copy(
         update={"ray_dashboard_url": head.dashboard_url, "ray_address": head.address}
     )
     try:
-        yield FleetCluster(head=head, settings=settings)
+        yield FleetCluster(head=head, settings=settings, home=home)
     finally:
         head.stop(timeout=30)
         _restore(saved)

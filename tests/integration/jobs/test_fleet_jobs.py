@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import TINY_CONFIG, FleetCluster, write_fleet_dataset
 
@@ -128,6 +129,49 @@ def test_fleet_job_isolates_a_corrupt_service(fleet_cluster: FleetCluster, objec
     assert "submitted job" in result.output and "FLEET RESULT: 0 succeeded, 1 failed" in result.output
     assert "FAILED" in result.output.splitlines()[-1]
     assert secret and secret not in result.output
+
+    # Anyone who can read the dashboard reads the Jobs API: no credential is there.
+    jobs_api = httpx.get(f"{settings.ray_dashboard_url}/api/jobs/", timeout=10.0)
+    assert jobs_api.status_code == 200 and dataset.name in jobs_api.text
+    for value in (key, secret):
+        assert value and value not in jobs_api.text
+
+
+def test_plain_ray_job_submit_as_the_readme_shows(fleet_cluster: FleetCluster, object_store: Any) -> None:
+    """`ray job submit --working-dir . -- python jobs/retrain_fleet.py ...` from a shell with no virtualenv
+    active and no MORA_* setting: the head's environment gives the job its Python and its settings."""
+    dataset = write_fleet_dataset(object_store, 1, seed=3)
+    (service,) = dataset.services
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MORA_") and k != "VIRTUAL_ENV"}
+    env.update({"PATH": path, "RAY_ADDRESS": fleet_cluster.settings.ray_dashboard_url})
+    command = [
+        str(Path(venv_bin) / "ray"),
+        "job",
+        "submit",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/retrain_fleet.py",
+        "--dataset",
+        dataset.name,
+        "--services",
+        service,
+        "--config-json",
+        json.dumps(TINY_CONFIG),
+    ]
+    done = subprocess.run(
+        command, env=env, cwd=repository_root(), capture_output=True, text=True, timeout=300
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "FLEET RESULT: 1 succeeded, 0 failed" in output
+    assert ModelRegistry(object_store).latest_version(service) is not None
+    jobs_api = httpx.get(f"{fleet_cluster.settings.ray_dashboard_url}/api/jobs/", timeout=10.0).text
+    for value in fleet_cluster.settings.s3_credentials():
+        assert value and value not in jobs_api and value not in output
 
 
 def test_killed_worker_is_retried_and_the_service_publishes(

@@ -56,12 +56,13 @@ def test_import_reports_seven_services_and_every_row(
     env = _env(s3_settings, tmp_path / ".mora")
     name = "boutique-" + secrets.token_hex(3)
     expected = _raw_row_counts(shared_data_dir)
-    assert sum(expected.values()) == 19160 and len(expected) == 7
+    total = sum(expected.values())
+    assert len(expected) == 7 and total >= 3281  # the shipped subset, or the full set
 
     result = runner.invoke(app, ["data", "import", str(shared_data_dir), "--dataset", name], env=env)
     assert result.exit_code == 0, result.output
     assert "7 services" in result.output
-    assert "19160" in result.output
+    assert str(total) in result.output
     for service, rows in expected.items():
         line = next(line for line in result.output.splitlines() if f" {service} " in line)
         assert f" {rows} " in line, line

@@ -1,6 +1,6 @@
 """Every Online Boutique service trains, publishes a version, and carries its test metrics.
 
-Uses the whole shared data set (7 services, 252 experiments) through the real path a user takes:
+Uses the Online Boutique experiments (the shipped subset of all 7 services; see tests/helpers) through the real path a user takes:
 DatasetStore on the S3 server, `mora train` per service, the registry's manifest. The network is
 tiny (one epoch) so the test stays fast; the real sizes are measured in benchmarks/train_service.py.
 """

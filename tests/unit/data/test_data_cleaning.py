@@ -128,7 +128,7 @@ def test_derived_metrics_match_the_shipped_values(shared_raw: LoadResult) -> Non
         "service_stability_value": np.isfinite(raw["service_stability_value"]) & ~counter_dropped,
     }
     for column, usable in checks.items():
-        assert usable.sum() > 15_000, column
+        assert usable.sum() > 0.75 * len(raw), column  # most rows carry the shipped value
         np.testing.assert_allclose(
             computed.loc[usable, column], raw.loc[usable, column], rtol=1e-9, atol=1e-12, err_msg=column
         )

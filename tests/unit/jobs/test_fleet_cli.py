@@ -40,7 +40,7 @@ def test_entrypoint_is_quoted_and_parses_back() -> None:
     assert args.config_json == '{"lstm": {"units": [4]}}'
 
 
-def test_job_env_carries_s3_settings_and_passthrough(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_job_env_carries_s3_settings_but_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MORA_FLEET_PID_DIR", "/tmp/pids")
     settings = MoraSettings(
         s3_endpoint_url="http://127.0.0.1:1234",
@@ -50,7 +50,9 @@ def test_job_env_carries_s3_settings_and_passthrough(monkeypatch: pytest.MonkeyP
     )  # type: ignore[call-arg]
     env = job_env_vars(settings)
     assert env["MORA_S3_ENDPOINT_URL"] == "http://127.0.0.1:1234" and env["MORA_S3_BUCKET"] == "b"
-    assert env["MORA_S3_ACCESS_KEY"] == "AKIA-test" and env["MORA_S3_SECRET_KEY"] == "s3cr3t"
+    # The Jobs API shows runtime_env to every dashboard reader: the key pair stays out of it.
+    assert "MORA_S3_ACCESS_KEY" not in env and "MORA_S3_SECRET_KEY" not in env
+    assert not [name for name, value in env.items() if "s3cr3t" in value or "AKIA-test" in value]
     assert env["MORA_FLEET_PID_DIR"] == "/tmp/pids"
     assert "s3cr3t" not in repr(settings)
 
