@@ -58,5 +58,5 @@ bench: install ## Run the benchmarks (writes JSON under benchmarks/results/)
 	$(BIN)/python benchmarks/backtest_report.py
 	$(BIN)/python benchmarks/tune_trial.py
 
-clean: stack-down ## Stop the stack and remove local state (.mora) and caches
-	rm -rf .mora .pytest_cache .mypy_cache .ruff_cache
+clean: stack-down ## Stop the stack and remove caches (the stack's data stays in $$MORA_HOME, default ~/.mora)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

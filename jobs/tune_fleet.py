@@ -31,7 +31,7 @@ from mora_platform.orchestration import (
     utc_now,
 )
 from mora_platform.settings import MoraSettings
-from tune.run import TuneRequest, experiment_prefix, tune_outcome
+from tune.run import TuneRequest, connect, experiment_prefix, tune_outcome
 from tune.search_space import SearchBounds
 
 
@@ -131,7 +131,7 @@ def run_tune(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
         },
     )
     if not ray.is_initialized():
-        ray.init(address=args.ray_address or settings.ray_address or None)
+        connect(args.ray_address or settings.ray_address)
     progress = ProgressLine(len(services))
     print(f"tune run {run_id}: dataset {args.dataset!r}, services: {', '.join(services)}", flush=True)
     work = functools.partial(_tune_one, args, run_id, bounds, base, settings)

@@ -62,6 +62,18 @@ def experiment_prefix(run_id: str) -> str:
     return f"tune/{run_id}"
 
 
+def connect(address: str | None) -> None:
+    """Join the Ray cluster for a search without echoing the trial workers' output here.
+
+    Tune reports every trial's result and error itself; what the workers print is TensorFlow's
+    start-up chatter and, when Tune stops a finished trial's actor, the ``SystemExit`` traceback
+    of Ray's SIGTERM handler. Both stay in the Ray session logs (dashboard, Logs tab).
+    """
+    import ray
+
+    ray.init(address=address or None, log_to_driver=False)
+
+
 def tune_service(request: TuneRequest, settings: MoraSettings) -> TuneResult:
     """Run the search for ``request.service`` on the connected Ray cluster; return the best config."""
     import ray
@@ -80,7 +92,7 @@ def tune_service(request: TuneRequest, settings: MoraSettings) -> TuneResult:
     reference = prepare_reference(frame, request.service, request.base_config)
     del frame
     if not ray.is_initialized():
-        ray.init(address=settings.ray_address or None)
+        connect(settings.ray_address)
 
     trainable = tune.with_resources(
         tune.with_parameters(

@@ -25,6 +25,7 @@ RAY_PORT_FIELDS = {
     "dashboard": "ray_dashboard_port",
     "client": "ray_client_port",
     "dashboard_agent": "ray_dashboard_agent_port",
+    "metrics_export": "ray_metrics_export_port",
     "min_worker": "ray_min_worker_port",
     "max_worker": "ray_max_worker_port",
 }
@@ -51,6 +52,7 @@ class StackSettings(BaseSettings):
     ray_dashboard_port: int = _port(8265, "Ray dashboard / Jobs API port (MORA_RAY_DASHBOARD_URL)")
     ray_client_port: int = _port(10001, "Ray client server port")
     ray_dashboard_agent_port: int = _port(52365, "Ray dashboard agent HTTP port")
+    ray_metrics_export_port: int = _port(8266, "Ray node's Prometheus metrics (/metrics, incl. ray_mora_*)")
     ray_min_worker_port: int = _port(20002, "lowest port for Ray workers")
     ray_max_worker_port: int = _port(29999, "highest port for Ray workers")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs Ray may schedule (default: all)")

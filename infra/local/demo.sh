@@ -29,7 +29,8 @@ $BIN/mora serve up
 $BIN/mora serve status
 
 step "Asking the endpoint for one recommendation"
-set -a; . "${MORA_HOME:-.mora}/stack.env"; [ -f .env ] && . ./.env; set +a
+HOME_DIR=$($BIN/python -c 'from mora_platform.settings import default_home; print(default_home())')
+set -a; . "$HOME_DIR/stack.env"; [ -f .env ] && . ./.env; set +a
 URL="http://${MORA_SERVE_HOST:-127.0.0.1}:${MORA_SERVE_PORT:-8000}/v1/recommendations"
 BODY='{"service": "frontend", "context": {"load_users": 50, "replica_count": 2, "scenario": "browsing"}}'
 echo "POST $URL"
@@ -43,5 +44,7 @@ cat <<MSG
 Done. The stack keeps running:
   Ray dashboard   ${MORA_RAY_DASHBOARD_URL:-http://127.0.0.1:8265}
   Endpoint docs   http://${MORA_SERVE_HOST:-127.0.0.1}:${MORA_SERVE_PORT:-8000}/docs
+  State and logs  $HOME_DIR (MORA_HOME)
+  Use mora        source .venv/bin/activate   (then \`mora --help\`, from any directory)
   Stop it with    make stack-down
 MSG

@@ -48,6 +48,7 @@ class RayPorts:
     dashboard: int = 8265
     client: int = 10001
     dashboard_agent: int = 52365
+    metrics_export: int = 8266
     min_worker: int = 20002
     max_worker: int = 29999
 
@@ -60,13 +61,14 @@ class RayPorts:
         ports in 30000-32699 (chosen from its GCS port): below the OS's ephemeral range, away from
         the stack's default 20002-29999 and from Ray's own default 10002-19999.
         """
-        gcs, dashboard, client, agent = free_ports(4, host)
+        gcs, dashboard, client, agent, metrics = free_ports(5, host)
         low = 30_000 + 100 * (gcs % 27)
         return cls(
             gcs=gcs,
             dashboard=dashboard,
             client=client,
             dashboard_agent=agent,
+            metrics_export=metrics,
             min_worker=low,
             max_worker=low + 99,
         )
@@ -134,6 +136,11 @@ class RayHead:
         return f"{self.host}:{self.ports.gcs}"
 
     @property
+    def metrics_url(self) -> str:
+        """The node's Prometheus metrics (Ray's own and the platform's ``ray_mora_*``)."""
+        return f"http://{self.host}:{self.ports.metrics_export}/metrics"
+
+    @property
     def dashboard_url(self) -> str:
         """Dashboard and Jobs API base URL."""
         return f"http://{self.host}:{self.ports.dashboard}"
@@ -160,6 +167,8 @@ class RayHead:
             str(p.client),
             "--dashboard-agent-listen-port",
             str(p.dashboard_agent),
+            "--metrics-export-port",
+            str(p.metrics_export),
             "--min-worker-port",
             str(p.min_worker),
             "--max-worker-port",
@@ -198,6 +207,7 @@ class RayHead:
             details={
                 "address": self.address,
                 "dashboard_url": self.dashboard_url,
+                "metrics_url": self.metrics_url,
                 "ports": asdict(self.ports),
                 "temp_dir": str(self.temp_dir),
                 "python": interpreter(),

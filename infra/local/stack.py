@@ -282,6 +282,8 @@ class LocalStack:
             health, healthy = self._s3_health(endpoint)
         else:
             endpoint = f"{details.get('address', '')}, dashboard {details.get('dashboard_url', '')}"
+            if details.get("metrics_url"):
+                endpoint += f", metrics {details['metrics_url']}"
             health, healthy = _ray_health(str(details.get("dashboard_url", "")))
         return ComponentStatus(
             component, state, pid=record.pid, endpoint=endpoint, health=health, healthy=healthy

@@ -173,6 +173,18 @@ def test_plain_ray_job_submit_as_the_readme_shows(fleet_cluster: FleetCluster, o
     for value in fleet_cluster.settings.s3_credentials():
         assert value and value not in jobs_api and value not in output
 
+    # The platform's own counters reach the node's Prometheus endpoint (README: "Custom metrics").
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(fleet_cluster.head.metrics_url, timeout=10.0).text
+        if f'service="{service}"' in text:
+            break
+        time.sleep(2)
+    trained = [
+        line for line in text.splitlines() if line.startswith("ray_mora_services_trained") and service in line
+    ]
+    assert trained and float(trained[0].rsplit(" ", 1)[1]) >= 1.0, text[-2000:]
+
 
 def test_killed_worker_is_retried_and_the_service_publishes(
     fleet_cluster: FleetCluster, object_store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -246,6 +258,7 @@ def test_tune_writes_to_s3_and_the_next_retrain_uses_the_best_config(
     )
     assert tuned.returncode == 0, tuned.stdout[-2000:] + tuned.stderr[-3000:]
     assert "tuned config saved" in tuned.stdout
+    assert "Traceback" not in tuned.stderr and "SystemExit" not in tuned.stderr, tuned.stderr[-3000:]
 
     keys = object_store.list_keys("tune/")
     experiment = [k for k in keys if f"/{service}/" in k]
