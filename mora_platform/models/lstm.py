@@ -6,11 +6,13 @@ LSTM 64 -> Dropout 0.2 -> LSTM 32 -> Dropout 0.2 -> Dense 16 relu -> Dense out, 
 EarlyStopping(restore_best_weights) and ReduceLROnPlateau on the last ``validation_fraction``
 of each series' windows (time-ordered, not a random 20%). ``multi_output=True`` trains one
 network with 3 outputs; ``False`` trains one network per target (the seed), combined into one
-saved model with 3 outputs. Files: ``lstm.keras`` (no optimizer state; loaded with
-``safe_mode=True``) and ``scaler.json``.
+saved model with 3 outputs. Files: ``lstm.keras`` (no optimizer state) and ``scaler.json``.
 
 Inference runs a NumPy forward pass over the saved weights (dropout is inactive at inference),
 checked against ``model(x, training=False)``; it answers one window in well under a millisecond.
+Loading reads those weights straight from ``lstm.keras`` (``models.keras_archive``: zip + HDF5,
+nothing executed, no Keras), so loading and answering never import TensorFlow; the Keras model
+itself is loaded (``safe_mode=True``) only on demand: ``keras_model()``, ``forward(engine="keras")``.
 
 An ``EpochHook`` (Ray Tune's trials use one) is called after the epochs it names with a predict
 function over the weights of that moment, so one fit serves every intermediate report.
@@ -19,7 +21,7 @@ function over the weights of that moment, so one fit serves every intermediate r
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -32,12 +34,14 @@ from mora_platform.features.targets import FEATURE_COLUMNS, feature_matrix, targ
 from mora_platform.features.windows import build_windows
 from mora_platform.models.base import Forecaster, ModelError, ModelLoadError, read_json, write_json
 from mora_platform.models.config import LSTMConfig
+from mora_platform.models.keras_archive import ArchiveLayer, read_keras_archive
 from mora_platform.models.tf_runtime import configure_tensorflow
 from mora_platform.recommend.types import TARGETS
 
 MODEL_FILE = "lstm.keras"
 SCALER_FILE = "scaler.json"
 SCALER_FORMAT = 1
+DENSE_ACTIVATIONS: frozenset[str] = frozenset({"relu", "linear", "None"})
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -97,6 +101,7 @@ class LSTMForecaster(Forecaster):
         self.feature_scaler: MinMaxScaler | None = None
         self.target_scaler: MinMaxScaler | None = None
         self.model: Any = None
+        self._model_path: Path | None = None  # where a loaded model's Keras file is (see keras_model)
         self.branches: list[str] = []
         self.training: dict[str, Any] = {}
         self._layers: list[list[tuple[str, tuple[np.ndarray, ...], str]]] = []
@@ -211,42 +216,67 @@ class LSTMForecaster(Forecaster):
         return position >= count - n_hold
 
     def _extract_weights(self) -> None:
-        """Copy the saved network's weights into NumPy for the fast forward pass."""
-        self._layers = []
+        """Copy the in-memory network's weights into NumPy for the fast forward pass."""
+        self._layers = [
+            _numpy_stack(
+                name,
+                [
+                    (type(layer).__name__, layer.name, layer.get_config(), layer.get_weights())
+                    for layer in self.model.get_layer(name).layers
+                ],
+            )
+            for name in self.branches
+        ]
+
+    def _weights_from_archive(self, root: ArchiveLayer) -> None:
+        """The forward pass's weights from the saved file as read by ``read_keras_archive``:
+        the same float32 arrays Keras would load, so the answers are identical."""
+        inputs = [layer for layer in root.layers if layer.class_name == "InputLayer"]
+        shape = (
+            inputs[0].config.get("batch_shape", inputs[0].config.get("batch_input_shape")) if inputs else None
+        )
+        expected_in = [None, self.seq_len, len(FEATURE_COLUMNS)]
+        if shape is None or list(shape) != expected_in:
+            raise ModelLoadError(f"{MODEL_FILE}: input shape {shape} does not match {tuple(expected_in)}")
+        layers = []
         for name in self.branches:
-            stack = []
-            for layer in self.model.get_layer(name).layers:
-                kind = type(layer).__name__
-                if kind == "LSTM":
-                    cfg = layer.get_config()
-                    if cfg.get("activation") != "tanh" or cfg.get("recurrent_activation") != "sigmoid":
-                        raise ModelLoadError(f"{MODEL_FILE}: unsupported LSTM activations in {layer.name}")
-                    stack.append(
-                        (
-                            "lstm",
-                            tuple(np.asarray(w, dtype="float64") for w in layer.get_weights()),
-                            "seq" if cfg["return_sequences"] else "last",
-                        )
-                    )
-                elif kind == "Dense":
-                    stack.append(
-                        (
-                            "dense",
-                            tuple(np.asarray(w, dtype="float64") for w in layer.get_weights()),
-                            str(layer.get_config().get("activation")),
-                        )
-                    )
-                elif kind in ("Dropout", "InputLayer"):
-                    continue
-                else:
-                    raise ModelLoadError(f"{MODEL_FILE}: unexpected layer {kind} in {name}")
-            self._layers.append(stack)
+            try:
+                branch = root.get_layer(name)
+            except ValueError as exc:
+                raise ModelLoadError(f"{MODEL_FILE}: {exc}") from exc
+            layers.append(
+                _numpy_stack(
+                    name,
+                    [(layer.class_name, layer.name, layer.config, layer.weights) for layer in branch.layers],
+                )
+            )
+        self._layers = layers
+        try:
+            out = self.forward(np.zeros((1, self.seq_len, len(FEATURE_COLUMNS))))
+        except (ValueError, ModelError) as exc:  # weight shapes that do not chain
+            raise ModelLoadError(f"{MODEL_FILE}: weights do not fit together ({exc})") from exc
+        if out.shape != (1, len(TARGETS)):
+            raise ModelLoadError(f"{MODEL_FILE}: {out.shape[1]} outputs, expected {len(TARGETS)}")
+
+    def keras_model(self) -> Any:
+        """The Keras model (imports TensorFlow): the trained one, or a loaded one read on first use."""
+        if self.model is None:
+            if self._model_path is None:
+                raise ModelError("lstm: no Keras model (not fitted or loaded)")
+            configure_tensorflow(self.cpu_threads)
+            import keras
+
+            try:
+                self.model = keras.saving.load_model(self._model_path, compile=False, safe_mode=True)
+            except Exception as exc:  # Keras raises many types for a bad archive
+                raise ModelLoadError(f"{MODEL_FILE}: cannot load ({type(exc).__name__}: {exc})") from exc
+        return self.model
 
     # ---- asking ------------------------------------------------------------------------------
     def forward(self, x: np.ndarray, engine: str = "numpy") -> np.ndarray:
         """Scaled outputs (batch, 3) for scaled windows ``x`` (batch, seq_len, 14)."""
         if engine == "keras":
-            return np.asarray(self.model(x.astype("float32"), training=False), dtype="float64")
+            return np.asarray(self.keras_model()(x.astype("float32"), training=False), dtype="float64")
         outputs = []
         for stack in self._layers:
             h = np.asarray(x, dtype="float64")
@@ -289,7 +319,7 @@ class LSTMForecaster(Forecaster):
     # ---- persistence ------------------------------------------------------------------------
     def _save(self, directory: Path) -> list[str]:
         assert self.feature_scaler is not None and self.target_scaler is not None
-        self.model.save(directory / MODEL_FILE)
+        self.keras_model().save(directory / MODEL_FILE)  # a loaded model is read from its file first
         meta = {
             "format": SCALER_FORMAT,
             "seq_len": self.seq_len,
@@ -320,21 +350,41 @@ class LSTMForecaster(Forecaster):
         path = directory / MODEL_FILE
         if not path.is_file():
             raise ModelLoadError(f"{MODEL_FILE}: file missing in {directory}")
-        configure_tensorflow(cpu_threads)
-        import keras
-
         try:
-            model.model = keras.saving.load_model(path, compile=False, safe_mode=True)
-        except Exception as exc:  # Keras raises many types for a bad archive
+            root = read_keras_archive(path)  # no Keras / TensorFlow: see models.keras_archive
+        except Exception as exc:  # zipfile, h5py and the reader raise many types for a bad archive
             raise ModelLoadError(f"{MODEL_FILE}: cannot load ({type(exc).__name__}: {exc})") from exc
-        expected_in = (None, model.seq_len, len(FEATURE_COLUMNS))
-        if tuple(model.model.input_shape) != expected_in or tuple(model.model.output_shape) != (
-            None,
-            len(TARGETS),
-        ):
-            raise ModelLoadError(
-                f"{MODEL_FILE}: shapes {model.model.input_shape} -> {model.model.output_shape} do not match "
-                f"{expected_in} -> (None, {len(TARGETS)})"
-            )
-        model._extract_weights()
+        model._weights_from_archive(root)
+        model._model_path = path
         return model
+
+
+def _numpy_stack(
+    branch: str, layers: list[tuple[str, str, Mapping[str, Any], Sequence[Any]]]
+) -> list[tuple[str, tuple[np.ndarray, ...], str]]:
+    """One branch's layers, each (class name, layer name, config, weights), as the forward pass's
+    ``(kind, float64 weights, extra)`` steps: dropout and input layers are skipped (inactive at
+    inference); anything but a tanh/sigmoid LSTM or a relu/linear Dense is refused."""
+    stack: list[tuple[str, tuple[np.ndarray, ...], str]] = []
+    for kind, name, cfg, weights in layers:
+        arrays = tuple(np.asarray(w, dtype="float64") for w in weights)
+        if kind == "LSTM":
+            if cfg.get("activation") != "tanh" or cfg.get("recurrent_activation") != "sigmoid":
+                raise ModelLoadError(f"{MODEL_FILE}: unsupported LSTM activations in {name}")
+            if cfg.get("go_backwards") or not cfg.get("use_bias", True) or len(arrays) != 3:
+                raise ModelLoadError(
+                    f"{MODEL_FILE}: unsupported LSTM set-up in {name} ({len(arrays)} arrays)"
+                )
+            stack.append(("lstm", arrays, "seq" if cfg.get("return_sequences") else "last"))
+        elif kind == "Dense":
+            activation = str(cfg.get("activation"))
+            if activation not in DENSE_ACTIVATIONS or len(arrays) != 2:
+                raise ModelLoadError(
+                    f"{MODEL_FILE}: unsupported Dense in {name} (activation {activation}, {len(arrays)} arrays)"
+                )
+            stack.append(("dense", arrays, activation))
+        elif kind in ("Dropout", "InputLayer"):
+            continue
+        else:
+            raise ModelLoadError(f"{MODEL_FILE}: unexpected layer {kind} in {branch}")
+    return stack
