@@ -3,7 +3,9 @@
 ``create_api(backend, token=...)`` builds the app; the Serve ingress (``serve.ingress``) wraps
 it, and unit tests drive it with FastAPI's ``TestClient`` and a fake backend. Guards run as
 ASGI middleware *before* the body is read: auth (401), content type (415) and body size (413);
-validation errors become 422 (400 for malformed JSON) with the offending field path named.
+validation errors become 422 (400 for malformed JSON) with the offending field path named. A body
+nested deeper than ``MAX_JSON_DEPTH`` levels is a 400 saying so (checked only once parsing or
+validation failed: a valid request nests 5 levels, so the check costs nothing on the way to a model).
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from serve.api import (
     MAX_BATCH_REQUESTS,
     MAX_BODY_BYTES,
     MAX_HISTORY_ROWS,
+    MAX_JSON_DEPTH,
     BatchRequest,
     BatchResponse,
     ErrorResponse,
@@ -187,8 +193,40 @@ def _describe(error: dict[str, Any]) -> FieldError:
     return FieldError(field=field_path(loc), message=message)
 
 
+def deeper_than(value: Any, limit: int) -> bool:
+    """True when parsed JSON ``value`` nests objects / arrays more than ``limit`` levels deep."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def too_deep_response() -> JSONResponse:
+    message = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    return _error_json(400, f"invalid request: body: {message}", [FieldError(field="body", message=message)])
+
+
+def unparseable_body_response(exc: StarletteHTTPException) -> JSONResponse | None:
+    """400 naming the problem when FastAPI could not parse the body (it says only "error parsing")."""
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):  # the JSON parser's own nesting limit (far above ours)
+        return too_deep_response()
+    if isinstance(cause, UnicodeDecodeError):
+        message = f"not UTF-8 text (byte {cause.start})"
+        return _error_json(
+            400, f"invalid request: body: {message}", [FieldError(field="body", message=message)]
+        )
+    return None
+
+
 def validation_response(exc: RequestValidationError) -> JSONResponse:
-    """422 naming each bad field (400 when the body is not JSON at all)."""
+    """422 naming each bad field (400 when the body is not JSON at all, or nested too deeply)."""
+    if deeper_than(exc.body, MAX_JSON_DEPTH):
+        return too_deep_response()
     errors = [_describe(dict(error)) for error in exc.errors()]
     status = 400 if any(error.get("type") == "json_invalid" for error in exc.errors()) else 422
     shown = "; ".join(f"{error.field}: {error.message}" for error in errors[:5])
@@ -219,6 +257,11 @@ def create_api(backend: RecommendationBackend, *, token: str | None = None) -> F
     @api.exception_handler(HTTPException)
     async def _on_http(_: Request, exc: HTTPException) -> JSONResponse:
         return _error_json(exc.status_code, str(exc.detail))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _on_routing_http(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's own errors (body parsing, 404, 405): a body it could not parse is named."""
+        return unparseable_body_response(exc) or await http_exception_handler(request, exc)
 
     @api.exception_handler(ApiError)
     async def _on_api_error(_: Request, exc: ApiError) -> JSONResponse:

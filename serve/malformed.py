@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve.api import MAX_BATCH_REQUESTS, MAX_BODY_BYTES, MAX_HISTORY_ROWS
+from serve.api import MAX_BATCH_REQUESTS, MAX_BODY_BYTES, MAX_HISTORY_ROWS, MAX_JSON_DEPTH
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,11 @@ def _ok(**extra: Any) -> dict[str, Any]:
 
 def _history(rows: int) -> list[dict[str, float]]:
     return [{"cpu_cores_value": 0.01, "mem_bytes_value": 5e7} for _ in range(rows)]
+
+
+def _nested(depth: int) -> bytes:
+    """A request whose ``context`` is ``depth`` arrays deep."""
+    return b'{"service":"{service}","context":' + b"[" * depth + b"]" * depth + b"}"
 
 
 MALFORMED_CASES: tuple[MalformedCase, ...] = (
@@ -113,8 +118,63 @@ MALFORMED_CASES: tuple[MalformedCase, ...] = (
         "history[0].timestamp",
         body=_ok(history=[{"timestamp": "yesterday-ish"}]),
     ),
+    MalformedCase(
+        "history row negative cpu",
+        422,
+        "history[3].cpu_cores_value: negative value",
+        body=_ok(history=[*_history(3), {"cpu_cores_value": -0.1}]),
+    ),
+    MalformedCase(
+        "history row infinite raw metric",
+        422,
+        "history[1].cpu_cores_value: infinite value",
+        raw=b'{"service":"{service}","history":[{"cpu_cores_value":0.1},{"cpu_cores_value":Infinity}]}',
+    ),
+    MalformedCase(
+        "history row infinite raw metric as string",
+        422,
+        "history[0].mem_bytes_value: infinite value",
+        body=_ok(history=[{"cpu_cores_value": 0.1, "mem_bytes_value": "inf"}]),
+    ),
+    MalformedCase(
+        "history row boolean value",
+        422,
+        "history[0].cpu_cores_value",
+        body=_ok(history=[{"cpu_cores_value": True}]),
+    ),
+    MalformedCase(
+        "history relative and absolute timestamps mixed",
+        422,
+        "history[0].timestamp: unparseable timestamp",
+        body=_ok(history=[{"timestamp": "t_0"}, {"timestamp": "2026-01-01T00:00:15Z"}]),
+    ),
+    MalformedCase(
+        "history timestamp on some rows only",
+        422,
+        "history[1].timestamp: missing timestamp",
+        body=_ok(
+            history=[{"timestamp": "2026-01-01T00:00:00Z", "cpu_cores_value": 0.1}, {"cpu_cores_value": 0.1}]
+        ),
+    ),
+    MalformedCase(
+        "history duplicate timestamp",
+        422,
+        "history[2].timestamp: duplicate timestamp",
+        body=_ok(history=[{"timestamp": "t_0"}, {"timestamp": "t_1"}, {"timestamp": "t_1"}]),
+    ),
+    MalformedCase(
+        "history row of another service",
+        422,
+        "history[0].service",
+        body=_ok(history=[{"service": "not-this-one", "cpu_cores_value": 0.1}]),
+    ),
     MalformedCase("too many history rows", 422, "history", body=_ok(history=_history(MAX_HISTORY_ROWS + 1))),
     MalformedCase("invalid JSON", 400, "JSON", raw=b'{"service": "{service}",'),
+    MalformedCase("JSON nested 100,000 levels", 400, "body: JSON nested deeper than", raw=_nested(100_000)),
+    MalformedCase(
+        "JSON nested past the limit", 400, "body: JSON nested deeper than", raw=_nested(MAX_JSON_DEPTH + 1)
+    ),
+    MalformedCase("body not UTF-8", 400, "body: not UTF-8", raw=b'{"service":"{service}","x":"\xff"}'),
     MalformedCase("empty body", 422, "body", raw=b""),
     MalformedCase(
         "wrong content type",

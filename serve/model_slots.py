@@ -28,15 +28,13 @@ from mora_platform.data.schema import (
     DEFAULT_RELATIVE_STEP_SECONDS,
     EXPERIMENT_ID,
     LOAD_USERS,
-    METRIC_COLUMNS,
     REPLICA_COUNT,
-    SCENARIO,
-    SERVICE,
-    STEP,
     TIMESTAMP,
 )
+from mora_platform.features.targets import median_step_seconds
 from mora_platform.recommend.types import Recommendation
 from mora_platform.registry import ArtifactIntegrityError, ModelNotFoundError, ModelRegistry
+from serve.history import load_history
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +88,15 @@ class LoadedVersion:
     ``answers`` memoises answers to history-less requests: with the stored history tail,
     ``recommend`` is a pure function of (model version, context), so repeated questions are
     answered without running the model. It dies with the version, so a reload invalidates it.
+    ``step_seconds`` is the model's spacing (`model_step_seconds`): a history's ``t_N`` labels, or
+    rows sent without timestamps, are laid out that far apart.
     """
 
     version: str
     model: ServedModel
     trained_at: datetime | None
     directory: Path
+    step_seconds: int = DEFAULT_RELATIVE_STEP_SECONDS
     answers: OrderedDict[tuple[tuple[str, Any], ...], dict[str, Any]] = field(default_factory=OrderedDict)
 
 
@@ -125,57 +126,41 @@ def outcome(
 
 
 def request_inputs(
-    service: str, payload: Mapping[str, Any]
+    service: str, payload: Mapping[str, Any], *, step_seconds: int = DEFAULT_RELATIVE_STEP_SECONDS
 ) -> tuple[pd.DataFrame | None, dict[str, float | str], list[str]]:
     """(history frame or None, model context, notes) from a validated request payload.
 
-    The model's context takes ``load_users`` and ``replica_count``. A given history becomes a
-    complete frame in the unified schema (oldest row first): missing metrics are left empty
-    for the model to fill, missing context columns come from ``context``, missing timestamps
-    are laid out every ``DEFAULT_RELATIVE_STEP_SECONDS``. ``current`` is appended as the newest
-    row of the history; without a history it cannot be used, and a note says so.
+    The model's context takes ``load_users`` and ``replica_count``. A given history becomes what the
+    data layer makes of the same rows in a file (``serve.history.load_history``): validated, ``t_N``
+    labels (or, with no timestamp on any row, the rows in order) mapped onto the relative clock every
+    ``step_seconds`` (the model's spacing), canonical and cleaned; missing context cells come from
+    ``context``. ``current`` is appended as the newest row of the history; without a history it cannot
+    be used, and a note says so. ``serve.history.HistoryError`` (a ``ValueError``) when a row breaks a
+    data-layer rule.
     """
     given = dict(payload.get("context") or {})
     context: dict[str, float | str] = {k: given[k] for k in MODEL_CONTEXT_KEYS if given.get(k) is not None}
     rows = [dict(row) for row in payload.get("history") or []]
     current = {k: v for k, v in (payload.get("current") or {}).items() if v is not None}
-    notes: list[str] = []
     if not rows:
+        notes = []
         if current:
             notes.append(
                 "'current' was not used: send it together with 'history' (the stored history was used)"
             )
         return None, context, notes
-    if current:
-        rows.append(current)
-    history = pd.DataFrame.from_records(rows)
-    for column in METRIC_COLUMNS:
-        if column not in history:
-            history[column] = np.nan
-    for column in (LOAD_USERS, REPLICA_COUNT, SCENARIO):
-        fallback = given.get(column)
-        if column not in history:
-            history[column] = fallback
-        elif fallback is not None:
-            history[column] = history[column].where(history[column].notna(), fallback)
-    history[SCENARIO] = history[SCENARIO].fillna("unknown").astype(str)
-    history[SERVICE] = service
-    history[EXPERIMENT_ID] = f"{service}-request"
-    observed = len(rows) - (1 if current else 0)  # rows that came with the history
-    stamps = pd.to_datetime(history[TIMESTAMP], utc=True, format="ISO8601") if TIMESTAMP in history else None
-    if stamps is None or stamps.iloc[:observed].isna().any():
-        if stamps is not None and stamps.iloc[:observed].notna().any():
-            notes.append("history rows without a timestamp: all rows were laid out in order instead")
-        origin = pd.Timestamp("2026-01-01T00:00:00Z")
-        offsets = pd.to_timedelta(np.arange(len(history)) * DEFAULT_RELATIVE_STEP_SECONDS, unit="s")
-        stamps = pd.Series(origin + offsets)
-    elif current:  # the appended current row: one typical step after the last observation
-        steps = stamps.iloc[:observed].diff().dropna()
-        step = steps.median() if len(steps) else pd.Timedelta(seconds=DEFAULT_RELATIVE_STEP_SECONDS)
-        stamps.iloc[-1] = stamps.iloc[observed - 1] + step
-    history[TIMESTAMP] = stamps.to_numpy()
-    history = history.drop(columns=[STEP], errors="ignore")
+    history, notes = load_history(service, rows, given, current, step_seconds=step_seconds)
     return history, context, notes
+
+
+def model_step_seconds(model: object) -> int:
+    """The spacing a model was trained at: the median step of its stored history tail (whole seconds),
+    else ``DEFAULT_RELATIVE_STEP_SECONDS``."""
+    tail = getattr(model, "history", None)
+    if not isinstance(tail, pd.DataFrame) or not {TIMESTAMP, EXPERIMENT_ID} <= set(tail.columns):
+        return DEFAULT_RELATIVE_STEP_SECONDS
+    seconds = median_step_seconds(tail, default=float(DEFAULT_RELATIVE_STEP_SECONDS))
+    return max(round(seconds), 1) if np.isfinite(seconds) else DEFAULT_RELATIVE_STEP_SECONDS
 
 
 class ModelLoader:
@@ -193,7 +178,9 @@ class ModelLoader:
         with self._lock:
             bundle = self.registry.fetch(service, version, self.cache_dir / service / version)
             model = self.factory(bundle.path)
-        return LoadedVersion(version, model, bundle.manifest.created_at, bundle.path)
+        return LoadedVersion(
+            version, model, bundle.manifest.created_at, bundle.path, step_seconds=model_step_seconds(model)
+        )
 
     def load(self, service: str) -> ServiceSlot:
         """The slot for ``service`` at its LATEST version, or the newest older one that verifies."""
@@ -279,7 +266,7 @@ class ModelLoader:
             return outcome(200, _decorated(loaded.answers[key], [], reason))
         try:
             model_service = str(getattr(loaded.model, "service", service))
-            history, context, notes = request_inputs(model_service, payload)
+            history, context, notes = request_inputs(model_service, payload, step_seconds=loaded.step_seconds)
             rec = loaded.model.recommend(history, context, model_version=loaded.version)
         except ValueError as exc:  # the model's own input checks (e.g. unusable history)
             return outcome(422, error=f"{service}: {exc}")

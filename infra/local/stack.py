@@ -135,7 +135,9 @@ class LocalStack:
         here = interpreter()
         if started_with == here:
             return
-        origin = f"from {started_with}" if started_with else "by an older `mora` that did not record its Python"
+        origin = (
+            f"from {started_with}" if started_with else "by an older `mora` that did not record its Python"
+        )
         raise ForeignHeadError(
             f"the Ray head (PID {record.pid}) was started {origin}; its jobs would not run with "
             f"this environment's Python ({here}). Stop it and start it again from here: "

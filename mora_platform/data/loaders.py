@@ -38,9 +38,18 @@ from mora_platform.data.schema import (
     TIMESTAMP,
     UNIFIED_COLUMNS,
 )
-from mora_platform.data.validation import ValidatedTable, validate_table
+from mora_platform.data.validation import ValidatedTable, validate_rows, validate_table
 
-__all__ = ["ERROR", "INFO", "DataIssue", "DataLoadError", "LoadResult", "load_frame", "load_path"]
+__all__ = [
+    "ERROR",
+    "INFO",
+    "DataIssue",
+    "DataLoadError",
+    "LoadResult",
+    "load_frame",
+    "load_path",
+    "load_rows",
+]
 
 RELATIVE_EPOCH = pd.Timestamp("2026-01-01T00:00:00Z")
 CSV_SUFFIXES = (".csv",)
@@ -296,7 +305,24 @@ def load_frame(
     relative_step_seconds: int = DEFAULT_RELATIVE_STEP_SECONDS,
 ) -> LoadResult:
     """Validate and canonicalise an in-memory frame exactly as a file would be."""
-    table = validate_table(frame, source)
+    return _load_validated(validate_table(frame, source), source, clean, relative_step_seconds)
+
+
+def load_rows(
+    frame: pd.DataFrame,
+    source: str = "<rows>",
+    clean: bool = True,
+    *,
+    relative_step_seconds: int = DEFAULT_RELATIVE_STEP_SECONDS,
+) -> LoadResult:
+    """`load_frame` for rows that need not carry every metric column (a request's history): validated by
+    `validation.validate_rows`, then canonicalised (``t_N`` on the relative clock) and cleaned the same way."""
+    return _load_validated(validate_rows(frame, source), source, clean, relative_step_seconds)
+
+
+def _load_validated(
+    table: ValidatedTable, source: str, clean: bool, relative_step_seconds: int
+) -> LoadResult:
     issues = list(table.issues)
     result_frame, loaded, skipped_experiments = _assemble(
         [(source, table)], issues, relative_step_seconds, clean

@@ -277,11 +277,34 @@ def validate_table(table: pd.DataFrame, source: str) -> ValidatedTable:
     out = _Collector(source, None)
     if not _check_columns(table, out) or not _check_identity(table, out):
         return ValidatedTable(None, out.issues)
+    return _typed_rows(table, out, coverage=True)
+
+
+def validate_rows(table: pd.DataFrame, source: str) -> ValidatedTable:
+    """`validate_table`'s row rules alone, for rows that need not carry every column (a request's history).
+
+    ``timestamp``, ``experiment_id`` and ``service`` must be columns; the metric and numeric context columns
+    present are checked cell by cell, and the timestamps and identity as in `validate_table`. Left out: the
+    required metric columns and the experiment-level "no values at all" check.
+    """
+    table = table.rename(columns=lambda c: str(c).strip())
+    out = _Collector(source, None)
+    missing = [c for c in (TIMESTAMP, EXPERIMENT_ID, SERVICE) if c not in table.columns]
+    for column in missing:
+        out.file_issue("required column is missing", column=column)
+    if missing or len(table) == 0 or not _check_identity(table, out):
+        return ValidatedTable(None, out.issues)
+    return _typed_rows(table, out, coverage=False)
+
+
+def _typed_rows(table: pd.DataFrame, out: _Collector, coverage: bool) -> ValidatedTable:
+    """The typed rows of a table whose columns and identity passed, minus the rejected experiments."""
     table = table.reset_index(drop=True)
     experiments = _text(table[EXPERIMENT_ID])
     out.experiments = experiments
     converted = _convert_numeric(table, out)
-    _check_experiment_coverage(converted, experiments, out)
+    if coverage:
+        _check_experiment_coverage(converted, experiments, out)
     stamps, steps, relative = _parse_timestamps(table[TIMESTAMP], out)
     key = steps if relative and steps is not None else stamps
     _check_duplicates(key, experiments, table[TIMESTAMP], out)

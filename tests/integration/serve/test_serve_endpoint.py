@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import time
@@ -20,6 +21,7 @@ from serve.malformed import MALFORMED_CASES
 pytestmark = pytest.mark.integration
 
 RELOAD_BOUND_S = 30.0
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "online-boutique"
 CONTEXT = {"load_users": 50, "replica_count": 2, "scenario": "browsing"}
 
 
@@ -117,6 +119,39 @@ def test_long_history_is_answered_with_the_recent_head_room(
             r.startswith(f"{target} head-room calibrated on the 180 rows sent (recent-peak)")
             for r in served["reasons"]
         )
+
+
+def test_shipped_example_rows_are_accepted_as_history(
+    serve_endpoint: Endpoint, published: dict[str, str], trained_bundles: dict[str, Path]
+) -> None:
+    """Rows of the shipped data (``t_N`` labels, ``inf``, negative node utilisation, empty cells),
+    encoded as Python's json.dumps encodes them, are answered from the frame the data loader makes
+    of the same file: validated, mapped and cleaned the same way."""
+    import pandas as pd
+
+    from mora_platform.data.loaders import load_path
+    from mora_platform.training.bundle import ServiceModel
+    from serve.model_slots import model_step_seconds
+
+    service = next(iter(published))
+    path = EXAMPLES / f"{service}_checkout_replicas_1_users_20.csv"
+    body = json.dumps(
+        {"service": service, "context": CONTEXT, "history": pd.read_csv(path).to_dict("records")}
+    )
+    assert "Infinity" in body and "NaN" in body and '"t_0"' in body
+    response = httpx.post(
+        f"{serve_endpoint.url}/v1/recommendations",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    served = response.json()
+    check_recommendation(served, service, published[service])
+    model = ServiceModel.load(trained_bundles[service])
+    cleaned = load_path(path, relative_step_seconds=model_step_seconds(model)).frame
+    expected = model.recommend(cleaned, {k: CONTEXT[k] for k in ("load_users", "replica_count")})
+    assert served["recommendations"] == expected.recommendations.model_dump(mode="json")
 
 
 def test_batch_answers_in_order(serve_endpoint: Endpoint, published: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mora_platform.recommend.types import Recommendation, ResourceRecommendation
-from serve.api import MAX_BODY_BYTES, RecommendationRequest, ServiceInfo
+from serve.api import MAX_BODY_BYTES, MAX_JSON_DEPTH, RecommendationRequest, ServiceInfo
 from serve.http_api import ModelOutcome, create_api, field_path
 from serve.malformed import MALFORMED_CASES, MalformedCase
 
@@ -195,3 +195,29 @@ def test_open_paths_under_a_root_path() -> None:
     client = TestClient(create_api(FakeBackend(), token="t"), root_path="/secured")
     assert client.get("/secured/healthz").status_code == 200
     assert client.get("/secured/v1/services").status_code == 401
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, 1_000, 100_000])
+def test_deeply_nested_json_is_400_saying_so(client: TestClient, depth: int) -> None:
+    """Beyond the JSON parser's own limit (RecursionError) or just past ours, the answer says what is wrong."""
+    body = b'{"service":"frontend","history":' + b"[" * depth + b"]" * depth + b"}"
+    response = client.post("/v1/recommendations", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert (
+        response.json()["detail"] == f"invalid request: body: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    )
+    assert response.json()["errors"] == [
+        {"field": "body", "message": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"}
+    ]
+    batch = b'{"requests":' + b"[" * depth + b"]" * depth + b"}"
+    response = client.post(
+        "/v1/recommendations:batch", content=batch, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and "nested deeper" in response.json()["detail"]
+
+
+def test_nesting_within_the_limit_is_judged_field_by_field(client: TestClient) -> None:
+    depth = MAX_JSON_DEPTH - 1  # with the enclosing object: exactly MAX_JSON_DEPTH levels
+    body = b'{"service":"frontend","context":' + b"[" * depth + b"]" * depth + b"}"
+    response = client.post("/v1/recommendations", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "context"

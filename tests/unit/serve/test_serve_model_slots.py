@@ -6,13 +6,20 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from mora_platform.data.schema import UNIFIED_COLUMNS
 from mora_platform.recommend.types import Recommendation, ResourceRecommendation
 from mora_platform.registry import LocalBlobBackend, ModelRegistry
-from serve.model_slots import ModelLoader, NoUsableVersionError, UnknownServiceError, request_inputs
+from serve.model_slots import (
+    ModelLoader,
+    NoUsableVersionError,
+    UnknownServiceError,
+    model_step_seconds,
+    request_inputs,
+)
 
 
 class FakeModel:
@@ -224,3 +231,64 @@ def test_history_less_answers_are_memoised_per_version(
     assert loader.refresh(slot) is True
     assert loader.cached_answers(slot, [ask]) is None
     assert served(loader, slot)["recommendations"]["cpu_cores"] == 0.75
+
+
+def test_request_inputs_maps_relative_labels_at_the_model_spacing() -> None:
+    """``t_N`` labels land N model steps apart, as the loader maps them; ``current`` continues them."""
+    payload = {
+        "service": "svc-a",
+        "history": [
+            {"timestamp": f"t_{n}", "cpu_cores_value": 0.01, "mem_bytes_value": 5e7} for n in (0, 1, 3)
+        ],
+        "current": {"cpu_cores_value": 0.02},
+    }
+    history, _, _ = request_inputs("svc-a", payload, step_seconds=60)
+    assert history is not None
+    assert list(history["step"]) == [0, 1, 3, 4]
+    offsets = (pd.DatetimeIndex(history["timestamp"]) - pd.Timestamp("2026-01-01T00:00:00Z")).total_seconds()
+    assert list(offsets) == [0, 60, 180, 240]
+    assert history["mem_bytes_value"].iloc[-1] == 5e7, "current's missing memory is imputed like a file's"
+
+
+def test_request_inputs_cleans_the_history() -> None:
+    rows = [
+        {
+            "cpu_cores_value": 0.01,
+            "mem_bytes_value": 5e7,
+            "pod_restarts_value": 3.0,
+            "node_cpu_util_value": -140.0,
+        },
+        {
+            "cpu_cores_value": 0.01,
+            "mem_bytes_value": 0.0,
+            "pod_restarts_value": 3.0,
+            "service_stability_value": "inf",
+        },
+        {"cpu_cores_value": 0.02, "mem_bytes_value": 6e7, "pod_restarts_value": 0.0},
+    ]
+    history, _, _ = request_inputs("svc-a", {"service": "svc-a", "history": rows})
+    assert history is not None
+    assert history["mem_bytes_value"].iloc[1] == 5.5e7, "a 0.0 memory scrape is a gap, imputed"
+    assert np.isfinite(history["service_stability_value"]).all()
+    assert history["node_cpu_util_value"].between(0, 100).all()
+    # inf dropped and recomputed: 1 / (1 + restarts in the step); 3 -> 0 is a counter reset, not -3
+    assert list(history["service_stability_value"]) == [1.0, 1.0, 1.0]
+
+
+def test_request_inputs_refuses_what_the_data_layer_refuses() -> None:
+    rows = [{"cpu_cores_value": 0.1}, {"cpu_cores_value": -0.1}]
+    with pytest.raises(ValueError, match=r"history\[1\]\.cpu_cores_value: negative value"):
+        request_inputs("svc-a", {"service": "svc-a", "history": rows})
+
+
+def test_model_step_seconds() -> None:
+    class WithTail:
+        history = pd.DataFrame(
+            {
+                "timestamp": pd.date_range("2026-01-01", periods=5, freq="60s", tz="UTC"),
+                "experiment_id": "e",
+            }
+        )
+
+    assert model_step_seconds(WithTail()) == 60
+    assert model_step_seconds(FakeModel(0.1)) == 15
