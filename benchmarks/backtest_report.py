@@ -41,7 +41,13 @@ from mora_platform.backtest.engine import BacktestConfig, SeriesReplay
 from mora_platform.backtest.inputs import series_from_frame
 from mora_platform.backtest.platform_training import HEAD_ROOM_MODES
 from mora_platform.backtest.plots import write_plots
-from mora_platform.backtest.report import build_report, format_table, write_report
+from mora_platform.backtest.report import (
+    SUMMARY_DEFINITIONS,
+    build_report,
+    format_table,
+    summary_lines,
+    write_report,
+)
 from mora_platform.cli.backtest import (
     MethodSpec,
     _platform_available,
@@ -106,59 +112,6 @@ def run(
     for error in errors:
         print("error:", error)
     return report
-
-
-def _pct(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def summary_lines(name: str, report: dict[str, Any]) -> list[str]:
-    lines = [f"## {name}", ""]
-    for resource in ("cpu", "memory"):
-        block = report["summary"][resource]
-        lines += [
-            f"**{resource}** (average over {len(block['series'])} series)",
-            "",
-            "| method | slack | under-provisioning | peak over request (windows) | changes | least slack at <=1% / <=5% under-prov. |",
-            "|---|---|---|---|---|---|",
-        ]
-        for method, stats in block["methods"].items():
-            if stats["slack"] is None:
-                continue
-            risk = stats["slack_at_risk"]
-            at = " / ".join("-" if risk.get(k) is None else f"{100 * risk[k]:.1f}%" for k in ("0.01", "0.05"))
-            lines.append(
-                f"| {method} | {100 * stats['slack']:.1f}% | {100 * stats['under_provisioning_rate']:.2f}% | "
-                f"{100 * stats['peak_exceed_rate']:.1f}% | {stats['changes']:.0f} | {at} |"
-            )
-        answered = block["methods"].get("platform", {}).get("answered_by") or {}
-        if answered:
-            total = sum(answered.values())
-            shares = ", ".join(f"{source} {100 * n / total:.0f}%" for source, n in answered.items())
-            lines += ["", f"platform's request answered by (share of origins): {shares}"]
-        for reference, comparison in (
-            block.get("comparisons") or {"platform": block.get("comparison")}
-        ).items():
-            if not comparison or reference == "platform-1step":
-                continue
-            rivals = ", ".join(
-                f"{method} {_pct(stats['slack_at_reference_risk'])}"
-                for method, stats in comparison["baselines"].items()
-            )
-            head_room = report.get("config", {}).get("platform_head_room", "auto")
-            floors = {
-                "platform": f"{head_room} head-room, 10m / 32 MiB floors",
-                "platform-min-floors": f"{head_room} head-room, 1m / 1 MiB floors",
-                "platform-validation": "validation head-room, 1m / 1 MiB floors",
-            }.get(reference, reference)
-            lines += [
-                "",
-                f"goal met ({reference}, {floors}): {comparison['goal_met']} (slack {_pct(comparison['slack'])} at "
-                f"{_pct(comparison['under_provisioning_rate'], 2)} under-provisioning; baselines' least slack "
-                f"at no more under-provisioning: {rivals})",
-            ]
-        lines.append("")
-    return lines
 
 
 def main() -> None:
@@ -285,11 +238,7 @@ def run_synthetic(
 def write_summary(reports: dict[str, dict[str, Any]], results: Path) -> None:
     """``summary.md`` over the runs found in ``results`` (slack and under-provisioning side by side)."""
     lines = ["# Backtest: platform vs VPA, KRR, Crane, max, reactive", ""]
-    lines += [
-        "slack = sum(max(request - usage, 0)) / sum(request); under-provisioning = share of samples with "
-        "usage > request; averages are over series. Numbers as measured by benchmarks/backtest_report.py.",
-        "",
-    ]
+    lines += [f"{SUMMARY_DEFINITIONS} Numbers as measured by benchmarks/backtest_report.py.", ""]
     for name, report in reports.items():
         lines += summary_lines(name, report)
     results.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,14 @@ on the samples there. Origins whose window holds no sample of a resource are ski
 The engine is pure (no Ray, no I/O). It loops origin by origin, then method by method, then
 resource by resource, so a stateful method (the platform, which refits on a schedule) trains once
 per refit for both resources. A method that raises is recorded as failed for that series and
-resource; the other methods and series go on.
+resource; the other methods and series go on. ``planned_origins`` says, before any method runs,
+which origins a series will be scored at (none: too short for the warm-up and horizon), and
+``replay_series`` can report its progress origin by origin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -164,14 +166,20 @@ def _naive_means(usage: pd.Series, origins: pd.DatetimeIndex, config: BacktestCo
     return out
 
 
+def _scored(
+    times: pd.DatetimeIndex, grid: pd.DatetimeIndex, horizon: pd.Timedelta
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per grid origin: history end and window end (sample positions), and whether both are non-empty."""
+    starts = np.asarray(times.searchsorted(grid, side="left"))
+    ends = np.asarray(times.searchsorted(grid + horizon, side="left"))
+    return starts, ends, (ends > starts) & (starts > 0)
+
+
 def _prepare_resource(
     usage: pd.Series, grid: pd.DatetimeIndex, config: BacktestConfig, resource: str
 ) -> tuple[ResourceReplay, np.ndarray]:
     """Scored origins of one resource (history and window both non-empty), and their history ends."""
-    times = usage.index
-    starts = times.searchsorted(grid, side="left")
-    ends = times.searchsorted(grid + config.horizon, side="left")
-    keep = (ends > starts) & (starts > 0)
+    starts, ends, keep = _scored(usage.index, grid, config.horizon)
     origins = grid[keep]
     starts, ends = starts[keep], ends[keep]
     values = usage.to_numpy()
@@ -198,20 +206,78 @@ def _prepare_resource(
     return replay, starts
 
 
+def _clean_usages(series: BacktestSeries) -> dict[str, pd.Series]:
+    usages = {r: clean_usage(s, series.name, r) for r, s in series.usage.items() if r in RESOURCES}
+    return {r: s for r, s in usages.items() if not s.empty}
+
+
+def _grid(usages: Mapping[str, pd.Series], config: BacktestConfig) -> pd.DatetimeIndex:
+    spacing = max(_typical_spacing(s.index) for s in usages.values())
+    return origin_grid(
+        [s.index[0] for s in usages.values()], [s.index[-1] for s in usages.values()], config, spacing
+    )
+
+
+@dataclass(frozen=True)
+class SeriesExtent:
+    """How long a series is: first and last sample (over its resources), typical spacing, samples."""
+
+    name: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+    spacing: pd.Timedelta
+    samples: int
+
+    @property
+    def length(self) -> pd.Timedelta:
+        """Time the samples cover: last - first + one spacing (the last sample's own interval)."""
+        return self.end - self.start + self.spacing
+
+
+def series_extent(series: BacktestSeries) -> SeriesExtent | None:
+    """The series' extent, or None when it has no usable CPU or memory sample."""
+    usages = _clean_usages(series)
+    if not usages:
+        return None
+    return SeriesExtent(
+        name=series.name,
+        start=min(s.index[0] for s in usages.values()),
+        end=max(s.index[-1] for s in usages.values()),
+        spacing=max(_typical_spacing(s.index) for s in usages.values()),
+        samples=max(len(s) for s in usages.values()),
+    )
+
+
+def planned_origins(series: BacktestSeries, config: BacktestConfig) -> pd.DatetimeIndex:
+    """The origins ``replay_series`` will score (for at least one resource); empty when the series
+    is too short for ``config``'s warm-up and horizon."""
+    usages = _clean_usages(series)
+    if not usages:
+        return pd.DatetimeIndex([], tz="UTC")
+    grid = _grid(usages, config)
+    keep = np.zeros(len(grid), dtype=bool)
+    for usage in usages.values():
+        keep |= _scored(usage.index, grid, config.horizon)[2]
+    return grid[keep]
+
+
+Progress = Callable[[int, int], None]
+"""Called after each scored origin with (origins done, origins in all)."""
+
+
 def replay_series(
-    series: BacktestSeries, methods: Sequence[Recommender], config: BacktestConfig
+    series: BacktestSeries,
+    methods: Sequence[Recommender],
+    config: BacktestConfig,
+    progress: Progress | None = None,
 ) -> SeriesReplay:
     """Replay one series with fresh ``methods`` (stateful methods must not be shared across series)."""
-    usages = {r: clean_usage(s, series.name, r) for r, s in series.usage.items() if r in RESOURCES}
-    usages = {r: s for r, s in usages.items() if not s.empty}
+    usages = _clean_usages(series)
     result = SeriesReplay(name=series.name, resources={}, notes=list(series.notes))
     if not usages:
         result.errors.append(f"series {series.name!r}: no usable CPU or memory sample")
         return result
-    spacing = max(_typical_spacing(s.index) for s in usages.values())
-    grid = origin_grid(
-        [s.index[0] for s in usages.values()], [s.index[-1] for s in usages.values()], config, spacing
-    )
+    grid = _grid(usages, config)
     history_ends: dict[str, dict[pd.Timestamp, int]] = {}
     for resource, usage in usages.items():
         replay, starts = _prepare_resource(usage, grid, config, resource)
@@ -234,7 +300,9 @@ def replay_series(
             )
     frame, frame_times = _sorted_frame(series.frame)
     positions = {r: {t: k for k, t in enumerate(rep.origins)} for r, rep in result.resources.items()}
-    for origin in grid:
+    # origins no resource scores ask nothing of any method
+    scored = grid[[any(t in p for p in positions.values()) for t in grid]] if len(grid) else grid
+    for done, origin in enumerate(scored, start=1):
         frame_before = None if frame is None else frame.iloc[: frame_times.searchsorted(origin, side="left")]
         for method in methods:
             for resource, replay in result.resources.items():
@@ -260,6 +328,8 @@ def replay_series(
                     trace.forecast[k] = suggestion.forecast
                 if suggestion.source:
                     trace.sources[suggestion.source] = trace.sources.get(suggestion.source, 0) + 1
+        if progress is not None:
+            progress(done, len(scored))
     return result
 
 

@@ -201,9 +201,11 @@ class ServiceModelTrainer:
         return adapter
 
     def _train(self, frame: pd.DataFrame, service: str) -> ServiceModelAdapter:
+        from mora_platform.backtest.quiet import quiet_tensorflow
         from mora_platform.training.config import TrainingConfig
         from mora_platform.training.service_trainer import train_service
 
+        quiet_tensorflow(import_now=True)  # in the process that trains (a Ray worker's too)
         config = TrainingConfig.model_validate(
             {**self.config_dict, "calibration_horizon_steps": self.horizon_steps}
         )

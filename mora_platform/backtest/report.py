@@ -1,4 +1,4 @@
-"""The backtest's results as a JSON document with a stable schema, and as a plain-text table.
+"""The backtest's results as a JSON document with a stable schema, a plain-text table and markdown.
 
 ``backtest.json`` (schema ``mora.backtest/v1``; fields are only ever added, never renamed)::
 
@@ -46,6 +46,10 @@ point-wise mean of the per-series curves. ``reference_better`` is true when the 
 slack is lower than the baseline's least slack at an under-provisioning rate no higher than the
 reference's (the baseline's whole swept curve is searched, so a baseline cannot win by a different
 margin); ``goal_met`` when that holds for every baseline.
+
+``summary.md`` (``write_summary``; ``summary_lines`` is shared with ``benchmarks/backtest_report.py``)
+puts the averages side by side per resource as markdown tables, says which source answered the
+platform's requests (share of origins), whether the platform's goal was met, and lists every series.
 """
 
 from __future__ import annotations
@@ -58,8 +62,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mora_platform.backtest.baselines import RESOURCES, Recommender
+from mora_platform.backtest.defaults import format_duration
 from mora_platform.backtest.engine import BacktestConfig, ResourceReplay, SeriesReplay, method_order
 from mora_platform.backtest.metrics import (
     CurvePoint,
@@ -318,3 +324,136 @@ def format_table(report: Mapping[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+SUMMARY_DEFINITIONS = (
+    "slack = sum(max(request - usage, 0)) / sum(request); under-provisioning = share of samples with "
+    "usage > request; averages are over series."
+)
+
+
+def _share(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def summary_lines(name: str, report: Mapping[str, Any]) -> list[str]:
+    """Markdown section ``## name``: per resource, the averages of every method, which source answered
+    the platform's requests, and whether each platform variant met its goal."""
+    lines = [f"## {name}", ""]
+    for resource in RESOURCES:
+        block = report["summary"][resource]
+        lines += [
+            f"**{resource}** (average over {len(block['series'])} series)",
+            "",
+            "| method | slack | under-provisioning | peak over request (windows) | changes | least slack at <=1% / <=5% under-prov. |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, stats in block["methods"].items():
+            if stats["slack"] is None:
+                continue
+            risk = stats["slack_at_risk"]
+            at = " / ".join("-" if risk.get(k) is None else f"{100 * risk[k]:.1f}%" for k in ("0.01", "0.05"))
+            lines.append(
+                f"| {method} | {100 * stats['slack']:.1f}% | {100 * stats['under_provisioning_rate']:.2f}% | "
+                f"{100 * stats['peak_exceed_rate']:.1f}% | {stats['changes']:.0f} | {at} |"
+            )
+        answered = block["methods"].get(REFERENCE_METHOD, {}).get("answered_by") or {}
+        if answered:
+            total = sum(answered.values())
+            shares = ", ".join(f"{source} {100 * n / total:.0f}%" for source, n in answered.items())
+            lines += ["", f"platform's request answered by (share of origins): {shares}"]
+        for reference, comparison in (
+            block.get("comparisons") or {REFERENCE_METHOD: block.get("comparison")}
+        ).items():
+            if not comparison or reference == "platform-1step":
+                continue
+            rivals = ", ".join(
+                f"{method} {_share(stats['slack_at_reference_risk'])}"
+                for method, stats in comparison["baselines"].items()
+            )
+            head_room = report.get("config", {}).get("platform_head_room", "auto")
+            floors = {
+                "platform": f"{head_room} head-room, 10m / 32 MiB floors",
+                "platform-min-floors": f"{head_room} head-room, 1m / 1 MiB floors",
+                "platform-validation": "validation head-room, 1m / 1 MiB floors",
+            }.get(reference, reference)
+            lines += [
+                "",
+                f"goal met ({reference}, {floors}): {comparison['goal_met']} (slack {_share(comparison['slack'])} at "
+                f"{_share(comparison['under_provisioning_rate'], 2)} under-provisioning; baselines' least slack "
+                f"at no more under-provisioning: {rivals})",
+            ]
+        lines.append("")
+    return lines
+
+
+def series_lines(report: Mapping[str, Any]) -> list[str]:
+    """Markdown: per resource, one row per series with each method's slack / under-provisioning."""
+    methods = [m["name"] for m in report["methods"]]
+    lines = ["## Per series", "", "Each cell: slack / under-provisioning (memory: / peak over request)."]
+    for resource in RESOURCES:
+        lines += [
+            "",
+            f"**{resource}**",
+            "",
+            "| series | origins | " + " | ".join(methods) + " |",
+            "|---|---|" + "---|" * len(methods),
+        ]
+        for s in report["series"]:
+            block = s["resources"].get(resource)
+            if block is None:
+                continue
+            cells = []
+            for m in methods:
+                score = (block["methods"].get(m) or {}).get("score")
+                if score is None:
+                    cells.append("failed")
+                    continue
+                text = f"{_share(score['slack'])} / {_share(score['under_provisioning_rate'], 2)}"
+                if resource == "memory":
+                    text += f" / {_share(score['peak_exceed_rate'])}"
+                cells.append(text)
+            lines.append(f"| {s['name']} | {block['origins']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def summary_markdown(report: Mapping[str, Any], *, name: str = "Average over series") -> str:
+    """The whole ``summary.md`` of one backtest run."""
+    config = report.get("config", {})
+
+    def duration(key: str) -> str:
+        seconds = config.get(key)
+        return "-" if seconds is None else format_duration(pd.Timedelta(seconds=seconds))
+
+    platform = any(m["name"].startswith(REFERENCE_METHOD) for m in report["methods"])
+    settings = (
+        f"origins every {duration('step_seconds')} after a {duration('warmup_seconds')} warm-up, "
+        f"requests held {duration('horizon_seconds')}"
+        + (
+            f", the platform refitted every {duration('refit_seconds')}"
+            if platform and "refit_seconds" in config
+            else ""
+        )
+    )
+    source = report.get("input", {})
+    lines = [
+        f"# Backtest: {source.get('source', '?')}",
+        "",
+        f"{len(report['series'])} series ({source.get('mode', '?')}); {settings}. {SUMMARY_DEFINITIONS}",
+        "",
+    ]
+    notes = [n for n in source.get("notes", []) if n]
+    if notes:
+        lines += [*(f"- {n}" for n in notes), ""]
+    lines += summary_lines(name, report)
+    lines += series_lines(report)
+    return "\n".join(lines)
+
+
+def write_summary(report: Mapping[str, Any], out_dir: Path) -> Path:
+    """Write ``out_dir/summary.md`` (``summary_markdown``); returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "summary.md"
+    path.write_text(summary_markdown(report) + "\n")
+    return path

@@ -3,12 +3,18 @@
 SOURCE is a directory or file of the unified schema (anything DATA's ``load_path`` reads), a
 directory / file of two-column ``timestamp,value`` CSVs (one series per file, named after it), or
 the name of a dataset in the S3 bucket. Writes ``OUT/backtest.json`` (schema in
-``mora_platform.backtest.report``) and PNG plots under ``OUT/plots/``; prints the table.
-With ``--ray``, each series (its training included) runs as one Ray task.
+``mora_platform.backtest.report``), ``OUT/summary.md`` and PNG plots under ``OUT/plots/``; prints
+the table. With ``--ray``, each series (its training included) runs as one Ray task.
+
+``--warmup``, ``--step``, ``--horizon`` and ``--refit`` left unset are derived from the series'
+spacing and length (``mora_platform.backtest.defaults``); the settings in effect are printed.
+Settings that leave no origin for any series exit 2 with the flag to change; series too short for
+them are skipped (and listed) while the others run. Progress goes to stderr (``backtest:`` lines).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +26,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mora_platform.backtest.baselines import Recommender
+    from mora_platform.backtest.defaults import Settings
     from mora_platform.backtest.engine import BacktestConfig, BacktestSeries, SeriesReplay
     from mora_platform.backtest.inputs import SeriesSet
+    from mora_platform.backtest.progress import ProgressReporter
 
 USAGE_ERROR = 2
 
@@ -31,9 +39,12 @@ def _fail(message: str) -> None:
     raise typer.Exit(USAGE_ERROR)
 
 
-def _duration(text: str, option: str) -> pd.Timedelta:
+def _duration(text: str | None, option: str) -> pd.Timedelta | None:
+    """The user's duration, or None when the option was left unset (then derived from the data)."""
     import pandas as pd
 
+    if text is None:
+        return None
     try:
         value = pd.Timedelta(text)
     except ValueError:
@@ -103,6 +114,29 @@ def horizon_steps(series: Sequence[BacktestSeries], horizon: pd.Timedelta) -> in
     return max(1, math.ceil(horizon / spacing)) if spacing > pd.Timedelta(0) else 1
 
 
+def _with_origins(
+    series: Sequence[BacktestSeries], settings: Settings
+) -> tuple[list[BacktestSeries], list[str]]:
+    """The series with at least one origin under ``settings``, and why the others have none; exits 2
+    naming the flag to change when no series has one."""
+    from mora_platform.backtest.defaults import no_origin_message, too_short_note
+    from mora_platform.backtest.engine import planned_origins, series_extent
+
+    kept: list[BacktestSeries] = []
+    short: list[str] = []
+    for one in series:
+        if len(planned_origins(one, settings.config)):
+            kept.append(one)
+            continue
+        extent = series_extent(one)
+        short.append(
+            too_short_note(extent, settings) if extent else f"{one.name}: no usable CPU or memory sample"
+        )
+    if not kept:
+        _fail(no_origin_message(settings))
+    return kept, short
+
+
 def _platform_available() -> str | None:
     """None if MODELS' training code can be imported, else the reason it cannot."""
     try:
@@ -152,11 +186,22 @@ def _replay_all(
     config: BacktestConfig,
     use_ray: bool,
     ray_address: str | None,
+    progress: ProgressReporter | None = None,
 ) -> list[SeriesReplay]:
-    from mora_platform.backtest.engine import replay_series
+    """Replay every series (in order), in process or one Ray task each; ``progress`` reports as they go."""
+    from mora_platform.backtest.engine import planned_origins, replay_series
 
     if not use_ray:
-        return [replay_series(s, build_methods(spec), config) for s in series]
+        replays = []
+        for index, one in enumerate(series, start=1):
+            callback = None
+            if progress is not None:
+                callback = progress.start(index, one.name, len(planned_origins(one, config)))
+            replay = replay_series(one, build_methods(spec), config, progress=callback)
+            if progress is not None:
+                progress.done(index, one.name, _origins(replay), len(replay.errors))
+            replays.append(replay)
+        return replays
     import ray
 
     if not ray.is_initialized():
@@ -169,7 +214,23 @@ def _replay_all(
     def replay_remote(one: BacktestSeries) -> SeriesReplay:
         return replay_series(one, build_methods(spec), config)
 
-    return list(ray.get([replay_remote.remote(s) for s in series]))
+    refs = [replay_remote.remote(s) for s in series]
+    position = {ref: k for k, ref in enumerate(refs)}
+    results: list[SeriesReplay | None] = [None] * len(refs)
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            replay = ray.get(ref)
+            results[position[ref]] = replay
+            if progress is not None:
+                progress.done_remote(replay.name, _origins(replay), len(replay.errors))
+    return [r for r in results if r is not None]
+
+
+def _origins(replay: SeriesReplay) -> int:
+    """Origins scored in a replay (the most over its resources)."""
+    return max((len(r.origins) for r in replay.resources.values()), default=0)
 
 
 def register(app: typer.Typer) -> None:
@@ -183,11 +244,30 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(
             Path("backtest-out"), "--out", help="Output directory (backtest.json, plots/)"
         ),
-        step: str = typer.Option("1h", "--step", help="Time between origins"),
-        horizon: str = typer.Option("1h", "--horizon", help="How long each request is held and scored"),
-        warmup: str = typer.Option("24h", "--warmup", help="History before the first origin"),
+        step: str | None = typer.Option(
+            None, "--step", help="Time between origins (default: the horizon)", show_default=False
+        ),
+        horizon: str | None = typer.Option(
+            None,
+            "--horizon",
+            help="How long each request is held and scored (default, from the data: shortest series / 120, "
+            "20 samples to 1h)",
+            show_default=False,
+        ),
+        warmup: str | None = typer.Option(
+            None,
+            "--warmup",
+            help="History before the first origin (default, from the data: a tenth of the shortest series, "
+            "at least 200 samples, at most 24h)",
+            show_default=False,
+        ),
         season: str = typer.Option("24h", "--season", help="Season of the naive forecast behind MASE"),
-        refit: str = typer.Option("24h", "--refit", help="Retrain the platform this often"),
+        refit: str | None = typer.Option(
+            None,
+            "--refit",
+            help="Retrain the platform this often (default: 48 steps, at most 24h)",
+            show_default=False,
+        ),
         methods: str = typer.Option(
             "platform,platform-min-floors,platform-validation,platform-1step,vpa,krr,crane,max,reactive",
             "--methods",
@@ -220,21 +300,26 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rolling-origin backtest: slack and under-provisioning of each method, per series and averaged."""
         from mora_platform.backtest.baselines import RESOURCES
-        from mora_platform.backtest.engine import BacktestConfig
+        from mora_platform.backtest.defaults import SettingsError, resolve_settings
+        from mora_platform.backtest.engine import series_extent
         from mora_platform.backtest.inputs import MODES, BacktestInputError
         from mora_platform.backtest.plots import write_plots
-        from mora_platform.backtest.report import build_report, format_table, write_report
+        from mora_platform.backtest.progress import PREFIX, ProgressReporter, format_elapsed
+        from mora_platform.backtest.report import build_report, format_table, write_report, write_summary
 
+        started = time.monotonic()
         if mode not in MODES:
             _fail(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
         if resource not in RESOURCES:
             _fail(f"--resource must be cpu or memory, got {resource!r}")
-        config = BacktestConfig(
-            step=_duration(step, "--step"),
-            horizon=_duration(horizon, "--horizon"),
-            warmup=_duration(warmup, "--warmup"),
-            season=_duration(season, "--season"),
-        )
+        raw = {"warmup": warmup, "step": step, "horizon": horizon, "refit": refit}
+        given = {flag: _duration(text, f"--{flag}") for flag, text in raw.items()}
+        for flag in ("step", "horizon", "refit"):
+            value = given[flag]
+            if value is not None and value.total_seconds() <= 0:
+                _fail(f"--{flag} must be positive, got {raw[flag]!r}")
+        season_value = _duration(season, "--season")
+        assert season_value is not None
         from mora_platform.backtest.platform_training import HEAD_ROOM_MODES
 
         if calibrate_on not in HEAD_ROOM_MODES:
@@ -242,6 +327,9 @@ def register(app: typer.Typer) -> None:
         names = tuple(n.strip() for n in methods.split(",") if n.strip())
         notes: list[str] = []
         if any(n.startswith("platform") for n in names):
+            from mora_platform.backtest.quiet import quiet_tensorflow
+
+            quiet_tensorflow()  # before anything imports TensorFlow
             reason = _platform_available()
             if reason is not None:
                 names = tuple(n for n in names if not n.startswith("platform"))
@@ -266,24 +354,46 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"warning: skipped {skipped}", err=True)
         if not series_set.series:
             _fail(f"{source}: no series to backtest")
+        try:
+            settings = resolve_settings(
+                [e for e in map(series_extent, series_set.series) if e is not None],
+                season=season_value,
+                **given,
+            )
+        except (SettingsError, ValueError) as exc:
+            _fail(str(exc))
+        config = settings.config
+        series, too_short = _with_origins(series_set.series, settings)
+        skipped_notes = [f"skipped: {s}" for s in series_set.skipped] + [
+            f"skipped (too short): {s}" for s in too_short
+        ]
+        typer.echo(f"{PREFIX} settings {settings.describe()}", err=True)
+        for note in too_short:
+            typer.echo(f"warning: skipped {note}", err=True)
         spec = MethodSpec(
             names=names,
-            refit_seconds=_duration(refit, "--refit").total_seconds(),
+            refit_seconds=settings.refit.total_seconds(),
             training={"epochs": epochs},
-            horizon_steps=horizon_steps(series_set.series, config.horizon),
+            horizon_steps=horizon_steps(series, config.horizon),
             head_room=calibrate_on,
             recent_rows=recent_rows,
         )
-        replays = _replay_all(series_set.series, spec, config, ray_flag, ray_address)
+        where = "as Ray tasks" if ray_flag else "in this process"
+        typer.echo(
+            f"{PREFIX} {len(series)} series x {len(names)} methods ({', '.join(names)}), {where}", err=True
+        )
+        progress = ProgressReporter(len(series))
+        replays = _replay_all(series, spec, config, ray_flag, ray_address, progress)
         report = build_report(
             replays,
             build_methods(MethodSpec(names=names, refit_seconds=spec.refit_seconds, training=spec.training)),
             config,
             source=f"{source} ({described})",
             mode=series_set.mode,
-            notes=notes + [f"skipped: {s}" for s in series_set.skipped],
+            notes=notes + skipped_notes,
             extra_config={
                 "refit_seconds": spec.refit_seconds,
+                "derived_settings": list(settings.derived),
                 "training": spec.training,
                 "horizon_steps": spec.horizon_steps,
                 "platform_head_room": spec.head_room,
@@ -292,11 +402,33 @@ def register(app: typer.Typer) -> None:
             },
         )
         path = write_report(report, out)
+        summary_path = write_summary(report, out)
         typer.echo(format_table(report))
         for replay in replays:
             for error in replay.errors:
                 typer.echo(f"warning: {error}", err=True)
+        if not any(replay.resources for replay in replays):  # the plan said otherwise: never exit 0 empty
+            typer.echo(f"error: no origin was scored in any series (report: {path})", err=True)
+            raise typer.Exit(1)
+        for name in RESOURCES:
+            block = report["summary"][name]
+            if not block["series"] and any(name in r.resources for r in replays):
+                failing = sorted(
+                    {
+                        m
+                        for s in report["series"]
+                        for m, e in s["resources"].get(name, {}).get("methods", {}).items()
+                        if e["status"] == "failed"
+                    }
+                )
+                typer.echo(
+                    f"warning: the {name} average is empty: no series where every method succeeded "
+                    f"({', '.join(failing)} failed; errors above)",
+                    err=True,
+                )
         if plots:
             written = write_plots(replays, report, out)
             typer.echo(f"plots: {len(written)} PNG file(s) in {out / 'plots'}")
+        typer.echo(f"summary: {summary_path}")
         typer.echo(f"report: {path}")
+        typer.echo(f"{PREFIX} done in {format_elapsed(time.monotonic() - started)}", err=True)
