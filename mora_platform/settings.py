@@ -60,6 +60,12 @@ class MoraSettings(BaseSettings):
     serve_host: str = Field("127.0.0.1", description="Ray Serve HTTP host")
     serve_port: int = Field(8000, ge=1, le=65535, description="Ray Serve HTTP port")
     serve_token: SecretStr | None = Field(None, description="Bearer token required by the endpoint, if set")
+    serve_history_rows: int = Field(
+        2_000, ge=0, description="Recent rows the endpoint and `mora recommend` read per service (0: none)"
+    )
+    serve_history_max_age_s: float = Field(
+        60.0, ge=0, description="How long a service's recent rows are reused before they are read again"
+    )
 
     def __init__(self, **values: Any) -> None:
         # The stack file lives under MORA_HOME (default ~/.mora): resolve it per instance.

@@ -6,7 +6,9 @@ service to a replica that already holds it; each replica keeps up to
 verified. A background task per replica checks each loaded service's LATEST at most every
 ``reload_interval_s`` seconds (``user_config``, changeable live through ``reconfigure``) and
 swaps in new versions without a restart; a version that fails verification is refused and
-the previous one keeps serving, marked degraded. Blocking work runs in worker threads.
+the previous one keeps serving, marked degraded. A request that sends no history and no what-if
+context is answered on the service's newest rows, which the replica reads from the model's dataset
+in S3 (``RecentHistory``, cached ``MORA_SERVE_HISTORY_MAX_AGE_S``). Blocking work runs in worker threads.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import Any
 from ray import serve
 
 from mora_platform.registry import ModelRegistry
+from mora_platform.registry.recent_history import RecentHistory
 from mora_platform.settings import MoraSettings
+from mora_platform.storage.object_store import ObjectStore
 from serve.model_slots import (
     ModelFactory,
     ModelLoader,
@@ -62,7 +66,16 @@ class ServiceModels:
     ) -> None:
         self._registry = ModelRegistry.from_settings(settings, prefix=registry_prefix)
         self._cache_dir = Path(tempfile.mkdtemp(prefix="mora-serve-models-"))
-        self._loader = ModelLoader(self._registry, self._cache_dir, factory or load_service_model)
+        recent = None
+        if settings.serve_history_rows > 0:
+            recent = RecentHistory(
+                ObjectStore.from_settings(settings),
+                rows=settings.serve_history_rows,
+                max_age_s=settings.serve_history_max_age_s,
+            )
+        self._loader = ModelLoader(
+            self._registry, self._cache_dir, factory or load_service_model, recent=recent
+        )
         # One inference thread keeps TensorFlow from oversubscribing the replica's CPU share;
         # loads get their own so a slow download never stalls answers for loaded services.
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mora-infer")

@@ -34,6 +34,7 @@ from mora_platform.data.schema import (
 from mora_platform.features.targets import median_step_seconds
 from mora_platform.recommend.types import Recommendation
 from mora_platform.registry import ArtifactIntegrityError, ModelNotFoundError, ModelRegistry
+from mora_platform.registry.recent_history import RecentHistory, history_used
 from serve.history import load_history
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class LoadedVersion:
     trained_at: datetime | None
     directory: Path
     step_seconds: int = DEFAULT_RELATIVE_STEP_SECONDS
+    dataset: str | None = None  # the dataset it was trained on (manifest), where recent rows are read
     answers: OrderedDict[tuple[tuple[str, Any], ...], dict[str, Any]] = field(default_factory=OrderedDict)
 
 
@@ -167,19 +169,30 @@ class ModelLoader:
     """Fetches (verified), loads, reloads and queries service models; thread-safe per call."""
 
     def __init__(
-        self, registry: ModelRegistry, cache_dir: Path, factory: ModelFactory = load_service_model
+        self,
+        registry: ModelRegistry,
+        cache_dir: Path,
+        factory: ModelFactory = load_service_model,
+        recent: RecentHistory | None = None,
     ) -> None:
         self.registry = registry
         self.cache_dir = Path(cache_dir)
         self.factory = factory
+        self.recent = recent  # server-side recent rows for requests that send none
         self._lock = threading.Lock()  # one fetch at a time per replica: bounded disk and network
 
     def _load_version(self, service: str, version: str) -> LoadedVersion:
         with self._lock:
             bundle = self.registry.fetch(service, version, self.cache_dir / service / version)
             model = self.factory(bundle.path)
+        dataset = bundle.manifest.extra.get("dataset")
         return LoadedVersion(
-            version, model, bundle.manifest.created_at, bundle.path, step_seconds=model_step_seconds(model)
+            version,
+            model,
+            bundle.manifest.created_at,
+            bundle.path,
+            step_seconds=model_step_seconds(model),
+            dataset=str(dataset) if dataset else None,
         )
 
     def load(self, service: str) -> ServiceSlot:
@@ -252,6 +265,11 @@ class ModelLoader:
         results = []
         for payload in payloads:
             key = _memo_key(payload)
+            if key == () and self.recent is not None:  # a plain question: answered on the fresh window
+                window = self.recent.peek(_model_service(slot.service, loaded), loaded.dataset)
+                if window is None:
+                    return None
+                key = _window_key(window.fetched_at)
             hit = loaded.answers.get(key) if key is not None else None
             if hit is None:
                 return None
@@ -262,12 +280,35 @@ class ModelLoader:
         self, service: str, loaded: LoadedVersion, reason: str | None, payload: Mapping[str, Any]
     ) -> dict[str, Any]:
         key = _memo_key(payload)
+        model_service = _model_service(service, loaded)
+        window = None
+        if key == () and self.recent is not None:  # a plain question: the server brings recent rows
+            window = self.recent.get(model_service, loaded.dataset)
+            key = _window_key(window.fetched_at) if window.frame is not None else key
         if key is not None and key in loaded.answers:
             return outcome(200, _decorated(loaded.answers[key], [], reason))
         try:
-            model_service = str(getattr(loaded.model, "service", service))
             history, context, notes = request_inputs(model_service, payload, step_seconds=loaded.step_seconds)
+            source, answer_notes = "request", []
+            if history is None and window is not None and window.frame is not None:
+                history, source = window.frame, f"dataset:{window.dataset}"
+            elif history is None:
+                source = "model"
+                if window is not None:
+                    answer_notes.append(
+                        f"no recent rows ({window.error}): training-time head-room, answered from the "
+                        "stored tail of the training data"
+                    )
+                elif context and self.recent is not None:
+                    answer_notes.append(
+                        "what-if context without history: answered from the model and the training-time "
+                        "head-room (recent rows would calibrate on usage, not on the context asked)"
+                    )
             rec = loaded.model.recommend(history, context, model_version=loaded.version)
+            frame = history if history is not None else getattr(loaded.model, "history", None)
+            rec = rec.model_copy(
+                update={"history": history_used(source, frame), "reasons": [*rec.reasons, *answer_notes]}
+            )
         except ValueError as exc:  # the model's own input checks (e.g. unusable history)
             return outcome(422, error=f"{service}: {exc}")
         except Exception as exc:
@@ -287,6 +328,16 @@ class ModelLoader:
             shutil.rmtree(self.cache_dir)
 
 
+def _model_service(service: str, loaded: LoadedVersion) -> str:
+    """The service name the model was trained under (rows of the dataset carry it)."""
+    return str(getattr(loaded.model, "service", service))
+
+
+def _window_key(fetched_at: float) -> tuple[tuple[str, Any], ...]:
+    """Memo key of a plain question answered on the server-side window read at ``fetched_at``."""
+    return (("recent-window", fetched_at),)
+
+
 def _memo_key(payload: Mapping[str, Any]) -> tuple[tuple[str, Any], ...] | None:
     """Cache key of a history-less request (its model context), None when it carries data."""
     if payload.get("history") or payload.get("current"):
@@ -296,7 +347,14 @@ def _memo_key(payload: Mapping[str, Any]) -> tuple[tuple[str, Any], ...] | None:
 
 
 def _decorated(answer: dict[str, Any], notes: list[str], reason: str | None) -> dict[str, Any]:
-    """``answer`` with request notes and the slot's degraded reason added (a copy when changed)."""
+    """``answer`` with request notes and the slot's degraded reason added, and the age of its history
+    as of now (a memoised answer was computed earlier); a copy when changed."""
+    used = answer.get("history")
+    if used and used.get("newest"):
+        newest = pd.Timestamp(used["newest"])
+        age = round(max((pd.Timestamp.now(tz="UTC") - newest).total_seconds(), 0.0), 1)
+        if age != used.get("age_seconds"):
+            answer = {**answer, "history": {**used, "age_seconds": age}}
     if not notes and not reason:
         return answer
     decorated = {**answer, "reasons": [*answer.get("reasons", []), *notes]}

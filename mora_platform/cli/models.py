@@ -339,8 +339,20 @@ def recommend(
         None, "--container", help="k8s-patch: container name (default: service)."
     ),
     registry_dir: Path | None = RegistryDirOption,
+    recent: bool = typer.Option(
+        True,
+        "--recent/--no-recent",
+        help="Without --context: calibrate the head-room on the service's newest rows in its dataset "
+        "(what the backtest measures, and what the endpoint serves); --no-recent answers from the model "
+        "alone with the training-time head-room.",
+    ),
 ) -> None:
-    """Answer from the published model: fetch, verify, load, recommend."""
+    """Answer from the published model: fetch, verify, load, recommend.
+
+    As the endpoint does: without --context, the newest rows of the dataset the model was trained on
+    calibrate the CPU and memory head-room (the answer says how old they are); with --context, a what-if
+    question, the model answers from its stored history with the training-time head-room.
+    """
     from mora_platform.recommend.formatters import available_formats, format_recommendations
     from mora_platform.registry import ModelNotFoundError, validate_service_name, validate_version
 
@@ -362,10 +374,26 @@ def recommend(
         from mora_platform.training.bundle import ServiceModel
 
         model = ServiceModel.load(fetched.path)
+        history, source, notes = None, "model", []
+        if recent and not parsed_context and registry_dir is None and settings.serve_history_rows > 0:
+            from mora_platform.registry.recent_history import RecentHistory
+
+            dataset = fetched.manifest.extra.get("dataset")
+            window = RecentHistory(_object_store(settings), rows=settings.serve_history_rows).get(
+                model.service, str(dataset) if dataset else None
+            )
+            if window.frame is not None:
+                history, source = window.frame, f"dataset:{window.dataset}"
+            else:
+                notes.append(f"no recent rows ({window.error}): training-time head-room")
         try:
-            rec = model.recommend(context=parsed_context, model_version=version)
+            rec = model.recommend(history, parsed_context, model_version=version)
         except ValueError as exc:  # the model refuses a context it cannot use, saying why
             _fail(f"--context: {exc}")
+        from mora_platform.registry.recent_history import history_used
+
+        used = history_used(source, history if history is not None else model.history)
+        rec = rec.model_copy(update={"history": used, "reasons": [*rec.reasons, *notes]})
         typer.echo(format_recommendations([rec], output, **options), nl=False)
 
 

@@ -119,10 +119,30 @@ def format_table(recs: Sequence[Recommendation], *, width: int = 120, title: str
     console.print(table)
     # Fallbacks and reasons are sentences: listed under the table, not squeezed into a cell.
     for rec in recs:
+        if rec.history is not None:
+            console.print(f"{rec.service}: history: {_history_text(rec)}", markup=False, highlight=False)
         for label, notes in (("fallback", rec.fallbacks), ("note", rec.reasons)):
             for note in notes:
                 console.print(f"{rec.service}: {label}: {note}", markup=False, highlight=False)
     return buffer.getvalue()
+
+
+def _history_text(rec: Recommendation) -> str:
+    used = rec.history
+    assert used is not None
+    text = f"{used.rows} rows from {used.source}"
+    if used.newest:
+        text += f", newest {used.newest}"
+    if used.age_seconds is not None:
+        text += f" ({_age(used.age_seconds)} old)"
+    return text
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _mebibytes(memory_bytes: int) -> int:

@@ -35,6 +35,22 @@ class MemberContribution(BaseModel):
     status: str = Field("ok", description="ok | failed | missing | fallback")
 
 
+class HistoryUsed(BaseModel):
+    """The recent rows an answer was calibrated on, and how old they are."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str = Field(
+        description="request: rows the client sent; dataset:NAME: the newest rows of the model's "
+        "dataset, read by the server; model: the stored tail of the training data (no recent rows)"
+    )
+    rows: int = Field(ge=0, description="Rows of history the answer saw")
+    newest: str | None = Field(default=None, description="Timestamp of the newest row (ISO 8601, UTC)")
+    age_seconds: float | None = Field(
+        default=None, description="Seconds from the newest row to the moment of the answer"
+    )
+
+
 class Recommendation(BaseModel):
     """The answer for one service."""
 
@@ -47,3 +63,4 @@ class Recommendation(BaseModel):
     degraded: bool = False
     fallbacks: list[str] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list, description="Why degraded / which fallbacks, readable")
+    history: HistoryUsed | None = Field(default=None, description="The recent rows the answer was calibrated on")

@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 
 from mora_platform.cli import app
 from mora_platform.recommend.types import Recommendation
+from mora_platform.settings import MoraSettings
+from mora_platform.storage.object_store import ObjectStore
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +119,25 @@ def test_train_list_recommend(cli_env: Path, dataset: tuple[str, str], tmp_path:
     container = yaml.safe_load(patch.stdout)["spec"]["template"]["spec"]["containers"][0]
     assert container["name"] == service
     assert container["resources"]["requests"]["cpu"] == f"{rec.recommendations.cpu_millicores}m"
+
+    # Without --context: the head-room is calibrated on the newest rows of the model's dataset, as the
+    # endpoint serves and the backtest measures; the answer says where they came from and how old they are.
+    from mora_platform.storage.datasets import DatasetStore
+    from mora_platform.training.bundle import ServiceModel
+
+    plain = runner.invoke(app, ["recommend", service, "--format", "json"])
+    assert plain.exit_code == 0, plain.output
+    served = Recommendation.model_validate(json.loads(plain.stdout)[0])
+    rows = DatasetStore(ObjectStore.from_settings(MoraSettings())).read(name, service).tail(2_000)  # type: ignore[call-arg]
+    assert served.history is not None and served.history.source == f"dataset:{name}"
+    assert served.history.rows == len(rows) and served.history.age_seconds is not None
+    model = ServiceModel.load(cli_env / "cache" / "models" / service / version)
+    assert served.recommendations == model.recommend(rows.reset_index(drop=True)).recommendations
+    alone = runner.invoke(app, ["recommend", service, "--no-recent", "--format", "json"])
+    assert alone.exit_code == 0, alone.output
+    assert json.loads(alone.stdout)[0]["history"]["source"] == "model"
+    table_out = runner.invoke(app, ["recommend", service])
+    assert table_out.exit_code == 0 and f"history: {len(rows)} rows from dataset:{name}" in table_out.stdout
 
 
 def test_unknown_dataset_and_service(cli_env: Path, dataset: tuple[str, str]) -> None:

@@ -96,21 +96,33 @@ def serve_registry(object_store: Any) -> ModelRegistry:
 
 
 @pytest.fixture(scope="session")
-def trained_bundles(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """service -> bundle directory, two services trained with the tiny config on a few experiments."""
+def training_frames(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """service -> the loaded frame of a few of its browsing experiments (what the models train on)."""
     from mora_platform.data.loaders import load_path
+
+    root = tmp_path_factory.mktemp("serve-csv")
+    frames: dict[str, Any] = {}
+    for source in SOURCE_SERVICES:
+        csv_dir = root / f"csv-{source}"
+        csv_dir.mkdir()
+        for path in sorted(shared_data_dir.glob(f"{source}_browsing_*.csv"))[:6]:
+            shutil.copy(path, csv_dir / path.name)
+        frames[source] = load_path(csv_dir).frame
+    return frames
+
+
+@pytest.fixture(scope="session")
+def trained_bundles(
+    training_frames: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """service -> bundle directory, two services trained with the tiny config on a few experiments."""
     from mora_platform.training.config import TrainingConfig
     from mora_platform.training.service_trainer import train_service
 
     root = tmp_path_factory.mktemp("serve-bundles")
     config = TrainingConfig.model_validate(TINY_CONFIG)
     bundles: dict[str, Path] = {}
-    for source in SOURCE_SERVICES:
-        csv_dir = root / f"csv-{source}"
-        csv_dir.mkdir()
-        for path in sorted(shared_data_dir.glob(f"{source}_browsing_*.csv"))[:6]:
-            shutil.copy(path, csv_dir / path.name)
-        frame = load_path(csv_dir).frame
+    for source, frame in training_frames.items():
         out_dir = root / f"bundle-{source}"
         out_dir.mkdir()
         train_service(frame, source, config, out_dir)
@@ -119,10 +131,30 @@ def trained_bundles(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="module")
-def published(serve_registry: ModelRegistry, trained_bundles: dict[str, Path]) -> dict[str, str]:
+def served_dataset(object_store: Any, shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A dataset in S3 holding every experiment of the served services (the training rows and more, as
+    collection adds after a fit), named in each published manifest as `mora train` does."""
+    from mora_platform.data.loaders import load_path
+    from mora_platform.storage.datasets import DatasetStore
+
+    csv_dir = tmp_path_factory.mktemp("serve-dataset")
+    for source in SOURCE_SERVICES:
+        for path in sorted(shared_data_dir.glob(f"{source}_*_replicas_*.csv")):
+            shutil.copy(path, csv_dir / path.name)
+    name = f"serve-it-{secrets.token_hex(3)}"
+    DatasetStore(object_store).write(name, load_path(csv_dir).frame)
+    return name
+
+
+@pytest.fixture(scope="module")
+def published(
+    serve_registry: ModelRegistry, trained_bundles: dict[str, Path], served_dataset: str
+) -> dict[str, str]:
     """service -> published version."""
     return {
-        service: serve_registry.publish(service, bundle, metadata={"metrics": {"cpu": {"mae": 0.001}}})
+        service: serve_registry.publish(
+            service, bundle, metadata={"metrics": {"cpu": {"mae": 0.001}}, "dataset": served_dataset}
+        )
         for service, bundle in trained_bundles.items()
     }
 

@@ -121,6 +121,61 @@ def test_long_history_is_answered_with_the_recent_head_room(
         )
 
 
+def test_a_plain_request_is_answered_on_the_newest_rows_as_the_backtest_measures(
+    serve_endpoint: Endpoint,
+    published: dict[str, str],
+    trained_bundles: dict[str, Path],
+    served_dataset: str,
+    object_store: Any,
+) -> None:
+    """`{"service": x}` alone: the replica reads the service's newest rows from the model's dataset in S3
+    and answers with the auto head-room on them, the request the backtest's platform row sets for the
+    same rows (floors and rounding aside), and says how old those rows are."""
+    import pandas as pd
+
+    from mora_platform.backtest.platform_training import ServiceModelAdapter
+    from mora_platform.recommend.policy import build_recommendation
+    from mora_platform.storage.datasets import DatasetStore
+    from mora_platform.training.bundle import ServiceModel
+
+    service = next(iter(published))
+    served = post(serve_endpoint, "/v1/recommendations", {"service": service}).json()
+    check_recommendation(served, service, published[service])
+    rows = DatasetStore(object_store).read(served_dataset, service).tail(2_000).reset_index(drop=True)
+    used = served["history"]
+    assert used["source"] == f"dataset:{served_dataset}" and used["rows"] == len(rows) >= 280
+    newest = pd.Timestamp(rows["timestamp"].max())
+    assert pd.Timestamp(used["newest"]) == newest
+    assert used["age_seconds"] == pytest.approx(
+        (pd.Timestamp.now(tz="UTC") - newest).total_seconds(), abs=120
+    )
+
+    model = ServiceModel.load(trained_bundles[service])
+    assert served["recommendations"] == model.recommend(rows).recommendations.model_dump(mode="json")
+    backtest = ServiceModelAdapter(model, horizon_steps=model.calibration.horizon_steps).predict(
+        rows, pd.Timedelta(seconds=15)
+    )
+    assert set(backtest.sources.values()) - {"validation"}, "the auto head-room chose a recent source"
+    same = build_recommendation(
+        service,
+        {**backtest.requests, "replicas": 1.0},
+        1.0,
+        coverage=model.calibration.coverage,
+        cpu_floor_millicores=model.config.cpu_floor_millicores,
+        memory_floor_mib=model.config.memory_floor_mib,
+    ).recommendations
+    assert served["recommendations"]["cpu_millicores"] == same.cpu_millicores
+    assert served["recommendations"]["memory_bytes"] == same.memory_bytes
+    for target in ("cpu", "memory"):
+        if backtest.sources[target] != "validation":
+            assert any(r.startswith(f"{target} head-room calibrated") for r in served["reasons"])
+
+    # a what-if question is answered from the model, not from the recent rows, and says so
+    what_if = post(serve_endpoint, "/v1/recommendations", {"service": service, "context": CONTEXT}).json()
+    assert what_if["history"]["source"] == "model"
+    assert any("what-if context" in r for r in what_if["reasons"])
+
+
 def test_shipped_example_rows_are_accepted_as_history(
     serve_endpoint: Endpoint, published: dict[str, str], trained_bundles: dict[str, Path]
 ) -> None:
