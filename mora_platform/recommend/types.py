@@ -63,4 +63,6 @@ class Recommendation(BaseModel):
     degraded: bool = False
     fallbacks: list[str] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list, description="Why degraded / which fallbacks, readable")
-    history: HistoryUsed | None = Field(default=None, description="The recent rows the answer was calibrated on")
+    history: HistoryUsed | None = Field(
+        default=None, description="The recent rows the answer was calibrated on"
+    )

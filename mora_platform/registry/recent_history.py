@@ -115,7 +115,6 @@ class RecentHistory:
             return HistoryWindow(service, dataset, None, now, error=f"dataset {dataset!r} has no rows")
         return HistoryWindow(service, dataset, frame.tail(self.rows).reset_index(drop=True), now)
 
-
     def peek(self, service: str, dataset: str | None) -> HistoryWindow | None:
         """The cached window if it is still fresh, without reading anything (None otherwise)."""
         if not dataset:
