@@ -201,7 +201,7 @@ class ServiceModelTrainer:
         return adapter
 
     def _train(self, frame: pd.DataFrame, service: str) -> ServiceModelAdapter:
-        from mora_platform.backtest.quiet import quiet_tensorflow
+        from mora_platform.models.tf_quiet import quiet_tensorflow
         from mora_platform.training.config import TrainingConfig
         from mora_platform.training.service_trainer import train_service
 

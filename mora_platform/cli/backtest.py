@@ -327,7 +327,7 @@ def register(app: typer.Typer) -> None:
         names = tuple(n.strip() for n in methods.split(",") if n.strip())
         notes: list[str] = []
         if any(n.startswith("platform") for n in names):
-            from mora_platform.backtest.quiet import quiet_tensorflow
+            from mora_platform.models.tf_quiet import quiet_tensorflow
 
             quiet_tensorflow()  # before anything imports TensorFlow
             reason = _platform_available()

@@ -20,8 +20,10 @@ def configure_tensorflow(cpu_threads: int, seed: int | None = None) -> int:
     Safe to call many times; returns the thread count actually in effect.
     """
     global _threads
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from mora_platform.models.tf_quiet import quiet_tensorflow
+
+    quiet_tensorflow(import_now=True)  # TF's start-up chatter and Keras' refit "retracing" warnings
     import tensorflow as tf
 
     cpu_threads = max(1, int(cpu_threads))

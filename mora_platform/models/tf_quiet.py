@@ -1,6 +1,6 @@
-"""Keep TensorFlow's noise out of the backtest's output.
+"""Keep TensorFlow's noise out of what users read (backtest output, fleet job logs, Tune, `mora train`).
 
-Two kinds of noise, neither a problem of the backtest:
+Two kinds of noise, neither a problem of the platform:
 
 - C++ start-up logs. ``TF_CPP_MIN_LOG_LEVEL=2`` (what ``models.tf_runtime`` sets) hides most; the
   oneDNN notice TF 2.21 prints while it is imported ("All log messages before absl::InitializeLog()
