@@ -3,7 +3,7 @@
 #   1. the local stack (S3 server + Ray head with dashboard)
 #   2. sample data (a subset of the Online Boutique experiments shipped in examples/) imported to S3
 #   3. the fleet retrained as a Ray Job (one task per service), versions published to S3
-#   4. the Ray Serve endpoint deployed, and one recommendation asked of it over HTTP
+#   4. the Ray Serve endpoint deployed, one recommendation asked of it over HTTP and of `mora recommend`
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=.venv/bin
@@ -32,12 +32,16 @@ step "Asking the endpoint for one recommendation"
 HOME_DIR=$($BIN/python -c 'from mora_platform.settings import default_home; print(default_home())')
 set -a; . "$HOME_DIR/stack.env"; [ -f .env ] && . ./.env; set +a
 URL="http://${MORA_SERVE_HOST:-127.0.0.1}:${MORA_SERVE_PORT:-8000}/v1/recommendations"
-BODY='{"service": "frontend", "context": {"load_users": 50, "replica_count": 2, "scenario": "browsing"}}'
+# A plain question: the endpoint reads frontend's newest rows itself and calibrates the head-room on them.
+BODY='{"service": "frontend"}'
 echo "POST $URL"
 echo "$BODY"
 AUTH=()
 if [ -n "${MORA_SERVE_TOKEN:-}" ]; then AUTH=(-H "Authorization: Bearer ${MORA_SERVE_TOKEN}"); fi
 curl -fsS -X POST "$URL" -H 'content-type: application/json' "${AUTH[@]}" -d "$BODY" | $BIN/python -m json.tool
+
+step "The same answer from the command line (no TensorFlow imported to answer)"
+$BIN/mora recommend frontend
 
 cat <<MSG
 

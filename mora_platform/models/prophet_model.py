@@ -221,6 +221,7 @@ class ProphetForecaster(Forecaster):
 
     def _model(self, target: str) -> Any:
         if target not in self._models:
+            quiet_prophet_logging()  # rebuilt to predict over a history: no import chatter either
             from prophet.serialize import model_from_dict
 
             try:

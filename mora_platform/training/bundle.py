@@ -400,7 +400,7 @@ class ServiceModel:
                 if held.source != VALIDATION:
                     requests[t] = held.request
                     recent_reasons.append(
-                        f"{t} head-room calibrated on the {min(len(history), RECENT_ROWS)} rows sent "
+                        f"{t} head-room calibrated on the {min(len(history), RECENT_ROWS)} most recent rows "
                         f"({held.source}), not on validation"
                     )
         confidence = min(per[t].confidence for t in TARGETS)

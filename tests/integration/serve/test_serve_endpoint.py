@@ -116,7 +116,7 @@ def test_long_history_is_answered_with_the_recent_head_room(
     assert {h.source for h in held.values()} == {"recent-peak"}
     for target in ("cpu", "memory"):
         assert any(
-            r.startswith(f"{target} head-room calibrated on the 180 rows sent (recent-peak)")
+            r.startswith(f"{target} head-room calibrated on the 180 most recent rows (recent-peak)")
             for r in served["reasons"]
         )
 

@@ -23,7 +23,7 @@ from mora_platform.backtest.engine import (
     series_extent,
 )
 from mora_platform.backtest.progress import ProgressReporter, format_elapsed
-from mora_platform.backtest.quiet import KerasRetracingFilter
+from mora_platform.models.tf_quiet import KerasRetracingFilter
 
 START = pd.Timestamp("2026-01-01T00:00:00Z")
 

@@ -188,7 +188,9 @@ def test_history_without_timestamps_gets_the_auto_head_room_from_the_minimum(
     assert enough.status_code == 200, enough.text
     for target in ("cpu", "memory"):
         assert any(
-            reason.startswith(f"{target} head-room calibrated on the {minimum} rows sent (recent-peak)")
+            reason.startswith(
+                f"{target} head-room calibrated on the {minimum} most recent rows (recent-peak)"
+            )
             for reason in enough.json()["reasons"]
         ), enough.json()["reasons"]
     short = post(client, {"service": SERVICE, "history": pooled_rows(minimum - 1)})
