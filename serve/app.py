@@ -28,7 +28,7 @@ class ServeAppArgs(BaseModel):
     env_files: list[str] = Field(
         default_factory=list,
         description="Env files read for MoraSettings (MORA_* S3 settings, MORA_SERVE_TOKEN); "
-        "default: .mora/stack.env and .env in the working directory",
+        "default: $MORA_HOME/stack.env (~/.mora) and .env in the working directory",
     )
     settings_stamp: str | None = Field(
         default=None,
