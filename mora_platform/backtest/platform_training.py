@@ -30,7 +30,8 @@ import pandas as pd
 
 from mora_platform.backtest.platform import PlatformForecast
 from mora_platform.data.schema import CPU_TARGET_FACTOR, MEMORY_TARGET_FACTOR, TIMESTAMP
-from mora_platform.models.recent import RECENT_CANDIDATES, RECENT_ROWS, VALIDATION
+from mora_platform.models.recent import RECENT_ROWS
+from mora_platform.recommend.answering import WINDOW_SOURCE_ROWS
 
 # Where MODELS keeps ServiceModel (the contract says training/bundle.py "or similar").
 _SERVICE_MODEL_MODULES: tuple[str, ...] = (
@@ -53,8 +54,8 @@ BACKTEST_BUDGET: dict[str, Any] = {
     # (their under-provisioning is 0.1-1.5% on both datasets)
     "coverage": 0.99,
 }
-HISTORY_TAIL_ROWS = 2_000
-HEAD_ROOM_MODES: tuple[str, ...] = ("auto", "recent", "validation")
+HISTORY_TAIL_ROWS = WINDOW_SOURCE_ROWS
+HEAD_ROOM_MODES: tuple[str, ...] = ("auto", "recent", "validation")  # what --calibrate-on offers
 _TARGET_FACTORS = {"cpu": CPU_TARGET_FACTOR, "memory": MEMORY_TARGET_FACTOR}
 
 
@@ -128,46 +129,28 @@ class ServiceModelAdapter:
         self.fitted_until = fitted_until
 
     def predict(self, history: pd.DataFrame, horizon: pd.Timedelta) -> PlatformForecast:
-        window = self.model.prepare_history(history.tail(HISTORY_TAIL_ROWS))
-        answer = self.model.ensemble.explain_next(window, {})
-        held = self.model.calibration.for_mode(answer.mode)
-        one_step = self.model.calibration.for_mode(answer.mode, next_step=True)
-        chosen: dict[str, tuple[float, float, str]] = {}  # resource -> (request, point, source)
-        if self.head_room == "auto":
-            for resource, held_request in self.model.held_requests(
-                history, self.horizon_steps, rows=self.recent_rows, fitted_until=self.fitted_until
-            ).items():
-                chosen[resource] = (held_request.request, held_request.point, held_request.source)
-        elif self.head_room == "recent":
-            recent = self.model.recent_requests(
-                history,
-                self.horizon_steps,
-                rows=self.recent_rows,
-                fitted_until=self.fitted_until,
-                candidates=RECENT_CANDIDATES,
-            )
-            for resource, choice in recent.items():
-                if choice is not None:
-                    chosen[resource] = (choice.request, choice.point, choice.candidate)
-        one_step_requests: dict[str, float] = {}
-        requests: dict[str, float] = {}
-        validation: dict[str, float] = {}
+        from mora_platform.recommend.answering import answer_request
+
+        answer = answer_request(
+            self.model,
+            history,
+            head_room=self.head_room,
+            steps=self.horizon_steps,
+            rows=self.recent_rows,
+            fitted_until=self.fitted_until,
+        )
         forecasts: dict[str, float | None] = {}
-        sources: dict[str, str] = {}
         for resource, factor in _TARGET_FACTORS.items():
-            point = float(answer.point[resource])
-            one_step_requests[resource] = one_step[resource].request(point)
-            requests[resource] = validation[resource] = held[resource].request(point)
-            sources[resource] = VALIDATION
-            if resource in chosen and chosen[resource][2] != VALIDATION:
-                requests[resource], point, sources[resource] = chosen[resource]
+            # the point is divided back by the seed's target factor (as the members forecast usage x it)
+            point = answer.points[resource]
             forecasts[resource] = point / factor if np.isfinite(point) else None
+        resources = tuple(_TARGET_FACTORS)
         return PlatformForecast(
-            requests=requests,
+            requests={r: answer.requests[r] for r in resources},
             forecasts=forecasts,
-            one_step_requests=one_step_requests,
-            validation_requests=validation,
-            sources=sources,
+            one_step_requests={r: answer.one_step_requests[r] for r in resources},
+            validation_requests={r: answer.validation_requests[r] for r in resources},
+            sources={r: answer.sources[r] for r in resources},
         )
 
 

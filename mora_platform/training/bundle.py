@@ -139,7 +139,7 @@ def read_history_tail(directory: Path) -> pd.DataFrame:
     return frame
 
 
-def _check_context(context: Mapping[str, float | str] | None) -> dict[str, float]:
+def check_context(context: Mapping[str, float | str] | None) -> dict[str, float]:
     """Numeric, finite, non-negative ``load_users`` / ``replica_count``; anything else is refused."""
     checked: dict[str, float] = {}
     for key, value in (context or {}).items():
@@ -381,34 +381,29 @@ class ServiceModel:
     ) -> Recommendation:
         """Recommendation for the next step after ``history`` (default: the stored tail).
 
-        ``head_room="auto"``: when ``history`` holds enough rows for the recent head-room (at least
-        ``MIN_RECENT_ORIGINS`` holding windows), the CPU and memory requests are ``held_requests``'
-        (each reason says which source set it); otherwise, and with ``"validation"``, the head-room
-        calibrated at training time.
+        The requests come from the answering layer (``recommend.answering.answer_request``, which the
+        backtest scores too): with ``head_room="auto"`` and a history long enough to judge on (at least
+        ``MIN_RECENT_ORIGINS`` holding windows), the CPU and memory requests are ``held_requests``' (each
+        reason says which source set it); otherwise the head-room calibrated at training time. Then the
+        config's floors and rounding (``recommend.policy``).
         """
-        if head_room not in ("auto", VALIDATION):
-            raise ValueError(f"head_room must be 'auto' or 'validation', got {head_room!r}")
-        checked = _check_context(context)
-        window = self.history if history is None else self.prepare_history(history)
-        answer = self.ensemble.explain_next(window, checked)
-        per = self.calibration.for_mode(answer.mode)
-        requests = {t: per[t].request(answer.point[t]) for t in TARGETS}
-        recent_reasons: list[str] = []
-        steps = max(int(self.calibration.horizon_steps), 1)
-        if head_room == "auto" and history is not None and len(history) > steps + MIN_RECENT_ORIGINS:
-            for t, held in self.held_requests(history, steps).items():
-                if held.source != VALIDATION:
-                    requests[t] = held.request
-                    recent_reasons.append(
-                        f"{t} head-room calibrated on the {min(len(history), RECENT_ROWS)} most recent rows "
-                        f"({held.source}), not on validation"
-                    )
+        from mora_platform.recommend.answering import answer_request
+
+        answer = answer_request(self, history, context, head_room=head_room)
+        recent_reasons = [
+            f"{t} head-room calibrated on the {min(answer.history_rows, RECENT_ROWS)} most recent rows "
+            f"({answer.sources[t]}), not on validation"
+            for t in ("cpu", "memory")
+            if answer.sources[t] not in (VALIDATION, "one-step")
+        ]
+        forecast = answer.forecast
+        per = self.calibration.for_mode(forecast.mode)
         confidence = min(per[t].confidence for t in TARGETS)
         contributions = {}
         for name, status in self.ensemble.status.items():
-            values = answer.members.get(name, {})
+            values = forecast.members.get(name, {})
             member = self.ensemble.members.get(name)
-            weights = answer.weights.get(name, dict.fromkeys(TARGETS, 0.0))
+            weights = forecast.weights.get(name, dict.fromkeys(TARGETS, 0.0))
             label = (
                 status if status != OK else ("fallback" if member is not None and member.fallbacks else OK)
             )
@@ -420,17 +415,17 @@ class ServiceModel:
                 status=label,
             )
         reasons = [*self.ensemble.reasons.values(), *recent_reasons]
-        if answer.mode != FUSED:
-            silent = [n for n in self.ensemble.members if n not in answer.mode.split("+")]
+        if forecast.mode != FUSED:
+            silent = [n for n in self.ensemble.members if n not in forecast.mode.split("+")]
             reasons.append(
-                f"answered by {answer.mode} alone: {', '.join(silent)} could not answer for this history"
+                f"answered by {forecast.mode} alone: {', '.join(silent)} could not answer for this history"
             )
         return build_recommendation(
             self.service,
-            requests,
+            answer.requests,
             confidence,
             contributions=contributions,
-            degraded=self.ensemble.degraded or answer.mode != FUSED,
+            degraded=self.ensemble.degraded or forecast.mode != FUSED,
             fallbacks=[*self.ensemble.fallbacks, *self.calibration.fallbacks],
             reasons=reasons,
             model_version=model_version,

@@ -1,0 +1,116 @@
+"""The one answering layer: from a loaded model, recent history (or none) and a context to requests.
+
+Everything that turns a trained service into CPU / memory / replica requests goes through
+``answer_request``: ``ServiceModel.recommend`` (so the CLI and the Serve deployment) and the
+backtest's platform adapter. It is pure: no Ray, S3 or HTTP; bundle I/O stays in ``training.bundle``
+and the registry, and where the history comes from (the request, the dataset, the stored tail) is the
+caller's business.
+
+Head-room modes, per target (CPU and memory; replicas always take the training-time head-room):
+
+- ``auto``: ``held_requests``, the recent head-room calibrated on the history's last rows for the
+  cheaper of the fused forecast and the recent peak, unless the training-time head-room kept its
+  promise there at no higher cost; with too little history (``MIN_RECENT_ORIGINS`` holding windows),
+  or none, the training-time head-room answers.
+- ``recent``: ``recent_requests`` alone (the training-time head-room only where it has no answer).
+- ``validation``: the head-room calibrated on validation at training time, over the held steps.
+- ``one-step``: the training-time head-room for the next step only.
+
+The numbers are usage (CPU cores, memory bytes, replicas) before floors and rounding, which
+``recommend.policy`` applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mora_platform.models.recent import MIN_RECENT_ORIGINS, RECENT_CANDIDATES, RECENT_ROWS, VALIDATION
+from mora_platform.recommend.types import TARGETS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mora_platform.models.ensemble import NextForecast
+    from mora_platform.training.bundle import ServiceModel
+
+AUTO = "auto"
+RECENT = "recent"
+ONE_STEP = "one-step"
+HEAD_ROOM_MODES: tuple[str, ...] = (AUTO, RECENT, VALIDATION, ONE_STEP)
+#: The rows of a history the members' next-step window is prepared from (its latest experiment's tail).
+WINDOW_SOURCE_ROWS = 2_000
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Requests per target and what set each, with the alternatives the backtest scores beside them."""
+
+    requests: dict[str, float]  # cpu cores, memory bytes, replicas (usage, before floors and rounding)
+    points: dict[str, float]  # the point each request was set from (the forecast, or the recent peak)
+    sources: dict[str, str]  # validation | one-step | fused | recent-peak | ...
+    validation_requests: dict[str, float]  # the training-time head-room over the held steps
+    one_step_requests: dict[str, float]  # the training-time head-room for the next step
+    forecast: NextForecast  # the ensemble's next-step answer (mode, members, weights)
+    history_rows: int  # rows of history the answer saw (0: the stored tail)
+    steps: int  # the held steps the head-room covers
+
+
+def answer_request(
+    model: ServiceModel,
+    history: pd.DataFrame | None = None,
+    context: Mapping[str, float | str] | None = None,
+    *,
+    head_room: str = AUTO,
+    steps: int | None = None,
+    rows: int = RECENT_ROWS,
+    fitted_until: pd.Timestamp | None = None,
+) -> Answer:
+    """The requests for the step after ``history`` (default: the model's stored tail) in ``context``.
+
+    ``steps`` is the holding period in steps (default: the calibrated horizon); ``rows`` how many of
+    the history's last rows the recent head-room is calibrated on; ``fitted_until`` the end of the
+    training data (default: the model's), after which a fitted candidate's residuals are out of sample.
+    """
+    if head_room not in HEAD_ROOM_MODES:
+        raise ValueError(f"head_room must be one of {', '.join(HEAD_ROOM_MODES)}, got {head_room!r}")
+    from mora_platform.training.bundle import check_context
+
+    checked = check_context(context)
+    steps = max(int(steps or model.calibration.horizon_steps), 1)
+    window = model.history if history is None else model.prepare_history(history.tail(WINDOW_SOURCE_ROWS))
+    forecast = model.ensemble.explain_next(window, checked)
+    held = model.calibration.for_mode(forecast.mode)
+    next_step = model.calibration.for_mode(forecast.mode, next_step=True)
+    points = {t: float(forecast.point[t]) for t in TARGETS}
+    validation = {t: held[t].request(points[t]) for t in TARGETS}
+    one_step = {t: next_step[t].request(points[t]) for t in TARGETS}
+    if head_room == ONE_STEP:
+        requests, sources = dict(one_step), dict.fromkeys(TARGETS, ONE_STEP)
+    else:
+        requests, sources = dict(validation), dict.fromkeys(TARGETS, VALIDATION)
+    rows_seen = 0 if history is None else len(history)
+    recent_possible = history is not None and rows_seen > steps + MIN_RECENT_ORIGINS
+    if head_room == AUTO and recent_possible:
+        assert history is not None
+        for t, chosen in model.held_requests(history, steps, rows=rows, fitted_until=fitted_until).items():
+            if chosen.source != VALIDATION:
+                requests[t], points[t], sources[t] = chosen.request, chosen.point, chosen.source
+    elif head_room == RECENT and history is not None:
+        recent = model.recent_requests(
+            history, steps, rows=rows, fitted_until=fitted_until, candidates=RECENT_CANDIDATES
+        )
+        for t, choice in recent.items():
+            if choice is not None:
+                requests[t], points[t], sources[t] = choice.request, choice.point, choice.candidate
+    return Answer(
+        requests=requests,
+        points=points,
+        sources=sources,
+        validation_requests=validation,
+        one_step_requests=one_step,
+        forecast=forecast,
+        history_rows=rows_seen,
+        steps=steps,
+    )
