@@ -8,7 +8,6 @@ retry a deterministic error; only the death of the worker process is retried (ta
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 import time
@@ -19,6 +18,9 @@ from typing import Any
 
 from mora_platform.orchestration import PeakRssSampler, ServiceOutcome, cpu_seconds_used, failed_outcome
 from mora_platform.settings import MoraSettings
+from mora_platform.training.publish import deep_merge, directory_bytes, resolve_config_dict
+
+__all__ = ["RetrainSpec", "deep_merge", "directory_bytes", "resolve_training_config", "retrain_service"]
 
 #: Environment variable naming a directory where each task writes ``{service}.{pid}.pid`` just
 #: before training starts (so a test can kill the worker mid-training). Unset in production.
@@ -35,18 +37,6 @@ class RetrainSpec:
     use_tuned: bool = True
     publish: bool = True
     num_cpus: int = 1
-
-
-def deep_merge(base: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with each layer merged over it; nested dicts merge, other values replace."""
-    merged: dict[str, Any] = copy.deepcopy(dict(base))
-    for layer in layers:
-        for key, value in layer.items():
-            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-                merged[key] = deep_merge(merged[key], value)
-            else:
-                merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def cap_compute_threads(num_threads: int) -> None:
@@ -68,19 +58,8 @@ def cap_compute_threads(num_threads: int) -> None:
 def resolve_training_config(
     tuned: Mapping[str, Any] | None, overrides: Mapping[str, Any], num_cpus: int
 ) -> dict[str, Any]:
-    """The config dict for one service: defaults < tuned config < explicit overrides."""
-    base: dict[str, Any] = {}
-    layers: list[Mapping[str, Any]] = []
-    if tuned:
-        layers.append(tuned)
-    layers.append(overrides)
-    layers.append({"cpu_threads": max(1, int(num_cpus))})
-    return deep_merge(base, *layers)
-
-
-def directory_bytes(directory: Path) -> int:
-    """Total size of the files under ``directory``."""
-    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+    """The config dict for one service: defaults < tuned config < explicit overrides < CPU threads."""
+    return resolve_config_dict(tuned, overrides, cpu_threads=num_cpus)
 
 
 def _write_pid_marker(service: str) -> None:
@@ -114,8 +93,7 @@ def _retrain(spec: RetrainSpec, service: str, settings: MoraSettings, stage: lis
     from mora_platform.registry import ModelRegistry
     from mora_platform.storage.datasets import DatasetStore
     from mora_platform.storage.object_store import ObjectStore
-    from mora_platform.training.config import TrainingConfig
-    from mora_platform.training.service_trainer import train_service
+    from mora_platform.training.publish import resolve_config, train_and_publish
 
     stage[0] = f"reading s3://{settings.s3_bucket}/{DatasetStore.service_prefix(spec.dataset, service)}"
     store = ObjectStore.from_settings(settings)
@@ -123,8 +101,8 @@ def _retrain(spec: RetrainSpec, service: str, settings: MoraSettings, stage: lis
     frame = DatasetStore(store).read(spec.dataset, service)
     stage[0] = "resolving the training config"
     tuned = registry.load_tuned_config(service) if spec.use_tuned else None
-    config = TrainingConfig.model_validate(
-        resolve_training_config(tuned, spec.config_overrides, spec.num_cpus)
+    config, source = resolve_config(
+        tuned, spec.config_overrides, overrides_label="--config-json", cpu_threads=spec.num_cpus
     )
 
     with tempfile.TemporaryDirectory(prefix=f"mora-{service}-") as tmp:
@@ -132,32 +110,26 @@ def _retrain(spec: RetrainSpec, service: str, settings: MoraSettings, stage: lis
         bundle.mkdir()
         _write_pid_marker(service)
         stage[0] = "training"
-        report = train_service(frame, service, config, bundle)
+        trained = train_and_publish(
+            frame,
+            service,
+            config,
+            registry,
+            bundle,
+            dataset=spec.dataset,
+            config_source=source,
+            publish=spec.publish,
+            extra={"run_id": spec.run_id, "tuned_config": bool(tuned)},
+        )
         del frame
         _release_keras_state()
-        size = directory_bytes(bundle)
-        dumped = report.model_dump(mode="json")
-        version = None
-        if spec.publish:
-            stage[0] = "publishing"
-            metadata = {
-                "metrics": dumped.get("metrics") or {},
-                "data_window": dumped.get("data_window") or {},
-                "fallbacks": dumped.get("fallbacks") or [],
-                "config": config.model_dump(mode="json"),
-                "run_id": spec.run_id,
-                "dataset": spec.dataset,
-                "tuned_config": bool(tuned),
-                "training_seconds": dumped.get("seconds"),
-            }
-            version = registry.publish(service, bundle, metadata=metadata)
     return ServiceOutcome(
         service=service,
         status="published" if spec.publish else "trained",
-        version=version,
-        metrics=dumped.get("metrics") or {},
+        version=trained.version,
+        metrics=trained.report.model_dump(mode="json").get("metrics") or {},
         tuned_config=bool(tuned),
-        artifact_bytes=size,
+        artifact_bytes=trained.bundle_bytes,
     )
 
 

@@ -163,39 +163,35 @@ def _compact_metrics(metrics: Mapping[str, Any]) -> str:
 
 
 def _training_config(
-    registry: ModelRegistry, service: str, config_file: Path | None, epochs: int | None
+    registry: ModelRegistry, service: str, config_file: Path | None, epochs: int | None, use_tuned: bool
 ) -> tuple[Any, str]:
-    """(TrainingConfig, where it came from): --config file, else the tuned config, else defaults."""
-    from mora_platform.training.config import TrainingConfig
+    """(TrainingConfig, where it came from), resolved as the fleet job does (``training.publish``):
+    defaults < the tuned config < the --config file, merged key by key < --epochs."""
+    from mora_platform.training.publish import resolve_config
 
+    data: dict[str, Any] = {}
     if config_file is not None:
         try:
-            data = json.loads(config_file.read_text(encoding="utf-8"))
+            loaded = json.loads(config_file.read_text(encoding="utf-8"))
         except OSError as exc:
             _fail(f"--config {config_file}: cannot read ({exc.strerror or exc})")
         except json.JSONDecodeError as exc:
             _fail(f"--config {config_file}: not valid JSON ({exc})")
-        if not isinstance(data, dict):
+        if not isinstance(loaded, dict):
             _fail(f"--config {config_file}: must hold a JSON object")
-        source = f"file {config_file}"
-    else:
-        tuned = registry.load_tuned_config(service)
-        data, source = (tuned, "tuned config from the registry") if tuned is not None else ({}, "defaults")
-    if epochs is not None:
-        lstm = dict(data.get("lstm") or {})
-        lstm["epochs"] = epochs
-        data = {**data, "lstm": lstm}
-        source += f", epochs={epochs}"
-    return TrainingConfig.model_validate(data), source
+        data = loaded
+    tuned = registry.load_tuned_config(service) if use_tuned else None
+    return resolve_config(tuned, data, overrides_label=f"file {config_file}", epochs=epochs)
 
 
 def train(
     dataset: str = typer.Option(..., "--dataset", help="Dataset name in the bucket (see `mora data list`)."),
     service: str = typer.Option(..., "--service", help="Service to train."),
     config: Path | None = typer.Option(
-        None, "--config", help="JSON file with a TrainingConfig (overrides tuned)."
+        None, "--config", help="JSON file merged over the service's tuned config (as `mora retrain` does)."
     ),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the LSTM's maximum epochs."),
+    no_tuned: bool = typer.Option(False, "--no-tuned", help="Ignore the tuned config in the registry."),
     registry_dir: Path | None = RegistryDirOption,
 ) -> None:
     """Train one service from a stored dataset, publish the bundle, print its metrics."""
@@ -206,29 +202,20 @@ def train(
         validate_service_name(service)
         store = _object_store(settings)
         registry = _registry(settings, registry_dir, store)
-        training_config, source = _training_config(registry, service, config, epochs)
+        training_config, source = _training_config(registry, service, config, epochs, not no_tuned)
         typer.echo(f"config: {source}")
 
         from mora_platform.storage.datasets import DatasetStore
 
         frame = DatasetStore(store).read(dataset, service)
-        from mora_platform.training.service_trainer import train_service  # heavy: after the cheap checks
+        from mora_platform.training.publish import train_and_publish  # heavy: after the cheap checks
 
         with tempfile.TemporaryDirectory(prefix=f"mora-train-{service}-") as tmp:
-            report = train_service(frame, service, training_config, Path(tmp))
+            trained = train_and_publish(
+                frame, service, training_config, registry, Path(tmp), dataset=dataset, config_source=source
+            )
+            report, version, size = trained.report, trained.version, trained.bundle_bytes
             dumped = report.model_dump(mode="json")
-            metadata = {
-                "metrics": dumped.get("metrics") or {},
-                "data_window": dumped.get("data_window") or {},
-                "fallbacks": dumped.get("fallbacks") or [],
-                "config": training_config.model_dump(mode="json"),
-                "dataset": dataset,
-                "config_source": source,
-                "training_seconds": dumped.get("seconds"),
-                "validation_metrics": dumped.get("validation") or {},
-            }
-            version = registry.publish(service, Path(tmp), metadata=metadata)
-            size = sum(path.stat().st_size for path in Path(tmp).rglob("*") if path.is_file())
 
     dumped_metrics = {"validation": dumped.get("validation") or {}, "test": dumped.get("metrics") or {}}
     columns, rows = metric_rows(dumped_metrics)

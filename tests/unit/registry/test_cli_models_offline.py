@@ -157,19 +157,23 @@ def test_training_config_source_precedence(tmp_path: Path) -> None:
     from mora_platform.cli.models import _training_config
 
     registry = ModelRegistry(LocalBlobBackend(tmp_path / "registry"))
-    config, source = _training_config(registry, "frontend", None, None)
+    config, source = _training_config(registry, "frontend", None, None, True)
     assert source == "defaults" and config.seq_len == 30
     registry.save_tuned_config("frontend", {"seq_len": 12, "lstm": {"units": [16]}})
-    config, source = _training_config(registry, "frontend", None, 3)
+    config, source = _training_config(registry, "frontend", None, 3, True)
     assert source == "tuned config from the registry, epochs=3"
     assert (config.seq_len, config.lstm.units, config.lstm.epochs) == (12, [16], 3)
     explicit = tmp_path / "explicit.json"
     explicit.write_text('{"seq_len": 8}')
-    config, source = _training_config(registry, "frontend", explicit, None)
+    # --config merges over the tuned config key by key, as `mora retrain --config` does
+    config, source = _training_config(registry, "frontend", explicit, None, True)
+    assert source == f"tuned config from the registry + file {explicit}"
+    assert config.seq_len == 8 and config.lstm.units == [16]
+    config, source = _training_config(registry, "frontend", explicit, None, False)  # --no-tuned
     assert source == f"file {explicit}" and config.seq_len == 8 and config.lstm.units == [64, 32]
     explicit.write_text("{seq_len: 8}")
     with pytest.raises(typer.Exit):
-        _training_config(registry, "frontend", explicit, None)
+        _training_config(registry, "frontend", explicit, None, True)
 
 
 def test_user_error_names_point_at_real_exception_classes() -> None:
