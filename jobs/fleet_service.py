@@ -16,11 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mora_platform.models.tf_runtime import cap_compute_threads
 from mora_platform.orchestration import PeakRssSampler, ServiceOutcome, cpu_seconds_used, failed_outcome
 from mora_platform.settings import MoraSettings
 from mora_platform.training.publish import deep_merge, directory_bytes, resolve_config_dict
 
-__all__ = ["RetrainSpec", "deep_merge", "directory_bytes", "resolve_training_config", "retrain_service"]
+__all__ = [
+    "RetrainSpec",
+    "cap_compute_threads",
+    "deep_merge",
+    "directory_bytes",
+    "resolve_training_config",
+    "retrain_service",
+]
 
 #: Environment variable naming a directory where each task writes ``{service}.{pid}.pid`` just
 #: before training starts (so a test can kill the worker mid-training). Unset in production.
@@ -37,22 +45,6 @@ class RetrainSpec:
     use_tuned: bool = True
     publish: bool = True
     num_cpus: int = 1
-
-
-def cap_compute_threads(num_threads: int) -> None:
-    """Keep TensorFlow / BLAS to the task's CPUs: Ray's resources are not limits.
-
-    The environment variables cover BLAS and a TensorFlow not imported yet in this worker;
-    ``configure_tensorflow`` sets TF's thread pools (the first call in a process wins).
-    """
-    threads = str(max(1, int(num_threads)))
-    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = threads
-    os.environ["TF_NUM_INTEROP_THREADS"] = threads
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from mora_platform.models.tf_runtime import configure_tensorflow
-
-    configure_tensorflow(int(threads))
 
 
 def resolve_training_config(

@@ -77,7 +77,11 @@ def prepare_reference(frame: pd.DataFrame, service: str, base_config: dict[str, 
 
     config = TrainingConfig.model_validate(base_config)
     prepared = prepare_frame(frame).reset_index(drop=True)
-    labels = split_frame(prepared, config.validation_fraction, config.test_fraction).to_numpy()
+    # split exactly as training does (split_by included), so a trial is scored on the validation rows
+    # the published model is calibrated on
+    labels = split_frame(
+        prepared, config.validation_fraction, config.test_fraction, config.split_by
+    ).to_numpy()
     train_mask = labels == Split.TRAIN.value
     validation_mask = labels == Split.VALIDATION.value
     if train_mask.sum() < 2 or validation_mask.sum() < 1:
@@ -158,7 +162,7 @@ def run_trial(
     """The Tune trainable: one report per epoch rung (lower ``METRIC`` is better)."""
     from ray import tune
 
-    from jobs.fleet_service import cap_compute_threads
+    from mora_platform.models.tf_runtime import cap_compute_threads
     from mora_platform.training.config import TrainingConfig
 
     cap_compute_threads(cpu_threads)

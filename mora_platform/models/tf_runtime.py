@@ -44,3 +44,18 @@ def configure_tensorflow(cpu_threads: int, seed: int | None = None) -> int:
 
         keras.utils.set_random_seed(seed)
     return _threads
+
+
+def cap_compute_threads(num_threads: int) -> None:
+    """Keep TensorFlow / BLAS to the task's CPUs: Ray's resources are not limits.
+
+    The environment variables cover BLAS and a TensorFlow not imported yet in this process;
+    ``configure_tensorflow`` sets TF's thread pools (the first call in a process wins). Used by the
+    fleet job's tasks and by Tune's trials alike.
+    """
+    threads = str(max(1, int(num_threads)))
+    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = threads
+    os.environ["TF_NUM_INTEROP_THREADS"] = threads
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    configure_tensorflow(int(threads))
