@@ -5,8 +5,13 @@
 The driver holds service names only; each task reads its own service's data from S3, trains it
 with the library's per-service training (the tuned config from the registry when present) and
 publishes a new version. A progress line is printed as tasks finish, a summary table at the end,
-and the run summary is written to ``s3://{bucket}/runs/{run_id}/summary.json``. The exit code is
-non-zero only with ``--fail-on-any`` (and a failure), or when every service failed.
+and the run summary is written to ``s3://{bucket}/runs/{run_id}/summary.json``.
+
+The exit code (and so the Ray Job's status) says whether the run did its work: 0 when every
+service succeeded and the summary was stored; 1 when a service failed (with ``--allow-failures``:
+only when every service failed); 2 when the run could not start; 3 when the summary could not be
+stored, whatever the services did. ``--rerun-failed RUN_ID`` retrains only the services that
+failed in that run (all of ``--services`` when its summary is missing).
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.fleet_service import RetrainSpec, retrain_service
 from mora_platform.orchestration import (
+    EXIT_NOT_STARTED,
+    EXIT_SUMMARY_NOT_STORED,
     FleetOrchestrator,
     LocalLoopBackend,
     ProgressLine,
@@ -29,17 +37,36 @@ from mora_platform.orchestration import (
     ServiceOutcome,
     new_run_id,
     parse_services,
+    plan_rerun,
+    summary_key,
     utc_now,
 )
 from mora_platform.settings import MoraSettings
+
+if TYPE_CHECKING:
+    from mora_platform.storage.object_store import ObjectStore
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Retrain every service of a dataset on Ray, one task per service."
     )
-    parser.add_argument("--dataset", required=True, help="dataset name under s3://{bucket}/datasets/")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset name under s3://{bucket}/datasets/ (required unless --rerun-failed finds the run's summary)",
+    )
     parser.add_argument("--services", default="all", help="'all' or a comma-separated list of services")
+    parser.add_argument(
+        "--rerun-failed",
+        metavar="RUN_ID",
+        default=None,
+        help="retrain only the services that failed in run RUN_ID (its summary in S3); "
+        "all of --services of --dataset when that summary is missing",
+    )
+    parser.add_argument(
+        "--rerun-of", metavar="RUN_ID", default=None, help="record that this run retrains RUN_ID's failures"
+    )
     parser.add_argument("--run-id", default=None, help="run id (default: retrain-<utc stamp>-<random>)")
     parser.add_argument(
         "--num-cpus", type=float, default=1.0, help="CPUs per service task (TF threads capped to it)"
@@ -63,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-tuned", action="store_true", help="ignore tuned configs in the registry")
     parser.add_argument("--no-publish", action="store_true", help="train only; publish nothing")
-    parser.add_argument("--fail-on-any", action="store_true", help="exit non-zero if any service failed")
+    parser.add_argument(
+        "--allow-failures",
+        action="store_true",
+        help="exit 0 when at least one service succeeded (default: any failed service makes the exit code 1)",
+    )
+    parser.add_argument("--fail-on-any", action="store_true", help=argparse.SUPPRESS)  # the default now
     parser.add_argument(
         "--backend", choices=("ray", "local"), default="ray", help="ray tasks (default) or a local loop"
     )
@@ -96,6 +128,14 @@ def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
     from mora_platform.storage.object_store import ObjectStore
 
     store = ObjectStore.from_settings(settings)
+    rerun_of = args.rerun_of
+    if args.rerun_failed:
+        resolve_rerun(args, store)
+        rerun_of = args.rerun_failed
+        if not args.services:
+            raise NothingToDo(f"run {rerun_of}: nothing failed; nothing to re-run")
+    if not args.dataset:
+        raise ValueError("--dataset is required (or --rerun-failed RUN_ID with a stored summary)")
     services = parse_services(args.services, DatasetStore(store).list_services(args.dataset))
     run_id = args.run_id or new_run_id("retrain")
     spec = RetrainSpec(
@@ -118,6 +158,8 @@ def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
             "publish": spec.publish,
             "use_tuned": spec.use_tuned,
             "config_overrides": spec.config_overrides,
+            "allow_failures": bool(args.allow_failures),
+            **({"rerun_of": rerun_of} if rerun_of else {}),
         },
     )
     progress = ProgressLine(len(services))
@@ -134,7 +176,11 @@ def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
         from jobs.ray_backend import RayFleetMetrics, RayTaskBackend
 
         if not ray.is_initialized():
-            ray.init(address=args.ray_address or settings.ray_address or None, log_to_driver=True)
+            from infra.local.ray_head import use_client_env
+
+            address = args.ray_address or settings.ray_address or None
+            use_client_env(settings.home, address)  # outside the head: the local stack's token
+            ray.init(address=address, log_to_driver=True)
         ray_backend = RayTaskBackend(
             num_cpus=args.num_cpus,
             max_retries=args.max_retries,
@@ -160,33 +206,71 @@ def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
     return summary
 
 
+class NothingToDo(Exception):
+    """``--rerun-failed`` found a summary in which no service failed."""
+
+
+def resolve_rerun(args: argparse.Namespace, store: ObjectStore) -> None:
+    """Set ``args.dataset`` / ``args.services`` from the summary of run ``args.rerun_failed``."""
+    from mora_platform.storage.errors import ObjectNotFoundError
+
+    key = summary_key(args.rerun_failed)
+    try:
+        previous: RunSummary | None = RunSummary.model_validate_json(store.get_bytes(key))
+    except ObjectNotFoundError:
+        previous = None
+    plan = plan_rerun(
+        args.rerun_failed, previous, dataset=args.dataset, services=args.services, summary_uri=store.uri(key)
+    )
+    _say(plan.message)
+    args.dataset, args.services = plan.dataset, plan.services
+
+
 def store_summary(summary: RunSummary, settings: MoraSettings) -> str:
     """Write the summary JSON to ``runs/{run_id}/summary.json``; return its s3:// URI."""
     from mora_platform.storage.object_store import ObjectStore
 
     store = ObjectStore.from_settings(settings)
-    key = f"runs/{summary.run_id}/summary.json"
+    key = summary_key(summary.run_id)
     store.put_bytes(key, summary.to_json())
     return store.uri(key)
 
 
-def finish_run(summary: RunSummary, settings: MoraSettings, *, fail_on_any: bool, label: str) -> int:
-    """Print the table and failures, store the summary JSON, print the result line; the exit code."""
+def finish_run(
+    summary: RunSummary,
+    settings: MoraSettings,
+    *,
+    allow_failures: bool = False,
+    label: str,
+    rerun_hint: bool = False,
+) -> int:
+    """Print the table and failures, store the summary JSON, print the result line; the exit code.
+
+    Non-zero when a service failed (unless ``allow_failures`` and another succeeded) and, always,
+    when the summary could not be stored: a run whose result is not recorded did not do its job.
+    """
     _say("")
     _say(summary.table())
+    stored = True
     try:
         _say(f"run summary: {store_summary(summary, settings)}")
     except Exception as error:
+        stored = False
         _say(f"run summary could not be stored: {type(error).__name__}: {error}")
     for outcome in summary.services:
         if not outcome.ok:
             _say(f"FAILED {outcome.service}: {outcome.error}")
-    code = summary.exit_code(fail_on_any=fail_on_any)
+    code = summary.exit_code(allow_failures=allow_failures)
+    if not stored:
+        code = EXIT_SUMMARY_NOT_STORED
     _say(
         f"{label}: {len(summary.succeeded)} succeeded, {len(summary.failed)} failed"
         + (f" ({', '.join(summary.failed)})" if summary.failed else "")
+        + ("" if stored else "; run summary NOT stored")
         + f"; exit {code}"
     )
+    if rerun_hint and (summary.failed or not stored):
+        _say(f"retrain what failed with: mora retrain --rerun-failed {summary.run_id}")
     return code
 
 
@@ -195,10 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = MoraSettings()  # type: ignore[call-arg]
     try:
         summary = run_retrain(args, settings)
+    except NothingToDo as done:
+        _say(f"FLEET RESULT: {done}; exit 0")
+        return 0
     except Exception as error:  # no services, unknown dataset, storage unreachable
         _say(f"FLEET RESULT: run could not start: {type(error).__name__}: {error}")
-        return 2
-    return finish_run(summary, settings, fail_on_any=args.fail_on_any, label="FLEET RESULT")
+        return EXIT_NOT_STARTED
+    return finish_run(
+        summary, settings, allow_failures=args.allow_failures, label="FLEET RESULT", rerun_hint=True
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Each service's search uses the whole cluster for its trials (one CPU each); a se
 search fails is reported and the others go on. The best config per service is stored in the model
 registry (``models/{service}/tuned_config.json``) and used by the next retraining; Tune's
 experiments are under ``s3://{bucket}/tune/{run_id}/``, the run summary at ``runs/{run_id}/summary.json``.
+Exit codes as ``retrain_fleet.py``: non-zero when a service failed (unless ``--allow-failures``) or
+the summary could not be stored.
 """
 
 from __future__ import annotations
@@ -55,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-save", action="store_true", help="do not store the best configs in the registry"
     )
-    parser.add_argument("--fail-on-any", action="store_true", help="exit non-zero if any service failed")
+    parser.add_argument(
+        "--allow-failures",
+        action="store_true",
+        help="exit 0 when at least one service was tuned (default: any failed service makes the exit code 1)",
+    )
+    parser.add_argument("--fail-on-any", action="store_true", help=argparse.SUPPRESS)  # the default now
     parser.add_argument("--ray-address", default=None)
     return parser
 
@@ -131,7 +138,11 @@ def run_tune(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
         },
     )
     if not ray.is_initialized():
-        connect(args.ray_address or settings.ray_address)
+        from infra.local.ray_head import use_client_env
+
+        address = args.ray_address or settings.ray_address
+        use_client_env(settings.home, address)  # outside the head: the local stack's token
+        connect(address)
     progress = ProgressLine(len(services))
     print(f"tune run {run_id}: dataset {args.dataset!r}, services: {', '.join(services)}", flush=True)
     work = functools.partial(_tune_one, args, run_id, bounds, base, settings)
@@ -149,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         print(f"TUNE RESULT: run could not start: {type(error).__name__}: {error}", flush=True)
         return 2
-    return finish_run(summary, settings, fail_on_any=args.fail_on_any, label="TUNE RESULT")
+    return finish_run(summary, settings, allow_failures=args.allow_failures, label="TUNE RESULT")
 
 
 if __name__ == "__main__":

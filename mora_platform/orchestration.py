@@ -23,6 +23,12 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, Field
 
 ServiceStatus = Literal["published", "trained", "failed"]
+
+#: Exit codes of a fleet run (the Ray Job fails on any non-zero code).
+EXIT_OK = 0
+EXIT_SERVICES_FAILED = 1  # a service failed (without --allow-failures), or every service failed
+EXIT_NOT_STARTED = 2  # no services, unknown dataset, storage unreachable at the start
+EXIT_SUMMARY_NOT_STORED = 3  # the run's result could not be recorded (runs/RUN_ID/summary.json)
 ServiceFunction = Callable[[str], "ServiceOutcome"]
 OutcomeCallback = Callable[["ServiceOutcome"], None]
 
@@ -143,15 +149,13 @@ class RunSummary(BaseModel):
     def failed(self) -> list[str]:
         return [o.service for o in self.services if not o.ok]
 
-    def exit_code(self, fail_on_any: bool = False) -> int:
-        """0 unless every service failed, or any failed and ``fail_on_any`` is set."""
-        if not self.services:
-            return 1
-        if not self.succeeded:
-            return 1
-        if fail_on_any and self.failed:
-            return 1
-        return 0
+    def exit_code(self, allow_failures: bool = False) -> int:
+        """0 when every service succeeded; 1 when any failed (``allow_failures``: only when all did)."""
+        if not self.services or not self.succeeded:
+            return EXIT_SERVICES_FAILED
+        if self.failed and not allow_failures:
+            return EXIT_SERVICES_FAILED
+        return EXIT_OK
 
     def to_json(self) -> bytes:
         """The summary as indented UTF-8 JSON."""
@@ -220,6 +224,72 @@ class FleetOrchestrator:
         summary.wall_seconds = round(time.monotonic() - started, 3)
         summary.finished_at = utc_now()
         return summary
+
+
+def summary_key(run_id: str) -> str:
+    """Where a run's summary lives in the bucket: ``runs/{run_id}/summary.json``."""
+    return f"runs/{run_id}/summary.json"
+
+
+class RerunPlan(BaseModel):
+    """What ``--rerun-failed RUN_ID`` retrains: ``services`` is 'all', a comma-separated list or ''."""
+
+    dataset: str
+    services: str
+    message: str
+
+
+def plan_rerun(
+    run_id: str,
+    previous: RunSummary | None,
+    *,
+    dataset: str | None,
+    services: str = "all",
+    summary_uri: str = "",
+) -> RerunPlan:
+    """The services to retrain again after run ``run_id`` (``previous``: its summary, None when missing).
+
+    With a summary: only the services that failed in it, on its dataset ('' when none failed).
+    Without one (the run crashed, or could not store it): every service of that run, which the
+    caller knows as ``dataset`` / ``services`` (from the Jobs API or the command line).
+    Raises ``ValueError`` with what to do when the request cannot be met.
+    """
+    where = summary_uri or summary_key(run_id)
+    if previous is not None:
+        if dataset is not None and dataset != previous.dataset:
+            raise ValueError(
+                f"run {run_id} retrained dataset {previous.dataset!r}, not {dataset!r} (leave --dataset out)"
+            )
+        if services.strip().lower() != "all":
+            raise ValueError(
+                f"--services and --rerun-failed {run_id}: the services come from the run's summary ({where})"
+            )
+        failed = sorted(previous.failed)
+        if not failed:
+            return RerunPlan(
+                dataset=previous.dataset,
+                services="",
+                message=f"run {run_id}: all {len(previous.services)} service(s) succeeded; nothing to re-run",
+            )
+        return RerunPlan(
+            dataset=previous.dataset,
+            services=",".join(failed),
+            message=f"re-running the {len(failed)} service(s) that failed in run {run_id}: {', '.join(failed)}",
+        )
+    if dataset is None:
+        raise ValueError(
+            f"no run summary for run {run_id} at {where}, and the run's dataset is not known: "
+            "pass --dataset (and --services) to retrain that run's services again"
+        )
+    which = "all services" if services.strip().lower() == "all" else f"services {services}"
+    return RerunPlan(
+        dataset=dataset,
+        services=services,
+        message=(
+            f"no run summary for run {run_id} at {where} (the run did not finish, or could not store it): "
+            f"re-running every service of that run ({which} of dataset {dataset!r})"
+        ),
+    )
 
 
 def new_run_id(prefix: str = "retrain") -> str:

@@ -2,5 +2,6 @@
 
 Modules (imported directly; this package imports nothing so that ``infra.local.config`` stays light):
 ``config`` (StackSettings), ``stack`` (LocalStack), ``weed`` (WeedServer), ``ray_head`` (RayHead),
-``processes`` (PID records, port checks), ``envfile`` (stack.env, load_settings).
+``processes`` (PID records, port checks), ``envfile`` (stack.env, load_settings), ``sockets`` (which
+addresses the stack's processes listen on).
 """

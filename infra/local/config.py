@@ -6,7 +6,7 @@ Kept free of heavy imports so the CLI can build its help text from these fields.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +58,11 @@ class StackSettings(BaseSettings):
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs Ray may schedule (default: all)")
     ray_object_store_bytes: int | None = Field(None, ge=78_643_200, description="Ray object store size")
     ray_temp_dir: Path | None = Field(None, description="Ray session directory (default: short path in /tmp)")
+    ray_auth: Literal["token", "disabled"] = Field(
+        "token",
+        description="Ray's token authentication of the head (token in $MORA_HOME/ray_auth_token); "
+        "'disabled' lets anyone who reaches its ports run code as you",
+    )
     start_timeout: float = Field(120.0, gt=0, description="seconds to wait for each component to be ready")
     stop_timeout: float = Field(30.0, gt=0, description="seconds to wait after SIGTERM before SIGKILL")
 

@@ -3,23 +3,35 @@
 ``--block`` keeps the ``ray start`` process alive as the leader of every Ray process it starts, so
 stopping it (SIGTERM to that one PID) shuts the whole node down cleanly; signalling the whole
 group at once instead kills the GCS first and makes the leader hang 30 s trying to drain.
-Ray resolves 127.0.0.1 to the machine's address internally; the dashboard still binds 127.0.0.1.
+
+Loopback only: ``ray start --node-ip-address 127.0.0.1`` alone is not enough, because Ray swaps a
+loopback node address for the machine's address (``resolve_ip_for_localhost``), and then the GCS,
+raylet and dashboard agent listen on all interfaces, the Ray client server, runtime-env agent and
+metrics exporter on the machine's address. With ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray's
+switch for single-node-only clusters) the node address stays 127.0.0.1 and every process of the
+node (GCS, raylet, object manager, dashboard and its agent, client server, runtime-env agent,
+metrics exporter, workers) binds 127.0.0.1. Such a head cannot take other nodes, which is the point.
 
 Job entrypoints (``python jobs/retrain_fleet.py ...``) run in a shell on the head with the head's
 ``PATH``: the head therefore gets this interpreter's ``bin/`` first on its ``PATH`` (whoever started
 it, virtualenv active or not), and records the interpreter so ``mora stack up`` can tell a head
 started from another environment.
 
-Token authentication: Ray 2.60 turns it on for a new head whenever ``~/.ray/auth_token`` exists
-(any earlier ``ray.init()`` on the machine writes one), and then every client must send the token.
-The mode is therefore set explicitly (``RAY_AUTH_MODE`` of the child), default "disabled", so the
-stack behaves the same on every machine; ``extra_env`` can pass RAY_AUTH_MODE=token and a token.
+Token authentication: with ``auth_token_path`` the head runs with ``RAY_AUTH_MODE=token`` and
+``RAY_AUTH_TOKEN_PATH`` naming that file (0600), so every gRPC call to the GCS, raylet and client
+server and every dashboard / Jobs API request needs the token; Ray reads it from the file, so it
+is in no command line and no process environment. Clients get the same two variables
+(``client_env``). Without a token file the mode is set explicitly to "disabled" (Ray 2.60 would
+otherwise turn token auth on whenever ``~/.ray/auth_token`` exists, and the throw-away heads of
+the tests would depend on the machine); ``extra_env`` can still pass RAY_AUTH_MODE=token and a token.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
+import secrets
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -101,6 +113,114 @@ def head_environment(base: dict[str, str], python: str | None = None) -> dict[st
     return env
 
 
+#: The local stack's Ray token file, under MORA_HOME (Ray's own format: the token alone, 0600).
+TOKEN_FILE_NAME = "ray_auth_token"
+#: Ray's switch that keeps a node's address on loopback (see the module docstring).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def token_path(home: Path) -> Path:
+    """``{home}/ray_auth_token``: the token of the head ``mora stack up`` starts."""
+    return Path(home) / TOKEN_FILE_NAME
+
+
+def ensure_token(path: Path) -> Path:
+    """Create the token file (256 random bits, hex, mode 0600) unless it holds a token; return ``path``."""
+    try:
+        if path.read_text(encoding="utf-8").strip():
+            os.chmod(path, 0o600)
+            return path
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_hex(32))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return path
+
+
+def read_token(path: Path) -> str | None:
+    """The token in ``path`` (None when the file is missing or empty)."""
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def is_loopback_address(address: str | None) -> bool:
+    """Whether a Ray address or URL (``127.0.0.1:6379``, ``http://localhost:8265``) names this machine's loopback."""
+    if not address:
+        return False
+    rest = address.split("://", 1)[-1].split("/", 1)[0]
+    if rest.startswith("["):
+        host = rest[1:].split("]", 1)[0]
+    else:
+        host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def client_env(home: Path, address: str | None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Variables a Ray client on this machine needs to talk to the local stack's head at ``address``.
+
+    For a head on loopback: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (else ``ray.init`` swaps
+    127.0.0.1 for the machine's address, where a loopback-only GCS does not listen) and, when
+    ``home`` holds the stack's token file, ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH``,
+    unless the caller already names a token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH in ``environ``).
+    Nothing for any other cluster, which never gets the local token.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    if not is_loopback_address(address):
+        return {}
+    env = dict(LOOPBACK_ENV)
+    path = token_path(home)
+    explicit = environ.get("RAY_AUTH_TOKEN") or environ.get("RAY_AUTH_TOKEN_PATH")
+    if read_token(path) is not None and not explicit:
+        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)})
+    return env
+
+
+def client_headers(home: Path, address: str | None) -> dict[str, str]:
+    """The ``Authorization`` header for the local stack's dashboard / Jobs API at ``address`` (or {})."""
+    token = read_token(token_path(home)) if is_loopback_address(address) else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def use_client_env(home: Path, address: str | None) -> dict[str, str]:
+    """Put ``client_env`` into this process's environment (for ``ray.init``); returns what was set.
+
+    Ray reads the loopback switch when ``ray._private.ray_constants`` is imported and caches its
+    authentication settings when first used, so both are refreshed here when Ray is loaded.
+    """
+    env = client_env(home, address)
+    if env:
+        os.environ.update(env)
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in env:
+            constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
+        if "RAY_AUTH_MODE" in env:
+            reset_ray_auth_cache()
+    return env
+
+
+def reset_ray_auth_cache() -> None:
+    """Make Ray in this process re-read RAY_AUTH_MODE / RAY_AUTH_TOKEN(_PATH) (no-op without Ray)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def default_temp_dir(home: Path) -> Path:
     """A short per-home directory for Ray's session files (its socket paths must stay under ~107 bytes)."""
     digest = hashlib.sha1(str(home.resolve()).encode()).hexdigest()[:10]
@@ -120,6 +240,7 @@ class RayHead:
         num_cpus: int | None = None,
         object_store_memory: int | None = None,
         extra_env: dict[str, str] | None = None,
+        auth_token_path: Path | None = None,
     ) -> None:
         self.ports = ports
         self.log_path = log_path
@@ -127,8 +248,20 @@ class RayHead:
         self.host = host
         self.num_cpus = num_cpus
         self.object_store_memory = object_store_memory
-        self.extra_env = {"RAY_AUTH_MODE": "disabled", **(extra_env or {})}
+        self.auth_token_path = auth_token_path
+        auth = (
+            {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(auth_token_path)}
+            if auth_token_path is not None
+            else {"RAY_AUTH_MODE": "disabled"}
+        )
+        loopback = LOOPBACK_ENV if is_loopback_address(host) else {}
+        self.extra_env = {**loopback, **auth, **(extra_env or {})}
         self.record: ProcessRecord | None = None
+
+    @property
+    def auth_mode(self) -> str:
+        """ "token" or "disabled": what the head's RAY_AUTH_MODE will be."""
+        return self.extra_env.get("RAY_AUTH_MODE", "disabled")
 
     @property
     def address(self) -> str:
@@ -198,6 +331,10 @@ class RayHead:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         env = head_environment(dict(os.environ))
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        if self.auth_token_path is not None:
+            ensure_token(self.auth_token_path)
+            for name in _AUTH_VARIABLES:  # a token in this shell must not override the head's file
+                env.pop(name, None)
         env.update(self.extra_env)
         record = spawn(
             "ray",
@@ -211,6 +348,8 @@ class RayHead:
                 "ports": asdict(self.ports),
                 "temp_dir": str(self.temp_dir),
                 "python": interpreter(),
+                "auth": self.auth_mode,
+                "loopback_only": bool(env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"),
             },
         )
         self.record = record
@@ -229,7 +368,7 @@ class RayHead:
                 return f"`ray start` exited during start-up; log {self.log_path}:\n{log_tail(self.log_path)}"
             return None
 
-        headers = _auth_headers(self.extra_env)
+        headers = self.auth_headers()
         wait_until(
             lambda: dashboard_healthy(self.dashboard_url, headers=headers),
             timeout=timeout,
@@ -237,6 +376,10 @@ class RayHead:
             abort=died,
             interval=0.5,
         )
+
+    def auth_headers(self) -> dict[str, str] | None:
+        """The bearer header the head's dashboard wants (None when token auth is off)."""
+        return _auth_headers(self.extra_env)
 
     def stop(self, timeout: float = 30.0) -> list[int]:
         """SIGTERM the ``ray start`` leader (it stops its node), SIGKILL leftovers after ``timeout``."""
@@ -262,7 +405,10 @@ def dashboard_healthy(
 
 
 def _auth_headers(env: dict[str, str]) -> dict[str, str] | None:
-    """The bearer header for a head started with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN."""
-    if env.get("RAY_AUTH_MODE") == "token" and env.get("RAY_AUTH_TOKEN"):
-        return {"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
-    return None
+    """The bearer header for a head started with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN(_PATH)."""
+    if env.get("RAY_AUTH_MODE") != "token":
+        return None
+    token = env.get("RAY_AUTH_TOKEN")
+    if not token and env.get("RAY_AUTH_TOKEN_PATH"):
+        token = read_token(Path(env["RAY_AUTH_TOKEN_PATH"]))
+    return {"Authorization": f"Bearer {token}"} if token else None

@@ -8,6 +8,11 @@ The Ray head runs with this environment's interpreter first on its PATH and ``MO
 jobs submitted to it (``mora retrain`` or a plain ``ray job submit``) run the platform's Python and
 read their settings, credentials included, from ``$MORA_HOME/stack.env``, never from the job's
 runtime_env. A running head started from another environment is refused with what to do.
+
+The Ray head listens on 127.0.0.1 only and runs with Ray's token authentication; the token is
+generated on its first start into ``$MORA_HOME/ray_auth_token`` (0600) and never printed. Every
+``mora`` command that talks to the head sends it (``infra.local.ray_head.client_env``); a head
+left running without token auth by an older ``mora`` is refused with what to do.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ import httpx
 from infra.local.config import RAY_PORT_FIELDS, WEED_PORT_FIELDS, StackSettings, port_hint
 from infra.local.envfile import read_env_file, stack_env_path, update_env_file
 from infra.local.processes import ProcessRecord, ProcessStartError, stop, wait_until
-from infra.local.ray_head import RayHead, dashboard_healthy, default_temp_dir, interpreter
+from infra.local.ray_head import (
+    RayHead,
+    client_headers,
+    dashboard_healthy,
+    default_temp_dir,
+    interpreter,
+    token_path,
+)
+from infra.local.sockets import beyond_loopback, listening_sockets
 from infra.local.weed import WeedServer
 from mora_platform.storage.errors import StorageError
 from mora_platform.storage.object_store import ObjectStore
@@ -63,6 +76,7 @@ class LocalStack:
         self.logs_dir = self.home / "logs"
         self.s3_dir = self.home / "s3"
         self.env_file = stack_env_path(self.home)
+        self.ray_token_file = token_path(self.home)
         self._env_lock = threading.Lock()
 
     # -- records --------------------------------------------------------------------------------
@@ -127,13 +141,21 @@ class LocalStack:
             num_cpus=self.config.ray_num_cpus,
             object_store_memory=self.config.ray_object_store_bytes,
             extra_env={"MORA_HOME": str(self.home)},
+            auth_token_path=self.ray_token_file if self.config.ray_auth == "token" else None,
         )
 
     def check_head_environment(self, record: ProcessRecord) -> None:
-        """Raise ``ForeignHeadError`` when the running head was started from another Python environment."""
+        """Raise ``ForeignHeadError`` when the running head was started from another Python environment,
+        or without the token authentication this configuration asks for."""
         started_with = record.details.get("python")
         here = interpreter()
         if started_with == here:
+            if self.config.ray_auth == "token" and record.details.get("auth") != "token":
+                raise ForeignHeadError(
+                    f"the Ray head (PID {record.pid}) runs without token authentication (started by an "
+                    "older `mora` or with MORA_STACK_RAY_AUTH=disabled): anyone who reaches its ports "
+                    "can run code as you. Restart it: `mora stack down --component ray && mora stack up`"
+                )
             return
         origin = (
             f"from {started_with}" if started_with else "by an older `mora` that did not record its Python"
@@ -279,6 +301,7 @@ class LocalStack:
 
     def _status_of(self, component: str, record: ProcessRecord, *, state: str) -> ComponentStatus:
         details = record.details
+        auth_on = True
         if component == "s3":
             endpoint = str(details.get("endpoint_url", ""))
             health, healthy = self._s3_health(endpoint)
@@ -286,7 +309,18 @@ class LocalStack:
             endpoint = f"{details.get('address', '')}, dashboard {details.get('dashboard_url', '')}"
             if details.get("metrics_url"):
                 endpoint += f", metrics {details['metrics_url']}"
-            health, healthy = _ray_health(str(details.get("dashboard_url", "")))
+            dashboard_url = str(details.get("dashboard_url", ""))
+            health, healthy = _ray_health(dashboard_url, client_headers(self.home, dashboard_url))
+            auth_on = details.get("auth") == "token"
+            health += ", token auth on" if auth_on else ", TOKEN AUTH OFF"
+        # Read from the OS (psutil), never by connecting: what another host could reach.
+        exposed = beyond_loopback(listening_sockets(proc.pid for proc in record.family()))
+        if exposed:
+            shown = ", ".join(str(item) for item in exposed[:3])
+            health += f"; {len(exposed)} port(s) beyond loopback: {shown}"
+        else:
+            health += ", loopback only"
+        healthy = healthy and (auth_on or not exposed)
         return ComponentStatus(
             component, state, pid=record.pid, endpoint=endpoint, health=health, healthy=healthy
         )
@@ -307,11 +341,12 @@ class LocalStack:
         return "open: anonymous access is allowed (auth not enforced)", False
 
 
-def _ray_health(dashboard_url: str) -> tuple[str, bool]:
-    if not dashboard_healthy(dashboard_url):
+def _ray_health(dashboard_url: str, headers: dict[str, str] | None = None) -> tuple[str, bool]:
+    if not dashboard_healthy(dashboard_url, headers=headers):
         return "dashboard not answering", False
     try:
-        version = httpx.get(f"{dashboard_url}/api/version", timeout=3.0).json().get("ray_version", "?")
+        answer = httpx.get(f"{dashboard_url}/api/version", timeout=3.0, headers=headers)
+        version = answer.json().get("ray_version", "?")
     except (httpx.HTTPError, ValueError):
         version = "?"
     return f"ok: dashboard answering, GCS healthy (Ray {version})", True

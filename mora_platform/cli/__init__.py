@@ -24,6 +24,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "data",
     "models",
     "fleet",
+    "cycle",
     "serving",
     "collect",
     "backtest",

@@ -5,8 +5,15 @@ small) and submits ``jobs/retrain_fleet.py`` to ``settings.ray_dashboard_url``. 
 are not secret (S3 endpoint, bucket, region) travel in the job's ``runtime_env``, which anyone who
 can read the dashboard sees; the cluster's processes take the S3 key pair from their own
 environment (``$MORA_HOME/stack.env`` on the local stack, a Kubernetes Secret on KubeRay). ``--wait`` follows
-the job's log until it ends. ``mora tune`` runs the search from this process on
-``settings.ray_address`` (a local Ray when unset) and stores the best config in the registry.
+the job's log until it ends; the job fails (and ``--wait`` exits non-zero) when a service failed or
+the run summary could not be stored, unless ``--allow-failures``. ``--rerun-failed RUN_ID`` retrains
+only the services that failed in that run (all of the run's services when its summary is missing).
+``mora tune`` runs the search from this process on ``settings.ray_address`` (a local Ray when
+unset) and stores the best config in the registry.
+
+The local stack's Ray head wants its token (``$MORA_HOME/ray_auth_token``): the Jobs API calls
+send it as a header, ``mora tune`` puts RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH in its environment;
+only for a head on 127.0.0.1, never for another cluster.
 """
 
 from __future__ import annotations
@@ -74,8 +81,9 @@ def retrain_entrypoint(
     max_retries: int,
     epochs: int | None,
     config_json: str | None,
-    fail_on_any: bool,
     no_tuned: bool,
+    allow_failures: bool = False,
+    rerun_of: str | None = None,
     max_calls: int = 0,
     python: str = "python",
 ) -> str:
@@ -100,18 +108,28 @@ def retrain_entrypoint(
         argv += ["--epochs", str(epochs)]
     if config_json:
         argv += ["--config-json", config_json]
-    if fail_on_any:
-        argv.append("--fail-on-any")
+    if allow_failures:
+        argv.append("--allow-failures")
+    if rerun_of:
+        argv += ["--rerun-of", rerun_of]
     if no_tuned:
         argv.append("--no-tuned")
     return shlex.join(argv)
 
 
-def submit_retrain_job(settings: MoraSettings, entrypoint: str, run_id: str) -> str:
-    """Submit the fleet job through the Ray Jobs API; returns the submission id."""
+def jobs_client(settings: MoraSettings) -> Any:
+    """A ``JobSubmissionClient`` for ``settings.ray_dashboard_url``, with the local stack's token if it is one."""
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(settings.ray_dashboard_url)
+    from infra.local.ray_head import client_headers
+
+    url = settings.ray_dashboard_url
+    return JobSubmissionClient(url, headers=client_headers(settings.home, url) or None)
+
+
+def submit_retrain_job(settings: MoraSettings, entrypoint: str, run_id: str) -> str:
+    """Submit the fleet job through the Ray Jobs API; returns the submission id."""
+    client = jobs_client(settings)
     return client.submit_job(
         entrypoint=entrypoint,
         submission_id=f"mora-{run_id}",
@@ -128,9 +146,7 @@ def follow_job(
     settings: MoraSettings, job_id: str, timeout_s: float | None = None, poll_s: float = 2.0
 ) -> str:
     """Print the job's log as it grows until it ends; returns the final status name."""
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(settings.ray_dashboard_url)
+    client = jobs_client(settings)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     printed = 0
     while True:
@@ -146,9 +162,70 @@ def follow_job(
         time.sleep(poll_s)
 
 
+def previous_run_services(settings: MoraSettings, run_id: str) -> tuple[str, str] | None:
+    """(dataset, services) of the job ``mora-{run_id}`` as the Jobs API recorded it, or None."""
+    try:
+        info = jobs_client(settings).get_job_info(f"mora-{run_id}")
+    except Exception:
+        return None
+    argv = shlex.split(str(getattr(info, "entrypoint", "") or ""))
+    values = {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag in ("--dataset", "--services")}
+    if "--dataset" not in values:
+        return None
+    return values["--dataset"], values.get("--services", "all")
+
+
+def rerun_selection(
+    settings: MoraSettings, run_id: str, dataset: str | None, services: str
+) -> tuple[str, str, str]:
+    """(dataset, services, message) for ``--rerun-failed RUN_ID``; exits 0 when nothing failed, 2 on errors."""
+    from mora_platform.orchestration import RunSummary, plan_rerun, summary_key
+    from mora_platform.storage.errors import ObjectNotFoundError, StorageError
+    from mora_platform.storage.object_store import ObjectStore
+
+    store = ObjectStore.from_settings(settings)
+    uri = store.uri(summary_key(run_id))
+    previous: RunSummary | None = None
+    try:
+        previous = RunSummary.model_validate_json(store.get_bytes(summary_key(run_id)))
+    except ObjectNotFoundError:
+        previous = None
+    except StorageError as error:
+        typer.echo(f"error: --rerun-failed {run_id}: cannot read {uri}: {error}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as error:
+        typer.echo(f"error: --rerun-failed {run_id}: {uri} is not a run summary: {error}", err=True)
+        raise typer.Exit(2) from None
+    if previous is None and dataset is None:
+        recorded = previous_run_services(settings, run_id)
+        if recorded is not None:
+            dataset, services = recorded
+    try:
+        plan = plan_rerun(run_id, previous, dataset=dataset, services=services, summary_uri=uri)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    if not plan.services:
+        typer.echo(plan.message)
+        raise typer.Exit(0)
+    return plan.dataset, plan.services, plan.message
+
+
 def retrain(
-    dataset: str = typer.Option(..., "--dataset", help="Dataset name in the bucket (see `mora data list`)."),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        help="Dataset name in the bucket (see `mora data list`); with --rerun-failed, taken from the run.",
+    ),
     services: str = typer.Option("all", "--services", help="'all' or a comma-separated list of services."),
+    rerun_failed: str | None = typer.Option(
+        None,
+        "--rerun-failed",
+        "--from-run",
+        metavar="RUN_ID",
+        help="Retrain only the services that failed in run RUN_ID (its summary in S3); all of that run's "
+        "services when the summary is missing.",
+    ),
     wait: bool = typer.Option(
         False, "--wait", help="Follow the job's log until it ends; exit with its result."
     ),
@@ -156,7 +233,14 @@ def retrain(
     num_cpus: float = typer.Option(1.0, "--num-cpus", min=0.1, help="CPUs per service task."),
     max_retries: int = typer.Option(2, "--max-retries", min=0, help="Retries of a task whose worker died."),
     config: Path | None = typer.Option(None, "--config", help="JSON file merged over each service's config."),
-    fail_on_any: bool = typer.Option(False, "--fail-on-any", help="The job fails if any service fails."),
+    allow_failures: bool = typer.Option(
+        False,
+        "--allow-failures",
+        help="The job succeeds when at least one service succeeded (default: any failed service fails it).",
+    ),
+    fail_on_any: bool = typer.Option(
+        False, "--fail-on-any", hidden=True, help="The default now; kept for old scripts."
+    ),
     no_tuned: bool = typer.Option(False, "--no-tuned", help="Ignore tuned configs in the registry."),
     max_calls: int = typer.Option(
         3, "--max-calls", min=0, help="Recycle a worker after N services (bounds memory growth; 0 = reuse)."
@@ -165,11 +249,24 @@ def retrain(
         None, "--timeout", help="With --wait: stop following after N seconds."
     ),
 ) -> None:
-    """Retrain the fleet as a Ray Job (one task per service); publish a version per service."""
+    """Retrain the fleet as a Ray Job (one task per service); publish a version per service.
+
+    The job fails (and --wait exits 1) when any service failed or the run summary could not be
+    stored; `mora retrain --rerun-failed RUN_ID` then retrains only what failed.
+    """
     from mora_platform.orchestration import new_run_id
     from mora_platform.settings import MoraSettings
 
     settings = MoraSettings()  # type: ignore[call-arg]
+    if fail_on_any and allow_failures:
+        typer.echo("error: --fail-on-any and --allow-failures contradict each other", err=True)
+        raise typer.Exit(2)
+    if rerun_failed is not None:
+        dataset, services, message = rerun_selection(settings, rerun_failed, dataset, services)
+        typer.echo(message)
+    elif dataset is None:
+        typer.echo("error: --dataset is required (or --rerun-failed RUN_ID)", err=True)
+        raise typer.Exit(2)
     config_json = _read_config(config) if config is not None else None
     run_id = new_run_id("retrain")
     entrypoint = retrain_entrypoint(
@@ -180,7 +277,8 @@ def retrain(
         max_retries=max_retries,
         epochs=epochs,
         config_json=config_json,
-        fail_on_any=fail_on_any,
+        allow_failures=allow_failures,
+        rerun_of=rerun_failed,
         no_tuned=no_tuned,
         max_calls=max_calls,
     )
@@ -200,6 +298,8 @@ def retrain(
     status = follow_job(settings, job_id, timeout_s=timeout)
     typer.echo(f"job {job_id}: {status}")
     if status != "SUCCEEDED":
+        if status in TERMINAL_STATUSES:
+            typer.echo(f"retrain what failed with: mora retrain --rerun-failed {run_id}")
         raise typer.Exit(1)
 
 
@@ -219,12 +319,14 @@ def tune(
     save: bool = typer.Option(True, "--save/--no-save", help="Store the best config in the registry."),
 ) -> None:
     """Search the LSTM architecture and fusion weight of one service with Ray Tune (ASHA)."""
+    from infra.local.ray_head import use_client_env
     from mora_platform.orchestration import new_run_id
     from mora_platform.settings import MoraSettings
     from tune.run import TuneRequest, tune_service
     from tune.search_space import SearchBounds
 
     settings = MoraSettings()  # type: ignore[call-arg]
+    use_client_env(settings.home, settings.ray_address)  # the local stack's token, for ray.init
     bounds = SearchBounds.tiny() if tiny else SearchBounds()
     if max_epochs is not None:
         bounds = bounds.model_copy(update={"max_epochs": max_epochs})

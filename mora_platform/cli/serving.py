@@ -4,6 +4,8 @@
 files that hold the S3 credentials and token) into ``{home}/serve/config.yaml`` and runs
 ``serve deploy`` against the Ray dashboard in settings; ``down`` runs ``serve shutdown``.
 Secrets never go into the generated config: it only lists env files (mode 0600) to read.
+The ``serve`` CLI talks to the dashboard; for the local stack's head it gets RAY_AUTH_MODE=token
+and RAY_AUTH_TOKEN_PATH in its environment (the token stays in its file).
 """
 
 from __future__ import annotations
@@ -45,6 +47,19 @@ def _serve_cli() -> str:
     """The ``serve`` executable of this environment."""
     candidate = Path(sys.executable).parent / "serve"
     return str(candidate) if candidate.exists() else "serve"
+
+
+def _serve_cli_env(settings: MoraSettings) -> dict[str, str]:
+    """This environment plus what the ``serve`` CLI needs to pass the local head's token auth."""
+    from infra.local.ray_head import client_env
+
+    return {**os.environ, **client_env(Path(settings.home), settings.ray_dashboard_url)}
+
+
+def _run_serve_cli(settings: MoraSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``serve ARGS --address DASHBOARD`` with the local head's token, output captured."""
+    command = [_serve_cli(), *args, "--address", settings.ray_dashboard_url]
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=_serve_cli_env(settings))
 
 
 def _write_private_env(path: Path, values: dict[str, str]) -> None:
@@ -122,8 +137,7 @@ def _application_state(settings: MoraSettings, name: str) -> tuple[str, float]:
     """(status, last deployed time) of one application, from ``serve status``."""
     import yaml
 
-    command = [_serve_cli(), "status", "--address", settings.ray_dashboard_url]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = _run_serve_cli(settings, "status")
     try:
         status = yaml.safe_load(result.stdout) or {}
         application = (status.get("applications") or {}).get(name) or {}
@@ -191,11 +205,10 @@ def up(
     target = Path(settings.home) / "serve" / "config.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    command = [_serve_cli(), "deploy", str(target), "--address", settings.ray_dashboard_url]
     typer.echo(f"deploying {target} to {settings.ray_dashboard_url}")
     names = [str(app.get("name", "default")) for app in resolved.get("applications", [])]
     since = time.time() - 0.1  # the local controller shares this clock
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = _run_serve_cli(settings, "deploy", str(target))
     if result.returncode != 0:
         _fail(
             f"serve deploy failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}"
@@ -213,8 +226,7 @@ def up(
 def down() -> None:
     """Remove every Serve application from the local cluster (``serve shutdown``)."""
     settings = _settings()
-    command = [_serve_cli(), "shutdown", "--address", settings.ray_dashboard_url, "--yes"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = _run_serve_cli(settings, "shutdown", "--yes")
     if result.returncode != 0:
         _fail(
             f"serve shutdown failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}"
@@ -228,8 +240,7 @@ def status() -> None:
     import httpx
 
     settings = _settings()
-    command = [_serve_cli(), "status", "--address", settings.ray_dashboard_url]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = _run_serve_cli(settings, "status")
     typer.echo((result.stdout or result.stderr).rstrip())
     base = _base_url(settings)
     try:

@@ -4,13 +4,15 @@ The head is ``infra.local.ray_head.RayHead`` (``ray start --head --block``), sto
 started exactly as ``mora stack up`` starts it: this process's PATH untouched (RayHead itself puts the
 interpreter's bin/ first, so a job's ``python`` entrypoint is the project's Python) and ``MORA_HOME``
 pointing at a home whose ``stack.env`` holds the test S3 settings, so jobs find their credentials
-without any in their runtime_env.
+without any in their runtime_env. Like the stack's head it runs with Ray's token authentication and
+listens on 127.0.0.1 only; its token is in ``{home}/ray_auth_token`` and this process (and its
+children: ``mora tune``, ``ray job submit``) has RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH, as
+the README tells a shell to.
 Datasets get unique service names so the shared ``models/`` prefix never mixes with other tests.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import tempfile
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 
 from infra.local.envfile import stack_env_path, update_env_file
-from infra.local.ray_head import RayHead, RayPorts
+from infra.local.ray_head import RayHead, RayPorts, reset_ray_auth_cache, token_path
 from mora_platform.settings import MoraSettings
 
 #: A tiny training config (seconds per service); jobs get it through --config-json.
@@ -60,33 +62,23 @@ def fleet_cluster(s3_settings: MoraSettings) -> Iterator[FleetCluster]:
         temp_dir=temp / "ray",
         num_cpus=2,
         extra_env={"MORA_HOME": str(home)},
+        auth_token_path=token_path(home),
     )
-    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE",)}
-    # Ray 2.60 turns token auth on by default for a new head, and the head helper's readiness probe
-    # (plain HTTP to /api/version) gets 401 then; this throw-away head on 127.0.0.1 runs without it,
-    # and this process and its children (mora tune) talk to it the same way.
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        # Every Ray client of this process (Jobs API, ray.init) and its children sends the head's token.
+        patch.setenv("RAY_AUTH_MODE", "token")
+        patch.setenv("RAY_AUTH_TOKEN_PATH", str(token_path(home)))
+        patch.delenv("RAY_AUTH_TOKEN", raising=False)
         head.start(timeout=120)
-    except BaseException:
-        _restore(saved)
-        raise
-    settings = s3_settings.model_copy(
-        update={"ray_dashboard_url": head.dashboard_url, "ray_address": head.address}
-    )
-    try:
-        yield FleetCluster(head=head, settings=settings, home=home)
-    finally:
-        head.stop(timeout=30)
-        _restore(saved)
-
-
-def _restore(saved: dict[str, str | None]) -> None:
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+        reset_ray_auth_cache()
+        settings = s3_settings.model_copy(
+            update={"ray_dashboard_url": head.dashboard_url, "ray_address": head.address, "home": home}
+        )
+        try:
+            yield FleetCluster(head=head, settings=settings, home=home)
+        finally:
+            head.stop(timeout=30)
+    reset_ray_auth_cache()
 
 
 @dataclass(frozen=True)

@@ -99,9 +99,11 @@ def test_the_expected_manifests_exist() -> None:
     names = {path.name for path in _manifest_files()}
     assert {
         "rayjob-retrain-fleet.yaml",
-        "cronjob-retrain-fleet.yaml",
+        "rayjob-rightsize-cycle.yaml",
+        "cronjob-rightsize-cycle.yaml",
         "minio.yaml",
         "s3-settings.yaml",
+        "prometheus-settings.yaml",
     } <= names
 
 
@@ -126,7 +128,7 @@ def test_every_document_has_identity(path: Path) -> None:
 def test_rayjobs_run_the_fleet_entrypoints_with_s3_secret_refs() -> None:
     rayjobs = _of_kind("RayJob")
     entrypoints = {doc["spec"]["entrypoint"].split()[1] for _, doc in rayjobs}
-    assert {"jobs/retrain_fleet.py", "jobs/tune_fleet.py"} <= entrypoints
+    assert {"jobs/retrain_fleet.py", "jobs/tune_fleet.py", "jobs/rightsize_cycle.py"} <= entrypoints
     for name, doc in rayjobs:
         spec = doc["spec"]
         assert set(spec) <= RAYJOB_SPEC_FIELDS, (
@@ -215,22 +217,71 @@ def test_s3_config_points_at_the_minio_service() -> None:
     assert data["MORA_S3_BUCKET"]
 
 
-def test_cronjob_creates_the_rayjob_template() -> None:
-    (name, cron), *_ = _of_kind("CronJob")
-    spec = cron["spec"]
-    assert len(spec["schedule"].split()) == 5, f"{name}: schedule {spec['schedule']!r}"
-    assert spec["concurrencyPolicy"] == "Forbid"
-    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+def _cron_template() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(the CronJob, its pod spec, the RayJob template it creates)."""
+    (name, cron), *others = _of_kind("CronJob")
+    assert not others, "one schedule: the rightsizing cycle"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     template_maps = {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
     maps = {doc["metadata"]["name"]: doc for _, doc in _of_kind("ConfigMap")}
-    assert template_maps <= set(maps)
+    assert template_maps <= set(maps), f"{name}: template ConfigMap not declared"
     template = yaml.safe_load(maps[next(iter(template_maps))]["data"]["rayjob.yaml"])
+    return cron, pod, template
+
+
+def test_cronjob_creates_the_rightsizing_cycle_hourly() -> None:
+    cron, pod, template = _cron_template()
+    spec = cron["spec"]
+    minute, hour, *rest = spec["schedule"].split()
+    assert len(rest) == 3 and minute.isdigit() and hour == "*", f"hourly, got {spec['schedule']!r}"
+    assert spec["concurrencyPolicy"] == "Forbid"
     assert template["kind"] == "RayJob" and template["metadata"]["generateName"]
-    assert "jobs/retrain_fleet.py" in template["spec"]["entrypoint"]
+    entrypoint = template["spec"]["entrypoint"].split()
+    assert entrypoint[:2] == ["python", "jobs/rightsize_cycle.py"]
+    assert {"--dataset", "--namespace", "--since", "--min-new-data"} <= set(entrypoint)
+    assert entrypoint[entrypoint.index("--min-new-data") + 1] == "24h"  # collect hourly, retrain daily
+    # a run ends before the next one starts (Forbid only covers the kubectl Job that creates the RayJob)
+    assert template["spec"]["activeDeadlineSeconds"] < 3600
     accounts = {doc["metadata"]["name"] for _, doc in _of_kind("ServiceAccount")}
     assert pod["serviceAccountName"] in accounts
     rules = [rule for _, doc in _of_kind("Role") for rule in doc["rules"]]
     assert any("rayjobs" in rule["resources"] and "create" in rule["verbs"] for rule in rules)
+
+
+def test_the_cron_template_is_the_cycle_rayjob() -> None:
+    _, _, template = _cron_template()
+    (_, rayjob), *_ = [item for item in _of_kind("RayJob") if item[0] == "rayjob-rightsize-cycle.yaml"]
+    assert template["spec"] == rayjob["spec"], (
+        "cronjob-rightsize-cycle.yaml drifted from rayjob-rightsize-cycle.yaml"
+    )
+
+
+def test_only_the_cycle_head_gets_prometheus_settings_and_from_config_and_secret() -> None:
+    for name, doc in _of_kind("RayJob"):
+        entrypoint = doc["spec"]["entrypoint"]
+        assert "--prometheus" not in entrypoint and "token" not in entrypoint.lower()
+        cluster = doc["spec"]["rayClusterSpec"]
+        head = _containers(cluster["headGroupSpec"]["template"]["spec"])[0]
+        config_refs = {
+            src["configMapRef"]["name"] for src in head.get("envFrom", []) if "configMapRef" in src
+        }
+        env = {item["name"]: item for item in head.get("env", [])}
+        if "jobs/rightsize_cycle.py" in entrypoint:
+            assert "mora-prometheus-config" in config_refs, name
+            ref = env["MORA_PROMETHEUS_BEARER_TOKEN"]["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == "mora-prometheus-credentials" and ref.get("optional") is True
+            assert cluster.get("enableInTreeAutoscaling") is True  # nothing to retrain: no worker starts
+            for group in cluster["workerGroupSpecs"]:
+                assert group["minReplicas"] == 0
+                for container in _containers(group["template"]["spec"]):
+                    names = {item["name"] for item in container.get("env", [])}
+                    assert not any(n.startswith("MORA_PROMETHEUS_") for n in names), (
+                        f"{name}: workers never query"
+                    )
+        else:
+            assert "mora-prometheus-config" not in config_refs and "MORA_PROMETHEUS_BEARER_TOKEN" not in env
+    maps = {doc["metadata"]["name"]: doc for _, doc in _of_kind("ConfigMap")}
+    assert maps["mora-prometheus-config"]["data"]["MORA_PROMETHEUS_URL"].startswith("http")
 
 
 def _find_dicts(node: Any, key: str) -> list[dict[str, Any]]:

@@ -22,7 +22,8 @@ def test_entrypoint_is_quoted_and_parses_back() -> None:
         max_retries=3,
         epochs=2,
         config_json='{"lstm": {"units": [4]}}',
-        fail_on_any=True,
+        allow_failures=True,
+        rerun_of="retrain-before",
         no_tuned=False,
         max_calls=2,
     )
@@ -34,7 +35,8 @@ def test_entrypoint_is_quoted_and_parses_back() -> None:
         args.epochs == 2
         and args.max_retries == 3
         and args.max_calls == 2
-        and args.fail_on_any
+        and args.allow_failures
+        and args.rerun_of == "retrain-before"
         and not args.no_tuned
     )
     assert args.config_json == '{"lstm": {"units": [4]}}'

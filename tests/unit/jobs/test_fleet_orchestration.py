@@ -59,22 +59,24 @@ def test_duplicate_services_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("statuses", "fail_on_any", "code"),
+    ("statuses", "allow_failures", "code"),
     [
-        (["published", "failed"], False, 0),
-        (["published", "failed"], True, 1),
+        (["published", "failed"], False, 1),
+        (["published", "failed"], True, 0),
         (["failed", "failed"], False, 1),
-        (["published", "published"], True, 0),
+        (["failed", "failed"], True, 1),
+        (["published", "published"], False, 0),
         ([], False, 1),
+        ([], True, 1),
     ],
 )
-def test_exit_code(statuses: list[str], fail_on_any: bool, code: int) -> None:
+def test_exit_code(statuses: list[str], allow_failures: bool, code: int) -> None:
     summary = _summary()
     summary.services = [
         ServiceOutcome(service=f"s{i}", status=status)  # type: ignore[arg-type]
         for i, status in enumerate(statuses)
     ]
-    assert summary.exit_code(fail_on_any=fail_on_any) == code
+    assert summary.exit_code(allow_failures=allow_failures) == code
 
 
 def test_summary_json_and_table_name_every_service_and_error() -> None:

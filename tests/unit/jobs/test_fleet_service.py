@@ -98,11 +98,14 @@ def test_driver_runs_the_fleet_locally_and_reports(
         "--max-calls",
         "3",
     ]
-    assert driver.main(argv) == 0
-    assert driver.main([*argv, "--fail-on-any"]) == 1
+    assert driver.main(argv) == 1  # a failed service fails the run by default
     out = capsys.readouterr().out
     assert "3/3 done, 1 failed" in out and "FAILED b: RuntimeError: disk on fire" in out
-    assert "FLEET RESULT: 2 succeeded, 1 failed (b); exit 0" in out
+    assert "FLEET RESULT: 2 succeeded, 1 failed (b); exit 1" in out
+    assert "retrain what failed with: mora retrain --rerun-failed retrain-unit" in out
+    assert driver.main([*argv, "--fail-on-any"]) == 1  # the old flag is still accepted
+    assert driver.main([*argv, "--allow-failures"]) == 0
+    assert "FLEET RESULT: 2 succeeded, 1 failed (b); exit 0" in capsys.readouterr().out
     summary = json.loads(stored["runs/retrain-unit/summary.json"])
     assert summary["counts"] == {"total": 3, "succeeded": 2, "failed": 1}
     assert summary["options"]["max_calls"] == 3
