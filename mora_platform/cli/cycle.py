@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -84,31 +84,9 @@ def cycle_entrypoint(
 
 def submit_cycle_job(settings: MoraSettings, entrypoint: str, run_id: str) -> str:
     """Submit the cycle through the Ray Jobs API (as ``mora retrain`` does); returns the submission id."""
-    from mora_platform.cli.fleet import WORKING_DIR_EXCLUDES, job_env_vars, repository_root
+    from mora_platform.cli.fleet import submit_job
 
-    client = _jobs_client(settings)
-    return client.submit_job(
-        entrypoint=entrypoint,
-        submission_id=f"mora-{run_id}",
-        runtime_env={
-            "working_dir": str(repository_root()),
-            "excludes": WORKING_DIR_EXCLUDES,
-            "env_vars": job_env_vars(settings),
-        },
-        metadata={"mora.run_id": run_id, "mora.kind": "cycle"},
-    )
-
-
-def _jobs_client(settings: MoraSettings) -> Any:
-    """The fleet verbs' Jobs API client (it adds the local stack's Ray token where there is one)."""
-    from mora_platform.cli import fleet
-
-    make = getattr(fleet, "jobs_client", None)
-    if make is not None:
-        return make(settings)
-    from ray.job_submission import JobSubmissionClient
-
-    return JobSubmissionClient(settings.ray_dashboard_url)
+    return submit_job(settings, entrypoint, run_id, "cycle")
 
 
 def cycle(

@@ -127,8 +127,9 @@ def jobs_client(settings: MoraSettings) -> Any:
     return JobSubmissionClient(url, headers=client_headers(settings.home, url) or None)
 
 
-def submit_retrain_job(settings: MoraSettings, entrypoint: str, run_id: str) -> str:
-    """Submit the fleet job through the Ray Jobs API; returns the submission id."""
+def submit_job(settings: MoraSettings, entrypoint: str, run_id: str, kind: str) -> str:
+    """Submit ``entrypoint`` with the repository as working directory through the Ray Jobs API, with
+    only non-secret settings in its runtime_env; returns the submission id (``mora-{run_id}``)."""
     client = jobs_client(settings)
     return client.submit_job(
         entrypoint=entrypoint,
@@ -138,8 +139,13 @@ def submit_retrain_job(settings: MoraSettings, entrypoint: str, run_id: str) -> 
             "excludes": WORKING_DIR_EXCLUDES,
             "env_vars": job_env_vars(settings),
         },
-        metadata={"mora.run_id": run_id, "mora.kind": "retrain"},
+        metadata={"mora.run_id": run_id, "mora.kind": kind},
     )
+
+
+def submit_retrain_job(settings: MoraSettings, entrypoint: str, run_id: str) -> str:
+    """Submit the fleet job through the Ray Jobs API; returns the submission id."""
+    return submit_job(settings, entrypoint, run_id, "retrain")
 
 
 def follow_job(
