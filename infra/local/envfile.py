@@ -7,7 +7,7 @@ The file is owner-only (0600) because it holds the S3 secret. ``load_settings`` 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from mora_platform.settings import MoraSettings
@@ -39,10 +39,13 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def update_env_file(path: Path, updates: Mapping[str, str]) -> None:
-    """Set ``updates`` in the dotenv file (other keys kept), written atomically with mode 0600."""
+def update_env_file(path: Path, updates: Mapping[str, str], remove: Collection[str] = ()) -> None:
+    """Set ``updates`` (and drop the keys in ``remove``) in the dotenv file, other keys kept, written
+    atomically with mode 0600."""
     values = read_env_file(path)
     values.update(updates)
+    for key in remove:
+        values.pop(key, None)
     for key, value in values.items():
         if "\n" in value or "\n" in key:
             raise ValueError(f"{path}: value for {key} contains a newline")

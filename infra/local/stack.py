@@ -274,6 +274,9 @@ class LocalStack:
             for name, future in futures.items():
                 pids, seconds = future.result()
                 self.record_path(name).unlink(missing_ok=True)
+                if name == "ray":  # a stopped head is no address to connect to: commands start a local Ray
+                    with self._env_lock:
+                        update_env_file(self.env_file, {}, remove=("MORA_RAY_ADDRESS",))
                 results[name] = ComponentStatus(
                     name, "stopped", pid=running[name].pid, pids=pids, healthy=True, seconds=seconds
                 )

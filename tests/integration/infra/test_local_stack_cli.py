@@ -138,6 +138,9 @@ def test_stack_up_status_down(stack_dir: tuple[Path, dict[str, str], dict[str, i
         time.sleep(0.2)
     assert not [pid for pid in ours if _alive(pid)]
     assert not list((home / "run").glob("*.json"))
+    # a stopped head is no address: later commands start a local Ray instead of dialling a dead one
+    left = read_env_file(env_file)
+    assert "MORA_RAY_ADDRESS" not in left and left["MORA_S3_SECRET_KEY"] == secret
 
     after = _run(["stack", "status"], env, work)
     assert after.returncode == 1
