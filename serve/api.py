@@ -21,6 +21,7 @@ from pydantic import (
     PlainValidator,
     ValidationError,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -88,10 +89,9 @@ class RequestContext(_Strict):
     )
     replica_count: int | None = Field(
         default=None,
-        strict=True,
         ge=0,
         le=MAX_REPLICA_COUNT,
-        description=f"Current replicas (0 to {MAX_REPLICA_COUNT})",
+        description=f"Current replicas (0 to {MAX_REPLICA_COUNT}); a whole number, 3.0 as well as 3",
     )
     scenario: str | None = Field(
         default=None,
@@ -100,6 +100,19 @@ class RequestContext(_Strict):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Workload scenario name",
     )
+
+    @field_validator("replica_count", mode="before")
+    @classmethod
+    def _whole_replicas(cls, value: Any) -> Any:
+        # a replica count is a whole number; JSON clients often send 3.0 for 3. Strings and booleans
+        # stay refused (they are not numbers), and 2.5 is refused by name.
+        if isinstance(value, bool | str):
+            raise ValueError("must be a whole number")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"must be a whole number (got {value!r})")
+            return int(value)
+        return value
 
 
 class MetricValues(_Strict):

@@ -49,6 +49,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+#: The routes that take a JSON body: only these are held to the content-type and size rules, so a POST to
+#: any other path gets FastAPI's own 404 / 405 rather than a misleading 415.
+BODY_PATHS = frozenset({"/v1/recommendations", "/v1/recommendations:batch"})
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)
 }
@@ -128,7 +131,7 @@ class GuardMiddleware:
                 return _error_json(401, "missing bearer token: send 'Authorization: Bearer <token>'")
             if not hmac.compare_digest(presented.strip().encode(), self.token):
                 return _error_json(401, "invalid bearer token")
-        if method == "POST":
+        if method == "POST" and path in BODY_PATHS:
             content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if content_type != "application/json" and not content_type.endswith("+json"):
                 shown = content_type or "none"
@@ -329,7 +332,13 @@ def create_api(backend: RecommendationBackend, *, token: str | None = None) -> F
         problem = await backend.registry_problem()
         if problem is None:
             return JSONResponse(HealthResponse(status="ok", registry="reachable").model_dump())
-        body = HealthResponse(status="unavailable", registry="unreachable", detail=problem)
+        # /healthz needs no credential: the problem (which may name the S3 endpoint) goes to the log only
+        logger.error("health check: model registry unreachable: %s", problem)
+        body = HealthResponse(
+            status="unavailable",
+            registry="unreachable",
+            detail="the model registry cannot be reached (the replica's log says why)",
+        )
         return JSONResponse(body.model_dump(), status_code=503)
 
     api.add_middleware(GuardMiddleware, token=token)  # type: ignore[arg-type]

@@ -169,11 +169,33 @@ def test_services_and_health(client: TestClient) -> None:
 
 
 def test_health_unavailable_when_registry_down() -> None:
-    client = TestClient(create_api(FakeBackend(registry_problem="connection refused")))
+    problem = "EndpointConnectionError: Could not connect to http://10.1.2.3:9000/models"
+    client = TestClient(create_api(FakeBackend(registry_problem=problem)))
     response = client.get("/healthz")
     assert response.status_code == 503
-    assert response.json()["detail"] == "connection refused"
+    assert response.json()["registry"] == "unreachable"
+    # /healthz is open: it says the registry is unreachable, never where the storage lives
+    assert "10.1.2.3" not in response.text and "9000" not in response.text
     assert client.get("/v1/services").status_code == 503
+
+
+def test_a_post_to_a_get_route_is_405_not_415(client: TestClient) -> None:
+    for path in ("/v1/services", "/healthz"):
+        response = client.post(path, content=b"x", headers={"content-type": "text/plain"})
+        assert response.status_code == 405, (path, response.status_code, response.text)
+    assert client.post("/v1/nowhere", json={}).status_code == 404
+
+
+def test_a_whole_replica_count_may_be_sent_as_a_float(client: TestClient) -> None:
+    ok = client.post(
+        "/v1/recommendations", json={"service": "frontend", "context": {"replica_count": 1396.0}}
+    )
+    assert ok.status_code == 200, ok.text
+    for bad in (2.5, "3", True):
+        refused = client.post(
+            "/v1/recommendations", json={"service": "frontend", "context": {"replica_count": bad}}
+        )
+        assert refused.status_code == 422 and "context.replica_count" in refused.text, (bad, refused.text)
 
 
 def test_openapi_documents_routes(client: TestClient) -> None:
