@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from mora_platform.settings import MoraSettings
+    pass
 
 
 def cycle_entrypoint(
@@ -82,13 +82,6 @@ def cycle_entrypoint(
     return argv
 
 
-def submit_cycle_job(settings: MoraSettings, entrypoint: str, run_id: str) -> str:
-    """Submit the cycle through the Ray Jobs API (as ``mora retrain`` does); returns the submission id."""
-    from mora_platform.cli.fleet import submit_job
-
-    return submit_job(settings, entrypoint, run_id, "cycle")
-
-
 def cycle(
     dataset: str = typer.Option(..., "--dataset", help="Dataset the cycle collects into and trains from."),
     namespace: str | None = typer.Option(
@@ -135,7 +128,7 @@ def cycle(
     ),
 ) -> None:
     """Collect the newest metrics, retrain the services that changed, store a run summary (a Ray Job)."""
-    from mora_platform.cli.fleet import _read_config, follow_job
+    from mora_platform.cli.fleet import _read_config, submit_and_follow
     from mora_platform.orchestration import new_run_id
     from mora_platform.settings import MoraSettings
 
@@ -174,22 +167,8 @@ def cycle(
         raise typer.Exit(run_locally([*argv[2:], "--backend", "local"]))
 
     settings = MoraSettings()  # type: ignore[call-arg]
-    try:
-        job_id = submit_cycle_job(settings, shlex.join(argv), run_id)
-    except Exception as error:
-        typer.echo(
-            f"error: could not submit to {settings.ray_dashboard_url}: {type(error).__name__}: {error}",
-            err=True,
-        )
-        raise typer.Exit(2) from None
-    typer.echo(f"submitted job {job_id} (run {run_id}) to {settings.ray_dashboard_url}")
-    typer.echo(f"summary will be at s3://{settings.s3_bucket}/runs/{run_id}/summary.json")
-    if not wait:
-        typer.echo(f"follow it with: ray job logs -f {job_id} --address {settings.ray_dashboard_url}")
-        return
-    status = follow_job(settings, job_id, timeout_s=timeout)
-    typer.echo(f"job {job_id}: {status}")
-    if status != "SUCCEEDED":
+    status = submit_and_follow(settings, shlex.join(argv), run_id, "cycle", wait=wait, timeout=timeout)
+    if status is not None and status != "SUCCEEDED":
         raise typer.Exit(1)
 
 

@@ -148,6 +148,29 @@ def submit_retrain_job(settings: MoraSettings, entrypoint: str, run_id: str) -> 
     return submit_job(settings, entrypoint, run_id, "retrain")
 
 
+def submit_and_follow(
+    settings: MoraSettings, entrypoint: str, run_id: str, kind: str, *, wait: bool, timeout: float | None
+) -> str | None:
+    """Submit a job (``submit_job``), say where its summary goes, and with ``wait`` follow its log;
+    returns the final status when waiting, else None. A refused submission exits 2."""
+    try:
+        job_id = submit_job(settings, entrypoint, run_id, kind)
+    except Exception as error:
+        typer.echo(
+            f"error: could not submit to {settings.ray_dashboard_url}: {type(error).__name__}: {error}",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    typer.echo(f"submitted job {job_id} (run {run_id}) to {settings.ray_dashboard_url}")
+    typer.echo(f"summary will be at s3://{settings.s3_bucket}/runs/{run_id}/summary.json")
+    if not wait:
+        typer.echo(f"follow it with: ray job logs -f {job_id} --address {settings.ray_dashboard_url}")
+        return None
+    status = follow_job(settings, job_id, timeout_s=timeout)
+    typer.echo(f"job {job_id}: {status}")
+    return status
+
+
 def follow_job(
     settings: MoraSettings, job_id: str, timeout_s: float | None = None, poll_s: float = 2.0
 ) -> str:
@@ -288,22 +311,8 @@ def retrain(
         no_tuned=no_tuned,
         max_calls=max_calls,
     )
-    try:
-        job_id = submit_retrain_job(settings, entrypoint, run_id)
-    except Exception as error:
-        typer.echo(
-            f"error: could not submit to {settings.ray_dashboard_url}: {type(error).__name__}: {error}",
-            err=True,
-        )
-        raise typer.Exit(2) from None
-    typer.echo(f"submitted job {job_id} (run {run_id}) to {settings.ray_dashboard_url}")
-    typer.echo(f"summary will be at s3://{settings.s3_bucket}/runs/{run_id}/summary.json")
-    if not wait:
-        typer.echo(f"follow it with: ray job logs -f {job_id} --address {settings.ray_dashboard_url}")
-        return
-    status = follow_job(settings, job_id, timeout_s=timeout)
-    typer.echo(f"job {job_id}: {status}")
-    if status != "SUCCEEDED":
+    status = submit_and_follow(settings, entrypoint, run_id, "retrain", wait=wait, timeout=timeout)
+    if status is not None and status != "SUCCEEDED":
         if status in TERMINAL_STATUSES:
             typer.echo(f"retrain what failed with: mora retrain --rerun-failed {run_id}")
         raise typer.Exit(1)

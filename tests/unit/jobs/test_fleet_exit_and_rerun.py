@@ -160,8 +160,8 @@ def test_cli_rerun_failed_submits_only_the_failed_services(
     monkeypatch.setattr(ObjectStore, "get_bytes", get_bytes)
     monkeypatch.setattr(
         fleet,
-        "submit_retrain_job",
-        lambda settings, entrypoint, run_id: submitted.append(entrypoint) or f"mora-{run_id}",
+        "submit_job",
+        lambda settings, entrypoint, run_id, kind: submitted.append(entrypoint) or f"mora-{run_id}",
     )
     monkeypatch.setattr(fleet, "previous_run_services", lambda settings, run_id: None)
     monkeypatch.chdir(tmp_path)
