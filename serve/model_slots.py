@@ -34,7 +34,7 @@ from mora_platform.data.schema import (
 from mora_platform.features.targets import median_step_seconds
 from mora_platform.recommend.types import Recommendation
 from mora_platform.registry import ArtifactIntegrityError, ModelNotFoundError, ModelRegistry
-from mora_platform.registry.recent_history import RecentHistory, history_used
+from mora_platform.registry.recent_history import RecentHistory, history_used, pick_history
 from serve.history import load_history
 
 logger = logging.getLogger(__name__)
@@ -289,21 +289,9 @@ class ModelLoader:
             return outcome(200, _decorated(loaded.answers[key], [], reason))
         try:
             history, context, notes = request_inputs(model_service, payload, step_seconds=loaded.step_seconds)
-            source, answer_notes = "request", []
-            if history is None and window is not None and window.frame is not None:
-                history, source = window.frame, f"dataset:{window.dataset}"
-            elif history is None:
-                source = "model"
-                if window is not None:
-                    answer_notes.append(
-                        f"no recent rows ({window.error}): training-time head-room, answered from the "
-                        "stored tail of the training data"
-                    )
-                elif context and self.recent is not None:
-                    answer_notes.append(
-                        "what-if context without history: answered from the model and the training-time "
-                        "head-room (recent rows would calibrate on usage, not on the context asked)"
-                    )
+            history, source, answer_notes = pick_history(
+                history, window, what_if=bool(context) and self.recent is not None
+            )
             rec = loaded.model.recommend(history, context, model_version=loaded.version)
             frame = history if history is not None else getattr(loaded.model, "history", None)
             rec = rec.model_copy(

@@ -350,7 +350,8 @@ def recommend(
     settings = _settings()
     with _user_errors():
         validate_service_name(service)
-        registry = _registry(settings, registry_dir)
+        store = _object_store(settings) if registry_dir is None else None
+        registry = _registry(settings, registry_dir, store)
         if version is None:
             version = registry.latest_version(service)
             if version is None:
@@ -361,24 +362,21 @@ def recommend(
         from mora_platform.training.bundle import ServiceModel
 
         model = ServiceModel.load(fetched.path)
-        history, source, notes = None, "model", []
-        if recent and not parsed_context and registry_dir is None and settings.serve_history_rows > 0:
-            from mora_platform.registry.recent_history import RecentHistory
+        from mora_platform.registry.recent_history import RecentHistory, history_used, pick_history
 
+        wanted = recent and store is not None and settings.serve_history_rows > 0
+        window = None
+        if wanted and not parsed_context:
+            assert store is not None
             dataset = fetched.manifest.extra.get("dataset")
-            window = RecentHistory(_object_store(settings), rows=settings.serve_history_rows).get(
+            window = RecentHistory(store, rows=settings.serve_history_rows).get(
                 model.service, str(dataset) if dataset else None
             )
-            if window.frame is not None:
-                history, source = window.frame, f"dataset:{window.dataset}"
-            else:
-                notes.append(f"no recent rows ({window.error}): training-time head-room")
+        history, source, notes = pick_history(None, window, what_if=wanted and bool(parsed_context))
         try:
             rec = model.recommend(history, parsed_context, model_version=version)
         except ValueError as exc:  # the model refuses a context it cannot use, saying why
             _fail(f"--context: {exc}")
-        from mora_platform.registry.recent_history import history_used
-
         used = history_used(source, history if history is not None else model.history)
         rec = rec.model_copy(update={"history": used, "reasons": [*rec.reasons, *notes]})
         typer.echo(format_recommendations([rec], output, **options), nl=False)

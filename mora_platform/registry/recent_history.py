@@ -126,6 +126,31 @@ class RecentHistory:
         return None
 
 
+WHAT_IF_NOTE = (
+    "what-if context without history: answered from the model and the training-time head-room "
+    "(recent rows would calibrate on usage, not on the context asked)"
+)
+
+
+def pick_history(
+    sent: pd.DataFrame | None, window: HistoryWindow | None, *, what_if: bool = False
+) -> tuple[pd.DataFrame | None, str, list[str]]:
+    """(history to answer on, its source for ``history_used``, notes for the answer's reasons).
+
+    The rows a request sent win; else the server's recent ``window`` of the model's dataset (None when
+    none was read: recent rows are off, or the question is a what-if, ``what_if`` saying which); else
+    the model's stored tail (``None``), with a note saying why when recent rows were wanted.
+    """
+    if sent is not None:
+        return sent, "request", []
+    if window is not None and window.frame is not None:
+        return window.frame, f"dataset:{window.dataset}", []
+    if window is not None:
+        note = f"no recent rows ({window.error}): training-time head-room, answered from the stored tail"
+        return None, "model", [note]
+    return None, "model", [WHAT_IF_NOTE] if what_if else []
+
+
 def history_used(source: str, frame: pd.DataFrame | None, now: pd.Timestamp | None = None) -> HistoryUsed:
     """What an answer says about the rows it saw: their source, count, newest timestamp and age."""
     import pandas as pd
