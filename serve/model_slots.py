@@ -27,11 +27,10 @@ import pandas as pd
 from mora_platform.data.schema import (
     DEFAULT_RELATIVE_STEP_SECONDS,
     EXPERIMENT_ID,
-    LOAD_USERS,
-    REPLICA_COUNT,
     TIMESTAMP,
 )
 from mora_platform.features.targets import median_step_seconds
+from mora_platform.recommend.answering import CONTEXT_KEYS
 from mora_platform.recommend.types import Recommendation
 from mora_platform.registry import ArtifactIntegrityError, ModelNotFoundError, ModelRegistry
 from mora_platform.registry.recent_history import RecentHistory, history_used, pick_history
@@ -39,7 +38,7 @@ from serve.history import load_history
 
 logger = logging.getLogger(__name__)
 
-MODEL_CONTEXT_KEYS = (LOAD_USERS, REPLICA_COUNT)  # what ServiceModel.recommend takes as context
+MODEL_CONTEXT_KEYS = CONTEXT_KEYS  # what the answering layer takes as context
 ANSWER_CACHE_SIZE = 1024  # memoised history-less answers per loaded version
 
 

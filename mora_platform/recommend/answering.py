@@ -22,10 +22,12 @@ The numbers are usage (CPU cores, memory bytes, replicas) before floors and roun
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mora_platform.data.schema import LOAD_USERS, REPLICA_COUNT
 from mora_platform.models.recent import MIN_RECENT_ORIGINS, RECENT_CANDIDATES, RECENT_ROWS, VALIDATION
 from mora_platform.recommend.types import TARGETS
 
@@ -39,6 +41,8 @@ AUTO = "auto"
 RECENT = "recent"
 ONE_STEP = "one-step"
 HEAD_ROOM_MODES: tuple[str, ...] = (AUTO, RECENT, VALIDATION, ONE_STEP)
+#: What a context may set (Prophet's regressors); the LSTM forecasts from the history alone.
+CONTEXT_KEYS: tuple[str, ...] = (LOAD_USERS, REPLICA_COUNT)
 #: The rows of a history the members' next-step window is prepared from (its latest experiment's tail).
 WINDOW_SOURCE_ROWS = 2_000
 
@@ -55,6 +59,22 @@ class Answer:
     forecast: NextForecast  # the ensemble's next-step answer (mode, members, weights)
     history_rows: int  # rows of history the answer saw (0: the stored tail)
     steps: int  # the held steps the head-room covers
+
+
+def check_context(context: Mapping[str, float | str] | None) -> dict[str, float]:
+    """Numeric, finite, non-negative ``load_users`` / ``replica_count``; anything else is refused."""
+    checked: dict[str, float] = {}
+    for key, value in (context or {}).items():
+        if key not in CONTEXT_KEYS:
+            raise ValueError(f"context key {key!r} is not supported; use {', '.join(CONTEXT_KEYS)}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"context {key!r} must be a number, got {value!r}") from exc
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"context {key!r} must be a finite number >= 0, got {value!r}")
+        checked[key] = number
+    return checked
 
 
 def answer_request(
@@ -75,8 +95,6 @@ def answer_request(
     """
     if head_room not in HEAD_ROOM_MODES:
         raise ValueError(f"head_room must be one of {', '.join(HEAD_ROOM_MODES)}, got {head_room!r}")
-    from mora_platform.training.bundle import check_context
-
     checked = check_context(context)
     steps = max(int(steps or model.calibration.horizon_steps), 1)
     window = model.history if history is None else model.prepare_history(history.tail(WINDOW_SOURCE_ROWS))

@@ -29,7 +29,6 @@ import pandas as pd
 
 from mora_platform.data.schema import (
     EXPERIMENT_ID,
-    LOAD_USERS,
     REPLICA_COUNT,
     SCENARIO,
     SERVICE,
@@ -93,7 +92,6 @@ class KeptCheck:
     relative_cost: float
 
 
-CONTEXT_KEYS: tuple[str, ...] = (LOAD_USERS, REPLICA_COUNT)
 HISTORY_COLUMNS: tuple[str, ...] = (
     TIMESTAMP,
     EXPERIMENT_ID,
@@ -137,22 +135,6 @@ def read_history_tail(directory: Path) -> pd.DataFrame:
     if frame.empty:
         raise ModelLoadError(f"{HISTORY_FILE}: no rows")
     return frame
-
-
-def check_context(context: Mapping[str, float | str] | None) -> dict[str, float]:
-    """Numeric, finite, non-negative ``load_users`` / ``replica_count``; anything else is refused."""
-    checked: dict[str, float] = {}
-    for key, value in (context or {}).items():
-        if key not in CONTEXT_KEYS:
-            raise ValueError(f"context key {key!r} is not supported; use {', '.join(CONTEXT_KEYS)}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"context {key!r} must be a number, got {value!r}") from exc
-        if not math.isfinite(number) or number < 0:
-            raise ValueError(f"context {key!r} must be a finite number >= 0, got {value!r}")
-        checked[key] = number
-    return checked
 
 
 @dataclass
