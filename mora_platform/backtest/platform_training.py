@@ -31,7 +31,8 @@ import pandas as pd
 from mora_platform.backtest.platform import PlatformForecast
 from mora_platform.data.schema import CPU_TARGET_FACTOR, MEMORY_TARGET_FACTOR, TIMESTAMP
 from mora_platform.models.recent import RECENT_ROWS
-from mora_platform.recommend.answering import WINDOW_SOURCE_ROWS
+from mora_platform.recommend.answering import HEAD_ROOM_MODES as ANSWER_MODES
+from mora_platform.recommend.answering import ONE_STEP, WINDOW_SOURCE_ROWS
 
 # Where MODELS keeps ServiceModel (the contract says training/bundle.py "or similar").
 _SERVICE_MODEL_MODULES: tuple[str, ...] = (
@@ -55,7 +56,8 @@ BACKTEST_BUDGET: dict[str, Any] = {
     "coverage": 0.99,
 }
 HISTORY_TAIL_ROWS = WINDOW_SOURCE_ROWS
-HEAD_ROOM_MODES: tuple[str, ...] = ("auto", "recent", "validation")  # what --calibrate-on offers
+# what --calibrate-on offers: the answering layer's modes (one-step has its own platform-1step row)
+HEAD_ROOM_MODES: tuple[str, ...] = tuple(mode for mode in ANSWER_MODES if mode != ONE_STEP)
 _TARGET_FACTORS = {"cpu": CPU_TARGET_FACTOR, "memory": MEMORY_TARGET_FACTOR}
 
 
