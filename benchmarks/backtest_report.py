@@ -11,18 +11,21 @@ side by side:
   1-minute samples over 10 days; origins every hour after 3 days, requests held 1 h, refit 24 h.
 
 The platform is trained with ``calibration_horizon_steps`` = rows per horizon and coverage 0.99 per
-held step, and answers four ways from the same fits: ``platform`` (``--calibrate-on``, default ``auto``,
+held step, and answers three ways from the same fits: ``platform`` (``--calibrate-on``, default ``auto``,
 ``ServiceModel.held_requests``: the head-room calibrated on the 1,440 rows before each origin for the
 cheaper of the fused forecast and the recent peak, unless the training-time head-room covered the rows
-seen since the fit as promised at no higher cost; the serving policy's floors 10m CPU / 32 MiB),
-``platform-min-floors`` (the same with Kubernetes' smallest units, 1m / 1 MiB), ``platform-validation``
-(the training-time head-room alone, floors 1m / 1 MiB) and ``platform-1step`` (the one-step head-room,
-for reference). Every method's request is rounded up to whole millicores and MiB. ``summary.md`` says
-which source answered the platform's requests, as a share of origins.
+seen since the fit as promised at no higher cost), ``platform-validation`` (the training-time head-room
+alone) and ``platform-1step`` (the one-step head-room, for reference). Every method's request is rounded
+up to whole millicores and MiB and raised to one floor policy (``--floors``, as ``mora backtest``'s:
+``default`` the platform's serving floors, 10m CPU / 32 MiB, for every method; ``kubernetes`` 1m / 1 MiB;
+``none``; or ``5m,16Mi``), which ``summary.md`` names; the ``platform`` row serves with those floors
+(``platform-min-floors``, the platform at 1m / 1 MiB, is ``--floors kubernetes`` now, and is no longer
+run). ``summary.md`` says which source answered the platform's requests, as a share of origins.
 
 Run: ``.venv/bin/python benchmarks/backtest_report.py [--quick] [--no-platform] [--ray]
 [--datasets online-boutique,synthetic] [--plain-fusion] [--head-room relative]
-[--calibrate-on auto|recent|validation] [--recent-rows N] [--results DIR]``.
+[--calibrate-on auto|recent|validation] [--recent-rows N] [--floors default|kubernetes|none|CPU,MEM]
+[--results DIR]``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 
 import pandas as pd
 
+from mora_platform.backtest.baselines import DEFAULT_FLOORS, FloorPolicy, parse_floor_policy
 from mora_platform.backtest.engine import BacktestConfig, SeriesReplay
 from mora_platform.backtest.inputs import series_from_frame
 from mora_platform.backtest.platform_training import HEAD_ROOM_MODES
@@ -63,6 +67,8 @@ DATASETS = ("online-boutique", "synthetic")
 BASELINES = ("vpa", "krr", "crane", "max", "reactive")
 # the platform's head-room options (--calibrate-on, --recent-rows), applied to every run
 PLATFORM_OPTIONS: dict[str, Any] = {"head_room": "auto", "recent_rows": RECENT_ROWS}
+# the floor policy of every run (--floors), for every method
+FLOORS: dict[str, FloorPolicy] = {"policy": DEFAULT_FLOORS}
 
 
 def shared_data_dir() -> Path:
@@ -83,13 +89,20 @@ def run(
     results: Path = RESULTS,
 ) -> dict[str, Any]:
     series_set = series_from_frame(frame)
-    spec = replace(spec, horizon_steps=horizon_steps(series_set.series, config.horizon), **PLATFORM_OPTIONS)
+    policy = FLOORS["policy"]
+    config = replace(config, floors=policy)
+    spec = replace(
+        spec,
+        horizon_steps=horizon_steps(series_set.series, config.horizon),
+        floors=(policy.cpu_millicores, policy.memory_mib),
+        **PLATFORM_OPTIONS,
+    )
     started = time.perf_counter()
     replays: list[SeriesReplay] = _replay_all(series_set.series, spec, config, use_ray, None)
     seconds = time.perf_counter() - started
     report = build_report(
         replays,
-        build_methods(MethodSpec(names=spec.names, refit_seconds=spec.refit_seconds, training=spec.training)),
+        build_methods(spec),
         config,
         source=name,
         mode=series_set.mode,
@@ -140,9 +153,19 @@ def main() -> None:
     parser.add_argument(
         "--recent-rows", type=int, default=RECENT_ROWS, help="rows the recent head-room looks at"
     )
+    parser.add_argument(
+        "--floors",
+        default="default",
+        help="one floor for every method's requests: default (the platform's serving floors, 10m / 32 MiB), "
+        "kubernetes (1m / 1 MiB), none, or CPU,MEMORY such as 5m,16Mi",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args()
     PLATFORM_OPTIONS.update(head_room=args.calibrate_on, recent_rows=args.recent_rows)
+    try:
+        FLOORS["policy"] = parse_floor_policy(args.floors)
+    except ValueError as exc:
+        raise SystemExit(f"--{exc}") from None
     wanted = {d.strip() for d in args.datasets.split(",") if d.strip()}
     unknown = wanted - set(DATASETS)
     if unknown:
@@ -161,7 +184,7 @@ def main() -> None:
     if not args.no_platform:
         reason = _platform_available()
         if reason is None:
-            names = ("platform", "platform-min-floors", "platform-validation", "platform-1step", *BASELINES)
+            names = ("platform", "platform-validation", "platform-1step", *BASELINES)
         else:
             notes.append(f"platform left out: {reason}")
             print("platform left out:", reason)

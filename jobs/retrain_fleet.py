@@ -10,16 +10,21 @@ and the run summary is written to ``s3://{bucket}/runs/{run_id}/summary.json``.
 The exit code (and so the Ray Job's status) says whether the run did its work: 0 when every
 service succeeded and the summary was stored; 1 when a service failed (with ``--allow-failures``:
 only when every service failed); 2 when the run could not start; 3 when the summary could not be
-stored, whatever the services did. ``--rerun-failed RUN_ID`` retrains only the services that
+stored, whatever the services did; 4 when the run was interrupted: the driver watches its parent
+(the job's ``/bin/sh`` wrapper) and, once it is gone (the job was stopped or the wrapper killed),
+starts and collects nothing more, ends its Ray tasks (disconnecting ends a driver's tasks) and
+stores a summary marked ``interrupted``, not a success. ``--rerun-failed RUN_ID`` retrains only the services that
 failed in that run (all of ``--services`` when its summary is missing).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +37,9 @@ from mora_platform.orchestration import (
     EXIT_SUMMARY_NOT_STORED,
     FleetOrchestrator,
     LocalLoopBackend,
+    ParentWatch,
     ProgressLine,
+    RunInterrupted,
     RunSummary,
     ServiceOutcome,
     new_run_id,
@@ -100,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("ray", "local"), default="ray", help="ray tasks (default) or a local loop"
     )
     parser.add_argument("--ray-address", default=None, help="Ray address (default: the job's cluster / auto)")
+    parser.add_argument(
+        "--no-parent-watch",
+        action="store_true",
+        help="keep going when the process that started the driver exits (default: stop, recorded as "
+        "interrupted, because a Ray job whose shell wrapper died is already marked FAILED)",
+    )
     return parser
 
 
@@ -119,7 +132,14 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    # The job's wrapper may be gone (a closed pipe): losing a log line must not stop the driver.
+    with contextlib.suppress(OSError, ValueError):
+        print(line, flush=True)
+
+
+#: How often the Ray wait loop checks the parent; a heartbeat line is printed every HEARTBEAT_S.
+WATCH_INTERVAL_S = 1.0
+HEARTBEAT_S = 20.0
 
 
 def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
@@ -169,6 +189,7 @@ def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
         _say(progress.update(outcome))
 
     callbacks = [report]
+    watch = None if getattr(args, "no_parent_watch", False) else ParentWatch()
     ray_backend = None
     if args.backend == "ray":
         import ray
@@ -186,7 +207,8 @@ def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
             max_retries=args.max_retries,
             memory_mb=args.memory_mb,
             max_calls=args.max_calls,
-            on_wait=lambda running: _say(progress.waiting(running)),
+            heartbeat_s=WATCH_INTERVAL_S if watch is not None else HEARTBEAT_S,
+            on_wait=_Heartbeat(progress, watch),
         )
         metrics = RayFleetMetrics(args.dataset)
         callbacks.append(metrics.record)
@@ -195,7 +217,18 @@ def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
         backend = LocalLoopBackend()  # type: ignore[assignment]
 
     work = functools.partial(retrain_service, spec)
-    FleetOrchestrator(backend).run(work, services, summary=summary, on_outcome=callbacks)
+    FleetOrchestrator(backend).run(
+        work, services, summary=summary, on_outcome=callbacks, stop=watch.check if watch else None
+    )
+    if summary.interrupted is not None:
+        _say(f"run interrupted: {summary.interrupted}; nothing more is started or published")
+        if ray_backend is not None:
+            import ray
+
+            # A driver's tasks die with its connection: none of them publishes after this.
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+        return summary
     if ray_backend is not None:
         from jobs.ray_backend import task_attempts
 
@@ -204,6 +237,25 @@ def run_retrain(args: argparse.Namespace, settings: MoraSettings) -> RunSummary:
                 if outcome.service == service:
                     outcome.attempts = attempts
     return summary
+
+
+class _Heartbeat:
+    """The Ray wait loop's callback: stops the run once the parent is gone (``RunInterrupted``),
+    and prints a progress line every ``HEARTBEAT_S`` while nothing finishes."""
+
+    def __init__(self, progress: ProgressLine, watch: ParentWatch | None) -> None:
+        self.progress = progress
+        self.watch = watch
+        self.last = time.monotonic()
+
+    def __call__(self, running: list[str]) -> None:
+        if self.watch is not None:
+            reason = self.watch.check()
+            if reason is not None:
+                raise RunInterrupted(reason)
+        if self.watch is None or time.monotonic() - self.last >= HEARTBEAT_S:
+            self.last = time.monotonic()
+            _say(self.progress.waiting(running))
 
 
 class NothingToDo(Exception):
@@ -264,7 +316,9 @@ def finish_run(
     if not stored:
         code = EXIT_SUMMARY_NOT_STORED
     _say(
-        f"{label}: {len(summary.succeeded)} succeeded, {len(summary.failed)} failed"
+        f"{label}: "
+        + (f"run INTERRUPTED ({summary.interrupted}): " if summary.interrupted else "")
+        + f"{len(summary.succeeded)} succeeded, {len(summary.failed)} failed"
         + (f" ({', '.join(summary.failed)})" if summary.failed else "")
         + ("" if stored else "; run summary NOT stored")
         + f"; exit {code}"

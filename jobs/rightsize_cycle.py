@@ -238,6 +238,7 @@ def collect_newest(
     from mora_platform.collect.settings import PrometheusSettings, SettingsFileError
     from mora_platform.collect.timeparse import parse_time
     from mora_platform.storage.datasets import DatasetStore
+    from mora_platform.storage.workloads import write_workload
 
     started = time.monotonic()
     figures.status = "ok"
@@ -259,7 +260,13 @@ def collect_newest(
 
     newest = newest_rows(store, args.dataset)
     checkpoints = CheckpointStore(store)
-    collector = Collector(client, DatasetStore(store), checkpoints, settings)
+    collector = Collector(
+        client,
+        DatasetStore(store),
+        checkpoints,
+        settings,
+        workloads=lambda name, state: write_workload(store, name, state),
+    )
     if args.services.strip().lower() == "all":
         try:  # no service resumes before --since: the deployments seen since then
             names = collector.discover_services(args.namespace, min(since, end), end)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import secrets
 import sys
@@ -29,6 +30,7 @@ EXIT_OK = 0
 EXIT_SERVICES_FAILED = 1  # a service failed (without --allow-failures), or every service failed
 EXIT_NOT_STARTED = 2  # no services, unknown dataset, storage unreachable at the start
 EXIT_SUMMARY_NOT_STORED = 3  # the run's result could not be recorded (runs/RUN_ID/summary.json)
+EXIT_INTERRUPTED = 4  # the driver stopped early: its supervisor (the job's shell wrapper) went away
 ServiceFunction = Callable[[str], "ServiceOutcome"]
 OutcomeCallback = Callable[["ServiceOutcome"], None]
 
@@ -75,6 +77,49 @@ def run_isolated(fn: ServiceFunction, service: str) -> ServiceOutcome:
     except Exception as error:
         traceback.print_exc(file=sys.stderr)
         return failed_outcome(service, error, time.perf_counter() - started)
+
+
+class RunInterrupted(Exception):
+    """The run must stop now (raised from a backend's wait loop, e.g. by its ``on_wait`` callback)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+#: Returns why the run must stop (its supervisor is gone, ...), or None to go on.
+StopCheck = Callable[[], "str | None"]
+
+
+class ParentWatch:
+    """Notices that the process which started this one (the Ray job's ``/bin/sh`` wrapper, a
+    supervisor) has exited: a stopped job's driver must not go on publishing.
+
+    When the parent dies the process is re-parented, so ``os.getppid()`` changes; ``check`` is a
+    cheap syscall, polled by the orchestrator after every outcome and by the wait loop between them.
+    """
+
+    def __init__(self, getppid: Callable[[], int] = os.getppid) -> None:
+        self._getppid = getppid
+        self.parent = getppid()
+        self.reason: str | None = None
+
+    def check(self) -> str | None:
+        """Why the run must stop (the parent exited), None while the parent lives."""
+        if self.reason is None:
+            now = self._getppid()
+            if now != self.parent:
+                self.reason = (
+                    f"the driver's parent process {self.parent} (the job's shell wrapper or supervisor) "
+                    f"exited; the driver was re-parented to {now}"
+                )
+        return self.reason
+
+    def raise_if_lost(self, *_: object) -> None:
+        """``RunInterrupted`` when the parent is gone (usable as a wait-loop callback)."""
+        reason = self.check()
+        if reason is not None:
+            raise RunInterrupted(reason)
 
 
 class FleetBackend(Protocol):
@@ -140,6 +185,7 @@ class RunSummary(BaseModel):
     backend: str = "local"
     services: list[ServiceOutcome] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+    interrupted: str | None = None  # why the run stopped before every service finished
 
     @property
     def succeeded(self) -> list[str]:
@@ -150,7 +196,10 @@ class RunSummary(BaseModel):
         return [o.service for o in self.services if not o.ok]
 
     def exit_code(self, allow_failures: bool = False) -> int:
-        """0 when every service succeeded; 1 when any failed (``allow_failures``: only when all did)."""
+        """0 when every service succeeded; 1 when any failed (``allow_failures``: only when all did);
+        ``EXIT_INTERRUPTED`` when the run stopped early, whatever the finished services did."""
+        if self.interrupted is not None:
+            return EXIT_INTERRUPTED
         if not self.services or not self.succeeded:
             return EXIT_SERVICES_FAILED
         if self.failed and not allow_failures:
@@ -193,6 +242,7 @@ class RunSummary(BaseModel):
             f"{len(self.succeeded)} succeeded, {len(self.failed)} failed"
             + (f", wall {self.wall_seconds:.1f}s" if self.wall_seconds is not None else "")
             + f" (run {self.run_id})"
+            + (f"; INTERRUPTED: {self.interrupted}" if self.interrupted else "")
         )
         return "\n".join([*lines, footer])
 
@@ -210,17 +260,51 @@ class FleetOrchestrator:
         *,
         summary: RunSummary,
         on_outcome: Sequence[OutcomeCallback] = (),
+        stop: StopCheck | None = None,
     ) -> RunSummary:
-        """Run ``fn`` for every service; callbacks see each outcome as it completes."""
+        """Run ``fn`` for every service; callbacks see each outcome as it completes.
+
+        ``stop`` is asked before the first service and after every outcome (a backend's wait loop
+        may also raise ``RunInterrupted``): when it gives a reason, no further service is started
+        or collected, the summary records ``interrupted`` and every unfinished service as failed.
+        """
         if len(set(services)) != len(services):
             raise ValueError(f"duplicate service names in {list(services)}")
         started = time.monotonic()
-        for outcome in self.backend.map_services(fn, services):
-            summary.services.append(outcome)
-            for callback in on_outcome:
-                # A broken callback (a metrics exporter, a log sink) must not stop the fleet.
-                with contextlib.suppress(Exception):
-                    callback(outcome)
+        reason = stop() if stop is not None else None
+        if reason is None:
+            outcomes = self.backend.map_services(fn, services)
+            try:
+                for outcome in outcomes:
+                    summary.services.append(outcome)
+                    for callback in on_outcome:
+                        # A broken callback (a metrics exporter, a log sink) must not stop the fleet.
+                        with contextlib.suppress(Exception):
+                            callback(outcome)
+                    reason = stop() if stop is not None else None
+                    if reason is not None:
+                        break
+            except RunInterrupted as interrupted:
+                reason = interrupted.reason
+            finally:
+                close = getattr(outcomes, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        close()  # a generator backend starts nothing more
+        if reason is not None:
+            summary.interrupted = reason
+            finished = {outcome.service for outcome in summary.services}
+            for service in services:
+                if service not in finished:
+                    summary.services.append(
+                        ServiceOutcome(
+                            service=service,
+                            status="failed",
+                            error=f"not finished: the run was interrupted ({reason}); "
+                            "a task already running may have published a version",
+                            error_type="RunInterrupted",
+                        )
+                    )
         summary.wall_seconds = round(time.monotonic() - started, 3)
         summary.finished_at = utc_now()
         return summary

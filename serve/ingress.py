@@ -2,7 +2,8 @@
 
 Validation, auth and errors happen here; recommendations are computed by ``ServiceModels``
 reached through a ``DeploymentHandle`` with ``multiplexed_model_id=service``. The service list
-and the registry health are read from S3 directly and cached for a few seconds.
+and the registry health are read from S3 directly and cached for a few seconds; the list names the
+version the replicas serve (LATEST only when it verifies, see ``ServableVersions``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from mora_platform.registry import ModelNotFoundError, ModelRegistry, RegistryError
+from mora_platform.registry import ModelNotFoundError, ModelRegistry, RegistryError, ServableVersions
 from mora_platform.settings import MoraSettings
 from serve.api import RecommendationRequest, ServiceInfo
 from serve.http_api import ModelOutcome, create_api
@@ -38,6 +39,7 @@ class ServeBackend:
     ) -> None:
         self._models = models
         self._registry = registry
+        self._servable = ServableVersions(registry)  # what a replica serves: LATEST only if it verifies
         self._timeout = request_timeout_s
         self._services: tuple[float, list[ServiceInfo]] | None = None
         self._health: tuple[float, str | None] | None = None
@@ -132,7 +134,7 @@ class ServeBackend:
     def _read_services(self) -> list[ServiceInfo]:
         infos = []
         for service in self._registry.list_services():
-            version = self._registry.latest_version(service)
+            version = self._servable.servable(service).version  # not a refused LATEST
             info = ServiceInfo(service=service, latest_version=version)
             if version is not None:
                 try:

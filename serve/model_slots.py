@@ -32,6 +32,7 @@ from mora_platform.data.schema import (
 from mora_platform.features.targets import median_step_seconds
 from mora_platform.recommend.answering import CONTEXT_KEYS
 from mora_platform.recommend.types import Recommendation
+from mora_platform.recommend.workload import WorkloadState
 from mora_platform.registry import ArtifactIntegrityError, ModelNotFoundError, ModelRegistry
 from mora_platform.registry.recent_history import RecentHistory, history_used, pick_history
 from serve.history import load_history
@@ -51,6 +52,7 @@ class ServedModel(Protocol):
         context: Mapping[str, float | str] | None = None,
         *,
         model_version: str | None = None,
+        workload: WorkloadState | None = None,
     ) -> Recommendation: ...
 
 
@@ -195,61 +197,69 @@ class ModelLoader:
         )
 
     def load(self, service: str) -> ServiceSlot:
-        """The slot for ``service`` at its LATEST version, or the newest older one that verifies."""
-        latest = self.registry.latest_version(service)
-        if latest is None:
+        """The slot for ``service`` at its LATEST version, or the newest older one that verifies.
+
+        A LATEST that is missing, not a version (tampered) or names a deleted version falls back
+        to the newest complete version (``ModelRegistry.resolve_latest``), served degraded.
+        """
+        resolved = self.registry.resolve_latest(service)
+        if resolved.version is None:
             raise UnknownServiceError(service)
-        refusals: list[str] = []
-        candidates = [latest] + [v for v in reversed(self.registry.list_versions(service)) if v < latest]
-        for version in candidates:
+        refusals = [resolved.problem] if resolved.problem else []
+        for version in self.registry.serving_candidates(resolved):
             try:
                 loaded = self._load_version(service, version)
-            except ModelNotFoundError as exc:  # pruned between listing and fetching
-                refusals.append(f"version {version} vanished ({exc})")
-                continue
-            except ArtifactIntegrityError as exc:
-                logger.error("refusing %s/%s: %s", service, version, exc)
-                refusals.append(f"version {version} refused: {exc}")
-                continue
             except Exception as exc:
-                logger.exception("could not load %s/%s", service, version)
-                refusals.append(f"version {version} could not be loaded: {type(exc).__name__}: {exc}")
+                refusals.append(_refusal(service, version, exc))
                 continue
             reason = None
             if refusals:
                 reason = "; ".join(refusals) + f"; serving {version} instead"
             slot = ServiceSlot(service, loaded, degraded_reason=reason)
-            if version != latest:
-                slot.refused_version = latest
+            if version != resolved.version:
+                slot.refused_version = resolved.version
             logger.info("loaded %s version %s%s", service, version, " (degraded)" if reason else "")
             return slot
         raise NoUsableVersionError(f"service {service!r}: no usable model version: " + "; ".join(refusals))
 
     def refresh(self, slot: ServiceSlot) -> bool:
-        """Swap in a newly published LATEST; on a refused version keep serving and say why.
+        """Follow LATEST: swap in a new version, re-check a refused one, clear a repaired problem.
 
-        Returns True when the slot now serves a different version.
+        Called every reload interval. A version that was refused is fetched and verified again on
+        every call (its bad file may have been restored), so recovery needs no new replica; while it
+        stays refused the slot keeps serving what it has, degraded. Returns True when the slot now
+        serves a different version.
         """
         slot.checked_at = time.monotonic()
-        latest = self.registry.latest_version(slot.service)
-        if latest is None or latest == slot.version or latest == slot.refused_version:
+        resolved = self.registry.resolve_latest(slot.service)
+        if resolved.version is None:  # nothing complete left (pruned away?): keep what is loaded
             return False
-        try:
-            loaded = self._load_version(slot.service, latest)
-        except Exception as exc:
-            verb = "refused" if isinstance(exc, ArtifactIntegrityError) else "could not be loaded"
-            logger.error("%s/%s %s: %s", slot.service, latest, verb, exc)
-            slot.refused_version = latest
-            slot.degraded_reason = f"version {latest} {verb}: {exc}; still serving {slot.version}"
+        if resolved.version == slot.version:
+            if slot.degraded_reason is not None and resolved.problem is None:
+                logger.info("%s: recovered, serving %s", slot.service, slot.version)
+            slot.refused_version = None
+            slot.degraded_reason = f"{resolved.problem}; serving {slot.version}" if resolved.problem else None
             return False
-        previous = slot.loaded
-        slot.loaded = loaded
-        slot.refused_version = None
-        slot.degraded_reason = None
-        logger.info("%s: now serving %s (was %s)", slot.service, latest, previous.version)
-        if previous.directory != loaded.directory:
-            shutil.rmtree(previous.directory, ignore_errors=True)
-        return True
+        problems = [resolved.problem] if resolved.problem else []
+        for version in self.registry.serving_candidates(resolved):
+            if version == slot.version:  # nothing newer verifies: keep serving (it did verify)
+                break
+            try:
+                loaded = self._load_version(slot.service, version)
+            except Exception as exc:
+                problems.append(_refusal(slot.service, version, exc, again=version == slot.refused_version))
+                continue
+            previous = slot.loaded
+            slot.loaded = loaded
+            slot.refused_version = resolved.version if version != resolved.version else None
+            slot.degraded_reason = "; ".join(problems) + f"; serving {version} instead" if problems else None
+            logger.info("%s: now serving %s (was %s)", slot.service, version, previous.version)
+            if previous.directory != loaded.directory:
+                shutil.rmtree(previous.directory, ignore_errors=True)
+            return True
+        slot.refused_version = resolved.version
+        slot.degraded_reason = "; ".join(problems) + f"; still serving {slot.version}"
+        return False
 
     def answer(self, slot: ServiceSlot, payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """One outcome envelope per payload; a failing request never affects the others."""
@@ -291,7 +301,10 @@ class ModelLoader:
             history, source, answer_notes = pick_history(
                 history, window, what_if=bool(context) and self.recent is not None
             )
-            rec = loaded.model.recommend(history, context, model_version=loaded.version)
+            workload = (
+                self.recent.workload(model_service, loaded.dataset) if self.recent is not None else None
+            )
+            rec = loaded.model.recommend(history, context, model_version=loaded.version, workload=workload)
             frame = history if history is not None else getattr(loaded.model, "history", None)
             rec = rec.model_copy(
                 update={"history": history_used(source, frame), "reasons": [*rec.reasons, *answer_notes]}
@@ -313,6 +326,23 @@ class ModelLoader:
         """Remove the local bundle copies."""
         with contextlib.suppress(OSError):
             shutil.rmtree(self.cache_dir)
+
+
+def _refusal(service: str, version: str, exc: Exception, *, again: bool = False) -> str:
+    """Why ``version`` was not loaded (logged; a repeated refusal only at debug level)."""
+    if isinstance(exc, ModelNotFoundError):  # pruned between listing and fetching
+        text = f"version {version} vanished ({exc})"
+    elif isinstance(exc, ArtifactIntegrityError):
+        text = f"version {version} refused: {exc}"
+    else:
+        text = f"version {version} could not be loaded: {type(exc).__name__}: {exc}"
+    if again:
+        logger.debug("%s: %s (again)", service, text)
+    elif isinstance(exc, ArtifactIntegrityError | ModelNotFoundError):
+        logger.error("%s: %s", service, text)
+    else:
+        logger.error("%s: %s", service, text, exc_info=exc)
+    return text
 
 
 def _model_service(service: str, loaded: LoadedVersion) -> str:

@@ -3,6 +3,10 @@
 A trial's config is flat (``lstm_layers``, ``lstm_units_1``, ``dropout``, ...); ``trial_to_config``
 turns it into a nested ``TrainingConfig`` dict layered over a base config. The bounds are a
 pydantic model so a tiny search (tests, demos) is the same code with narrower lists.
+
+Fusion weights: ``fusion_weight`` is the legacy pair's (Prophet ``w``, LSTM ``1 - w``; written as
+``fusion_weights``); ``member_weights`` searches the weight of any other registered member
+(``models.members``) in the base config, as ``weight_{member}`` (written as ``member_weights``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from mora_platform.recommend.types import TARGETS
 #: Name of the metric every trial reports (lower is better).
 METRIC = "val_fused_nmae"
 MODE = "min"
+#: Trial key of a searched member weight: ``weight_{member}``.
+WEIGHT_PREFIX = "weight_"
 
 
 class SearchBounds(BaseModel):
@@ -31,6 +37,9 @@ class SearchBounds(BaseModel):
     batch_size: list[int] = Field(default_factory=lambda: [16, 32, 64])
     fusion_weight: tuple[float, float] = Field(
         default=(0.1, 0.9), description="Prophet's weight; the LSTM gets 1 - w"
+    )
+    member_weights: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="member -> weight range searched (members beyond Prophet / LSTM)"
     )
     max_epochs: int = Field(default=20, ge=1, description="epochs of the longest trial (ASHA's max_t)")
 
@@ -50,6 +59,17 @@ class SearchBounds(BaseModel):
             raise ValueError(f"search bounds: dropout must lie in [0, 1), got {self.dropout}")
         if not (self.fusion_weight[0] >= 0 and self.fusion_weight[1] <= 1):
             raise ValueError(f"search bounds: fusion_weight must lie in [0, 1], got {self.fusion_weight}")
+        from mora_platform.models.members import LEGACY_PAIR, registered_members
+
+        known = registered_members()
+        for member, (low, high) in self.member_weights.items():
+            if member not in known or member in LEGACY_PAIR:
+                raise ValueError(
+                    f"search bounds: member_weights: {member!r} is not a registered member beyond "
+                    f"{'/'.join(LEGACY_PAIR)} (those take fusion_weight)"
+                )
+            if not 0 <= low <= high:
+                raise ValueError(f"search bounds: member_weights.{member} must be 0 <= low <= high")
         if self.learning_rate[0] <= 0:
             raise ValueError(f"search bounds: learning_rate must be > 0, got {self.learning_rate}")
         return self
@@ -74,6 +94,8 @@ def param_space(bounds: SearchBounds) -> dict[str, Any]:
     }
     for layer in range(1, max(bounds.layers) + 1):
         space[f"lstm_units_{layer}"] = tune.choice(bounds.units)
+    for member, weight_bounds in bounds.member_weights.items():
+        space[f"{WEIGHT_PREFIX}{member}"] = _uniform(tune, weight_bounds)
     return space
 
 
@@ -113,9 +135,17 @@ def trial_to_config(
     if epochs is not None:
         lstm["epochs"] = int(epochs)
     weight = round(float(trial["fusion_weight"]), 4)
-    return {
+    config = {
         **base,
         "seq_len": int(trial["seq_len"]),
         "lstm": lstm,
         "fusion_weights": dict.fromkeys(TARGETS, weight),
     }
+    searched = {
+        key[len(WEIGHT_PREFIX) :]: dict.fromkeys(TARGETS, round(float(value), 4))
+        for key, value in trial.items()
+        if key.startswith(WEIGHT_PREFIX)
+    }
+    if searched:
+        config["member_weights"] = {**dict(base.get("member_weights") or {}), **searched}
+    return config

@@ -28,6 +28,13 @@ Every method's request is rounded up to the units a request is written in: whole
 (Kubernetes cannot express less than 1m CPU) and whole MiB. Without it a recommender would be
 credited with slack no Deployment can have (a 0.56m request is a 1m request in the cluster).
 
+One ``FloorPolicy`` (``--floors`` of ``mora backtest``) holds for every method of a run: the engine
+raises each method's requests to ``max(method's own floor, policy floor)`` before scoring, so a peer
+without a floor is not credited with requests the platform's serving policy would never write.
+``default`` is that serving policy's (10m CPU, 32 MiB), ``kubernetes`` Kubernetes' smallest units
+(1m, 1 MiB), ``none`` no floor; ``"5m,16Mi"`` sets both explicitly. VPA keeps its own minimums
+(25m / 250 MiB) when they are higher, since its recommender enforces them itself.
+
 Percentiles other than VPA's use linear interpolation (``numpy.quantile``), as PromQL's
 ``quantile_over_time`` does. A window with no sample falls back to the last sample before the origin.
 """
@@ -35,13 +42,16 @@ Percentiles other than VPA's use linear interpolation (``numpy.quantile``), as P
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+
+from mora_platform.recommend.policy import CPU_FLOOR_MILLICORES, MEMORY_FLOOR_MIB
 
 RESOURCES: tuple[str, ...] = ("cpu", "memory")
 
@@ -49,6 +59,74 @@ RESOURCES: tuple[str, ...] = ("cpu", "memory")
 REQUEST_QUANTA: Mapping[str, float] = {"cpu": 0.001, "memory": float(2**20)}
 VPA_CPU_MIN_CORES = 0.025
 VPA_MEMORY_MIN_BYTES = 250.0 * 2**20
+
+
+MIB = float(2**20)
+
+
+@dataclass(frozen=True)
+class FloorPolicy:
+    """One floor for every method's requests: CPU in millicores, memory in MiB (0 = no floor)."""
+
+    name: str
+    cpu_millicores: float
+    memory_mib: float
+
+    def __post_init__(self) -> None:
+        for label, value in (("cpu", self.cpu_millicores), ("memory", self.memory_mib)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"floor policy {self.name!r}: {label} floor must be >= 0, got {value!r}")
+
+    def floor(self, resource: str) -> float:
+        """The floor of ``resource`` in model units: cores for CPU, bytes for memory."""
+        _check_resource(resource)
+        return self.cpu_millicores / 1000 if resource == "cpu" else self.memory_mib * MIB
+
+    def floor_for(self, method: Recommender, resource: str) -> float:
+        """The floor ``method``'s requests get under this policy: its own floor or the policy's, the higher."""
+        return max(method.floor(resource), self.floor(resource))
+
+    def describe(self) -> str:
+        """E.g. ``default (10m CPU, 32 MiB memory)``."""
+        if self.cpu_millicores == 0 and self.memory_mib == 0:
+            return f"{self.name} (no floor)"
+        return f"{self.name} ({self.cpu_millicores:g}m CPU, {self.memory_mib:g} MiB memory)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "cpu_millicores": self.cpu_millicores, "memory_mib": self.memory_mib}
+
+
+# the serving policy's default floors
+DEFAULT_FLOORS = FloorPolicy("default", CPU_FLOOR_MILLICORES, MEMORY_FLOOR_MIB)
+FLOOR_POLICIES: Mapping[str, FloorPolicy] = {
+    "default": DEFAULT_FLOORS,
+    "kubernetes": FloorPolicy("kubernetes", 1, 1),
+    "none": FloorPolicy("none", 0, 0),
+}
+_CPU_FLOOR = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>m?)$")
+_MEMORY_FLOOR = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>Ki|Mi|Gi|)$")
+_MEMORY_UNITS_MIB = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0, "": 1 / MIB}
+
+
+def parse_floor_policy(text: str) -> FloorPolicy:
+    """``default``, ``kubernetes``, ``none``, or ``CPU,MEMORY`` in Kubernetes quantities: CPU as
+    millicores (``5m``) or cores (``0.005``), memory as ``Ki`` / ``Mi`` / ``Gi`` or bytes (``16Mi``)."""
+    raw = text.strip()
+    if raw.lower() in FLOOR_POLICIES:
+        return FLOOR_POLICIES[raw.lower()]
+    parts = [p.strip() for p in raw.split(",")]
+    if len(parts) != 2:
+        raise ValueError(
+            f"floors: expected {', '.join(FLOOR_POLICIES)} or CPU,MEMORY (e.g. 5m,16Mi), got {text!r}"
+        )
+    cpu, memory = _CPU_FLOOR.match(parts[0]), _MEMORY_FLOOR.match(parts[1])
+    if cpu is None:
+        raise ValueError(f"floors: cannot read the CPU floor {parts[0]!r} (e.g. 5m or 0.005)")
+    if memory is None:
+        raise ValueError(f"floors: cannot read the memory floor {parts[1]!r} (e.g. 16Mi, 512Ki, 1Gi)")
+    millicores = float(cpu["value"]) * (1.0 if cpu["unit"] else 1000.0)
+    mib = float(memory["value"]) * _MEMORY_UNITS_MIB[memory["unit"]]
+    return FloorPolicy(f"{parts[0]},{parts[1]}", round(millicores, 6), round(mib, 6))
 
 
 class HistoryError(ValueError):

@@ -4,7 +4,9 @@ Origins lie on one grid per series: ``first sample + warmup``, then every ``step
 whole horizon fits before the last sample. At origin t a method gets the usage samples with
 timestamp < t (and, for multi-metric methods, the unified rows with timestamp < t) and returns a
 base request; the request ``max(base * margin, floor)`` is held over ``[t, t + horizon)`` and scored
-on the samples there. Origins whose window holds no sample of a resource are skipped for it.
+on the samples there. ``floor`` is the method's own floor raised to the run's floor policy
+(``BacktestConfig.floors``, default: the platform's serving floors, 10m CPU / 32 MiB), the same
+policy for every method, so no method is scored on requests below what the others may write. Origins whose window holds no sample of a resource are skipped for it.
 
 The engine is pure (no Ray, no I/O). It loops origin by origin, then method by method, then
 resource by resource, so a stateful method (the platform, which refits on a schedule) trains once
@@ -22,7 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mora_platform.backtest.baselines import RESOURCES, Recommender, finalize_requests
+from mora_platform.backtest.baselines import (
+    DEFAULT_FLOORS,
+    RESOURCES,
+    FloorPolicy,
+    Recommender,
+    finalize_requests,
+)
 from mora_platform.data import schema
 
 DEFAULT_MARGIN_GRID: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(51))  # 0.50 .. 3.00
@@ -33,7 +41,7 @@ _DAY = pd.Timedelta(hours=24)
 
 @dataclass(frozen=True)
 class BacktestConfig:
-    """Replay settings; durations are pandas Timedeltas."""
+    """Replay settings; durations are pandas Timedeltas; ``floors`` applies to every method's requests."""
 
     step: pd.Timedelta = _HOUR
     horizon: pd.Timedelta = _HOUR
@@ -41,6 +49,7 @@ class BacktestConfig:
     season: pd.Timedelta = _DAY
     margins: tuple[float, ...] = DEFAULT_MARGIN_GRID
     risk_targets: tuple[float, ...] = DEFAULT_RISK_TARGETS
+    floors: FloorPolicy = DEFAULT_FLOORS
 
     def __post_init__(self) -> None:
         for name in ("step", "horizon", "warmup", "season"):
@@ -53,6 +62,8 @@ class BacktestConfig:
             )
         if not self.margins or min(self.margins) <= 0:
             raise ValueError(f"BacktestConfig.margins must be positive, got {self.margins!r}")
+        if not isinstance(self.floors, FloorPolicy):
+            raise ValueError(f"BacktestConfig.floors must be a FloorPolicy, got {self.floors!r}")
 
 
 @dataclass
@@ -295,7 +306,7 @@ def replay_series(
                 base=np.full(n, np.nan),
                 forecast=np.full(n, np.nan),
                 default_margin=method.margin_for(resource),
-                floor=method.floor(resource),
+                floor=config.floors.floor_for(method, resource),
                 quantum=method.quantum(resource),
             )
     frame, frame_times = _sorted_frame(series.frame)

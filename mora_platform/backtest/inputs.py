@@ -28,8 +28,10 @@ import pandas as pd
 
 from mora_platform.backtest.engine import BacktestSeries
 from mora_platform.data import schema
+from mora_platform.features.targets import POD_CPU, POD_MEMORY, pod_usage
 
 USAGE_COLUMNS: dict[str, str] = {"cpu": "cpu_cores_value", "memory": "mem_bytes_value"}
+POD_USAGE_COLUMNS: dict[str, str] = {"cpu": POD_CPU, "memory": POD_MEMORY}
 MODES: tuple[str, ...] = ("auto", "continuous", "concatenated", "experiment")
 CPU_UNITS: dict[str, float] = {"cores": 1.0, "millicores": 1e-3, "percent": 1e-2}
 MEMORY_UNITS: dict[str, float] = {"bytes": 1.0, "mib": 2.0**20, "mb": 1e6}
@@ -49,12 +51,14 @@ class SeriesSet:
 
 
 def _usage(frame: pd.DataFrame, name: str) -> dict[str, pd.Series]:
+    """Per-pod usage per resource (what one pod's request must cover; ``features.targets.pod_usage``)."""
     index = pd.DatetimeIndex(frame[schema.TIMESTAMP])
     out: dict[str, pd.Series] = {}
+    per_pod, _ = pod_usage(frame)
     for resource, column in USAGE_COLUMNS.items():
         if column not in frame.columns:
             continue
-        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
+        values = per_pod[POD_USAGE_COLUMNS[resource]].to_numpy(dtype="float64")
         series = pd.Series(values, index=index, name=resource)
         if resource == "memory":
             series = series[series > 0]

@@ -146,7 +146,9 @@ class ServiceModelAdapter:
             # the point is divided back by the seed's target factor (as the members forecast usage x it)
             point = answer.points[resource]
             forecasts[resource] = point / factor if np.isfinite(point) else None
-        resources = tuple(_TARGET_FACTORS)
+        # a resource the model was trained without (no data: ``ServiceModel.unavailable_targets``) is
+        # answered NaN; leaving it out makes the platform decline it instead of scoring a made-up number
+        resources = tuple(r for r in _TARGET_FACTORS if np.isfinite(answer.requests[r]))
         return PlatformForecast(
             requests={r: answer.requests[r] for r in resources},
             forecasts=forecasts,

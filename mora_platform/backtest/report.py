@@ -7,10 +7,12 @@
       "created": "2026-...Z",                      # UTC, ISO 8601
       "input": {"source": str, "mode": str, "notes": [str]},
       "config": {"step_seconds", "horizon_seconds", "warmup_seconds", "season_seconds": float,
-                 "margins": [float], "risk_targets": [float], ...extra run settings},
+                 "margins": [float], "risk_targets": [float],
+                 "floor_policy": {"name": str, "cpu_millicores": float, "memory_mib": float},
+                 ...extra run settings},
       "methods": [{"name": str, "description": str,
                    "default_margins": {"cpu": float, "memory": float},
-                   "floors": {"cpu": float, "memory": float},
+                   "floors": {"cpu": float, "memory": float},   # in force: own floor raised to the policy
                    "quanta": {"cpu": float, "memory": float}}],   # requests rounded up to these (0 = none)
       "series": [{
         "name": str, "notes": [str], "errors": [str],
@@ -48,8 +50,9 @@ reference's (the baseline's whole swept curve is searched, so a baseline cannot 
 margin); ``goal_met`` when that holds for every baseline.
 
 ``summary.md`` (``write_summary``; ``summary_lines`` is shared with ``benchmarks/backtest_report.py``)
-puts the averages side by side per resource as markdown tables, says which source answered the
-platform's requests (share of origins), whether the platform's goal was met, and lists every series.
+names the floor policy every method's requests were raised to, puts the averages side by side per
+resource as markdown tables, says which source answered the platform's requests (share of origins),
+whether the platform's goal was met, and lists every series.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mora_platform.backtest.baselines import RESOURCES, Recommender
+from mora_platform.backtest.baselines import DEFAULT_FLOORS, RESOURCES, FloorPolicy, Recommender
 from mora_platform.backtest.defaults import format_duration
 from mora_platform.backtest.engine import BacktestConfig, ResourceReplay, SeriesReplay, method_order
 from mora_platform.backtest.metrics import (
@@ -211,14 +214,16 @@ def _comparison(per_method: Mapping[str, Any], reference: str = REFERENCE_METHOD
     }
 
 
-def describe_methods(methods: Sequence[Recommender]) -> list[dict[str, Any]]:
-    """The ``methods`` block: name, description, default margins and floors."""
+def describe_methods(
+    methods: Sequence[Recommender], floors: FloorPolicy = DEFAULT_FLOORS
+) -> list[dict[str, Any]]:
+    """The ``methods`` block: name, description, default margins and the floors in force under ``floors``."""
     return [
         {
             "name": m.name,
             "description": m.description,
             "default_margins": {r: m.margin_for(r) for r in RESOURCES},
-            "floors": {r: m.floor(r) for r in RESOURCES},
+            "floors": {r: floors.floor_for(m, r) for r in RESOURCES},
             "quanta": {r: m.quantum(r) for r in RESOURCES},
         }
         for m in methods
@@ -257,9 +262,10 @@ def build_report(
             "season_seconds": config.season.total_seconds(),
             "margins": list(config.margins),
             "risk_targets": list(config.risk_targets),
+            "floor_policy": config.floors.to_dict(),
             **dict(extra_config or {}),
         },
-        "methods": describe_methods(methods),
+        "methods": describe_methods(methods, config.floors),
         "series": series_blocks,
         "summary": _summary(series_blocks, names, config),
     }
@@ -279,7 +285,8 @@ def _pct(value: float | None) -> str:
 
 def format_table(report: Mapping[str, Any]) -> str:
     """Per series and average: slack / under-provisioning (/ OOM risk for memory) per method."""
-    lines: list[str] = []
+    policy = report.get("config", {}).get("floor_policy")
+    lines: list[str] = [f"floors: {FloorPolicy(**policy).describe()}", ""] if policy else []
     methods = [m["name"] for m in report["methods"]]
     for resource in RESOURCES:
         header = f"{'series':<28}" + "".join(f"{m:>22}" for m in methods)
@@ -336,10 +343,30 @@ def _share(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}%"
 
 
+def floor_policy_line(report: Mapping[str, Any]) -> str:
+    """One sentence naming the floor policy every method's requests were raised to."""
+    policy = report.get("config", {}).get("floor_policy")
+    if not policy:
+        return "Floor policy: not recorded (a report written before --floors)."
+    text = FloorPolicy(**policy).describe()
+    return (
+        f"Floor policy (--floors): {text}, applied to every method's requests before scoring "
+        "(a method's own higher minimum, e.g. VPA's 25m / 250 MiB, stays)."
+    )
+
+
+def _floors_text(report: Mapping[str, Any], method: str) -> str:
+    for entry in report.get("methods", []):
+        if entry["name"] == method and "floors" in entry:
+            floors = entry["floors"]
+            return f"{1000 * floors['cpu']:g}m / {floors['memory'] / 2**20:g} MiB floors"
+    return "floors not recorded"
+
+
 def summary_lines(name: str, report: Mapping[str, Any]) -> list[str]:
-    """Markdown section ``## name``: per resource, the averages of every method, which source answered
-    the platform's requests, and whether each platform variant met its goal."""
-    lines = [f"## {name}", ""]
+    """Markdown section ``## name``: the floor policy, then per resource the averages of every method,
+    which source answered the platform's requests, and whether each platform variant met its goal."""
+    lines = [f"## {name}", "", floor_policy_line(report), ""]
     for resource in RESOURCES:
         block = report["summary"][resource]
         lines += [
@@ -372,11 +399,9 @@ def summary_lines(name: str, report: Mapping[str, Any]) -> list[str]:
                 for method, stats in comparison["baselines"].items()
             )
             head_room = report.get("config", {}).get("platform_head_room", "auto")
-            floors = {
-                "platform": f"{head_room} head-room, 10m / 32 MiB floors",
-                "platform-min-floors": f"{head_room} head-room, 1m / 1 MiB floors",
-                "platform-validation": "validation head-room, 1m / 1 MiB floors",
-            }.get(reference, reference)
+            if reference == "platform-validation":
+                head_room = "validation"
+            floors = f"{head_room} head-room, {_floors_text(report, reference)}"
             lines += [
                 "",
                 f"goal met ({reference}, {floors}): {comparison['goal_met']} (slack {_share(comparison['slack'])} at "

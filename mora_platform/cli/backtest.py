@@ -10,6 +10,13 @@ the table. With ``--ray``, each series (its training included) runs as one Ray t
 spacing and length (``mora_platform.backtest.defaults``); the settings in effect are printed.
 Settings that leave no origin for any series exit 2 with the flag to change; series too short for
 them are skipped (and listed) while the others run. Progress goes to stderr (``backtest:`` lines).
+
+``--floors`` is one floor policy for every method's requests, the platform's and every baseline's
+(``mora_platform.backtest.baselines.FloorPolicy``): ``default`` (the platform's serving floors, 10m
+CPU / 32 MiB), ``kubernetes`` (1m / 1 MiB), ``none``, or ``CPU,MEMORY`` such as ``5m,16Mi``. The
+platform's serving floors are set to the policy (at least 1m / 1 MiB, the serving policy's
+smallest), so its ``platform`` row and the baselines are scored under the same floor; the report and
+``summary.md`` name the policy.
 """
 
 from __future__ import annotations
@@ -64,10 +71,14 @@ class MethodSpec:
     horizon_steps: int = 1
     head_room: str = "auto"  # the platform's head-room: "auto", "recent" rows or training-time "validation"
     recent_rows: int = 1_440  # models.recent.RECENT_ROWS (not imported: the CLI starts without pandas)
+    # the run's floor policy (CPU millicores, memory MiB): the platform serves with these floors
+    floors: tuple[float, float] = (10, 32)  # recommend.policy's CPU_FLOOR_MILLICORES, MEMORY_FLOOR_MIB
 
 
 def build_methods(spec: MethodSpec) -> list[Recommender]:
     """Fresh recommenders for one series (the platform carries per-series state)."""
+    import math
+
     import pandas as pd
 
     from mora_platform.backtest.baselines import create_recommender
@@ -88,14 +99,15 @@ def build_methods(spec: MethodSpec) -> list[Recommender]:
                 head_room=spec.head_room,
                 recent_rows=spec.recent_rows,
             )
-            # "platform" gets the served floors as the training config sets them (default 10m / 32 MiB)
+            # "platform" serves with the run's floor policy (the serving policy takes 1m / 1 MiB at
+            # least); the variants keep their own floors, raised to the policy by the engine
             served = name == "platform"
             methods.append(
                 cls(
                     trainer=trainer,
                     refit=pd.Timedelta(seconds=spec.refit_seconds),
-                    cpu_floor_millicores=spec.training.get("cpu_floor_millicores") if served else None,
-                    memory_floor_mib=spec.training.get("memory_floor_mib") if served else None,
+                    cpu_floor_millicores=max(1, math.ceil(spec.floors[0])) if served else None,
+                    memory_floor_mib=max(1, math.ceil(spec.floors[1])) if served else None,
                 )
             )
         else:
@@ -269,9 +281,10 @@ def register(app: typer.Typer) -> None:
             show_default=False,
         ),
         methods: str = typer.Option(
-            "platform,platform-min-floors,platform-validation,platform-1step,vpa,krr,crane,max,reactive",
+            "platform,platform-validation,platform-1step,vpa,krr,crane,max,reactive",
             "--methods",
-            help="Comma-separated methods to compare",
+            help="Comma-separated methods to compare (platform-min-floors, the platform at 1m / 1 MiB, is "
+            "--floors kubernetes)",
         ),
         mode: str = typer.Option("auto", "--mode", help="auto | continuous | concatenated | experiment"),
         unit: str = typer.Option(
@@ -297,9 +310,17 @@ def register(app: typer.Typer) -> None:
         recent_rows: int = typer.Option(
             1_440, "--recent-rows", min=50, help="Rows the recent head-room uses"
         ),
+        floors: str = typer.Option(
+            "default",
+            "--floors",
+            help="One floor for every method's requests before scoring: 'default' (the platform's serving "
+            "floors, 10m CPU / 32 MiB), 'kubernetes' (1m / 1 MiB), 'none', or CPU,MEMORY such as 5m,16Mi",
+        ),
     ) -> None:
         """Rolling-origin backtest: slack and under-provisioning of each method, per series and averaged."""
-        from mora_platform.backtest.baselines import RESOURCES
+        from dataclasses import replace
+
+        from mora_platform.backtest.baselines import RESOURCES, parse_floor_policy
         from mora_platform.backtest.defaults import SettingsError, resolve_settings
         from mora_platform.backtest.engine import series_extent
         from mora_platform.backtest.inputs import MODES, BacktestInputError
@@ -320,6 +341,10 @@ def register(app: typer.Typer) -> None:
                 _fail(f"--{flag} must be positive, got {raw[flag]!r}")
         season_value = _duration(season, "--season")
         assert season_value is not None
+        try:
+            floor_policy = parse_floor_policy(floors)
+        except ValueError as exc:
+            _fail(f"--{exc}")
         from mora_platform.backtest.platform_training import HEAD_ROOM_MODES
 
         if calibrate_on not in HEAD_ROOM_MODES:
@@ -362,12 +387,12 @@ def register(app: typer.Typer) -> None:
             )
         except (SettingsError, ValueError) as exc:
             _fail(str(exc))
-        config = settings.config
+        config = replace(settings.config, floors=floor_policy)
         series, too_short = _with_origins(series_set.series, settings)
         skipped_notes = [f"skipped: {s}" for s in series_set.skipped] + [
             f"skipped (too short): {s}" for s in too_short
         ]
-        typer.echo(f"{PREFIX} settings {settings.describe()}", err=True)
+        typer.echo(f"{PREFIX} settings {settings.describe()}; floors {floor_policy.describe()}", err=True)
         for note in too_short:
             typer.echo(f"warning: skipped {note}", err=True)
         spec = MethodSpec(
@@ -377,6 +402,7 @@ def register(app: typer.Typer) -> None:
             horizon_steps=horizon_steps(series, config.horizon),
             head_room=calibrate_on,
             recent_rows=recent_rows,
+            floors=(floor_policy.cpu_millicores, floor_policy.memory_mib),
         )
         where = "as Ray tasks" if ray_flag else "in this process"
         typer.echo(
@@ -386,7 +412,7 @@ def register(app: typer.Typer) -> None:
         replays = _replay_all(series, spec, config, ray_flag, ray_address, progress)
         report = build_report(
             replays,
-            build_methods(MethodSpec(names=names, refit_seconds=spec.refit_seconds, training=spec.training)),
+            build_methods(spec),
             config,
             source=f"{source} ({described})",
             mode=series_set.mode,

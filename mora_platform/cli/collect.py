@@ -3,6 +3,10 @@
 Connection, auth/TLS and query settings come from ``MORA_PROMETHEUS_*`` (or ``--settings``
 FILE, YAML/JSON); the flags below override them. Errors a user can fix print one ``error:``
 line and exit 2; a run where a service failed exits 1 after collecting the others.
+
+Besides the rows, each collected service's ``WorkloadState`` (containers, requests/limits, OOM
+kills, HPA at the end of the window) is stored beside the dataset (``storage.workloads``); the
+summary names the containers found and the facts that could not be.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mora_platform.collect.checkpoint import BlobStore
-    from mora_platform.collect.collector import CollectionReport, Collector, DatasetWriter
+    from mora_platform.collect.collector import CollectionReport, Collector, DatasetWriter, ServiceResult
+    from mora_platform.storage.object_store import ObjectStore
 
 USAGE_ERROR = 2
 SERVICE_FAILED = 1
@@ -36,7 +40,11 @@ def _described(field: str) -> str:
 def register(app: typer.Typer) -> None:
     """Add ``mora collect`` to ``app``."""
     app.command(
-        "collect", help="Collect the 12 metrics of a namespace's services from Prometheus into a dataset."
+        "collect",
+        help=(
+            "Collect the 12 metrics (and the busiest pod's usage) of a namespace's services from Prometheus "
+            "into a dataset, with each Deployment's containers, requests/limits, OOM kills and HPA."
+        ),
     )(collect)
 
 
@@ -77,6 +85,8 @@ def collect(
     from mora_platform.collect.collector import Collector
     from mora_platform.collect.settings import PrometheusSettings, SettingsFileError
     from mora_platform.collect.timeparse import parse_time
+    from mora_platform.recommend.workload import WorkloadState
+    from mora_platform.storage.workloads import write_workload
 
     console = Console(stderr=False)
     if bool(services) == all_services:
@@ -102,7 +112,13 @@ def collect(
         _fail(str(exc))
 
     datasets, blobs = _dataset_store()
-    collector = Collector(client, datasets, CheckpointStore(blobs), settings, max_chunks=max_chunks)
+
+    def store_workload(name: str, state: WorkloadState) -> None:
+        write_workload(blobs, name, state)
+
+    collector = Collector(
+        client, datasets, CheckpointStore(blobs), settings, max_chunks=max_chunks, workloads=store_workload
+    )
     try:
         windows = collector.plan(start, end)
     except ValueError as exc:
@@ -192,11 +208,39 @@ def _print_summary(console: Console, report: CollectionReport) -> None:
             console.print(
                 f"{s.service}: {s.status}: {s.message}", soft_wrap=True, markup=False, highlight=False
             )
+    for s in report.services:
+        for line in workload_lines(s):
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
     if report.interrupted:
         console.print("collection interrupted; run the same command again to continue", soft_wrap=True)
 
 
-def _dataset_store() -> tuple[DatasetWriter, BlobStore]:
+def workload_lines(result: ServiceResult) -> list[str]:
+    """What ``mora collect`` says about a service's workload: containers and HPA, then what is missing."""
+    state = result.workload
+    if state is None:
+        return []
+    facts = [f"containers {', '.join(result.containers)}" if result.containers else "no containers"]
+    if state.pods is not None or state.replicas is not None:
+        facts.append(f"pods {_or_dash(state.pods)}, replicas {_or_dash(state.replicas)}")
+    kills = sum(c.oom_kills for c in state.containers)
+    if kills:
+        facts.append(f"{kills} OOM kill(s)")
+    if state.hpa is not None:
+        hpa = state.hpa
+        target = f", cpu target {hpa.target_cpu_utilization:.0%}" if hpa.target_cpu_utilization else ""
+        facts.append(f"HPA {hpa.name} {_or_dash(hpa.min_replicas)}..{_or_dash(hpa.max_replicas)}{target}")
+    lines = [f"{result.service}: workload: {'; '.join(facts)}"]
+    if result.workload_missing:
+        lines.append(f"{result.service}: workload missing: {', '.join(result.workload_missing_short)}")
+    return lines
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _dataset_store() -> tuple[DatasetWriter, ObjectStore]:
     from mora_platform.settings import MoraSettings
     from mora_platform.storage.datasets import DatasetStore
     from mora_platform.storage.errors import StorageError

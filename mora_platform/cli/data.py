@@ -1,4 +1,11 @@
-"""`mora data import | list | synth`: datasets in object storage and the synthetic fleet."""
+"""`mora data import | list | synth`: datasets in object storage and the synthetic fleet.
+
+`mora data import` checks before it writes anything: the dataset name and every service name must be
+Kubernetes-style names (they become the stored partitions), and every file must be within the limits
+(``--max-file-mib``, ``--max-columns``, ``--max-rows``, checked by streaming each file's size, header
+and line count before any is parsed). A refusal names the file and the value or count, exits 2 and
+writes nothing.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from mora_platform.data.schema import DEFAULT_RELATIVE_STEP_SECONDS
+
+# mora_platform.data.loaders' defaults (not imported: the CLI starts without pandas)
+DEFAULT_MAX_FILE_MIB = 256
+DEFAULT_MAX_COLUMNS = 1_000
+DEFAULT_MAX_ROWS = 5_000_000
+_LIMIT_FLAGS = {"bytes": "--max-file-mib", "columns": "--max-columns", "rows": "--max-rows"}
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,26 +106,70 @@ def _summary_table(title: str, summaries: list[ServiceSummary]) -> Table:
 @data_app.command("import")
 def import_data(
     path: Path = typer.Argument(..., help="A directory of CSV / Parquet files, one CSV or one Parquet file."),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (letters, digits, . _ -)."),
+    dataset: str = typer.Option(
+        ...,
+        "--dataset",
+        "-d",
+        help="Dataset name, Kubernetes-style: lowercase letters, digits, '-' and '.' (as service names must be).",
+    ),
     relative_step_seconds: int = typer.Option(
         DEFAULT_RELATIVE_STEP_SECONDS, "--relative-step-seconds", min=1, help="Clock for t_N step labels."
     ),
     part: str = typer.Option(
         "part-00000", "--part", help="Part name; importing the same part again replaces it."
     ),
+    max_file_mib: int = typer.Option(
+        DEFAULT_MAX_FILE_MIB, "--max-file-mib", min=1, help="Refuse a file larger than this many MiB."
+    ),
+    max_columns: int = typer.Option(
+        DEFAULT_MAX_COLUMNS,
+        "--max-columns",
+        min=1,
+        help="Refuse a file with more columns (read from its header).",
+    ),
+    max_rows: int = typer.Option(
+        DEFAULT_MAX_ROWS,
+        "--max-rows",
+        min=1,
+        help="Refuse a file with more data rows (lines after the header).",
+    ),
 ) -> None:
-    """Validate and load PATH, report every problem, write one Parquet per service to S3."""
-    from mora_platform.data.loaders import DataLoadError, load_path
+    """Validate and load PATH, report every problem, write one Parquet per service to S3.
+
+    Refused before anything is written (exit 2, naming the file): a dataset or service name that is not
+    Kubernetes-style (lowercase letters, digits, '-', '.'; no '/', '..' or empty name), and a file over
+    --max-file-mib, --max-columns or --max-rows (checked by streaming, before any file is parsed).
+    """
+    from mora_platform.data.loaders import (
+        DataLoadError,
+        InvalidNameError,
+        LoadLimitError,
+        LoadLimits,
+        load_path,
+    )
+    from mora_platform.data.validation import check_kubernetes_name
     from mora_platform.storage.datasets import DatasetStore
     from mora_platform.storage.errors import StorageError
 
     try:
+        check_kubernetes_name("dataset", dataset)
         DatasetStore.part_key(dataset, "x", part)
     except ValueError as exc:
         raise _fail(str(exc), code=2) from exc
     datasets = _dataset_store()
+    limits = LoadLimits(max_file_bytes=max_file_mib * 2**20, max_columns=max_columns, max_rows=max_rows)
     try:
-        result = load_path(path, relative_step_seconds=relative_step_seconds)
+        result = load_path(
+            path, relative_step_seconds=relative_step_seconds, limits=limits, check_service_names=True
+        )
+    except LoadLimitError as exc:
+        where = f" in {path}" if path.is_dir() else ""
+        raise _fail(
+            f"refused{where}: {exc} (raise {_LIMIT_FLAGS[exc.limit]} to allow it); nothing written", code=2
+        ) from exc
+    except InvalidNameError as exc:
+        where = f" in {path}" if path.is_dir() else ""
+        raise _fail(f"refused{where}: {exc}; nothing written", code=2) from exc
     except (DataLoadError, OSError, ValueError) as exc:
         raise _fail(f"cannot load {path}: {exc}") from exc
 

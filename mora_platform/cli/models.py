@@ -323,7 +323,9 @@ def recommend(
     version: str | None = typer.Option(None, "--version", help="Model version (default: LATEST)."),
     output: str = typer.Option("table", "--format", help="table | json | yaml | k8s-patch"),
     container: str | None = typer.Option(
-        None, "--container", help="k8s-patch: container name (default: service)."
+        None,
+        "--container",
+        help="The container to recommend for when mora collect recorded none (default: the service name).",
     ),
     registry_dir: Path | None = RegistryDirOption,
     recent: bool = typer.Option(
@@ -366,15 +368,17 @@ def recommend(
 
         wanted = recent and store is not None and settings.serve_history_rows > 0
         window = None
+        dataset = fetched.manifest.extra.get("dataset")
+        reader = RecentHistory(store, rows=max(settings.serve_history_rows, 1)) if store is not None else None
         if wanted and not parsed_context:
-            assert store is not None
-            dataset = fetched.manifest.extra.get("dataset")
-            window = RecentHistory(store, rows=settings.serve_history_rows).get(
-                model.service, str(dataset) if dataset else None
-            )
+            assert reader is not None
+            window = reader.get(model.service, str(dataset) if dataset else None)
+        workload = reader.workload(model.service, str(dataset) if dataset else None) if reader else None
         history, source, notes = pick_history(None, window, what_if=wanted and bool(parsed_context))
         try:
-            rec = model.recommend(history, parsed_context, model_version=version)
+            rec = model.recommend(
+                history, parsed_context, model_version=version, workload=workload, container=container
+            )
         except ValueError as exc:  # the model refuses a context it cannot use, saying why
             _fail(f"--context: {exc}")
         used = history_used(source, history if history is not None else model.history)

@@ -131,6 +131,23 @@ class PrometheusClient:
             series.append(Series(labels=dict(item.get("metric", {})), samples=samples))
         return series
 
+    def query_instant(self, query: str, at: int, *, what: str = "query") -> list[Series]:
+        """``query`` evaluated at ``at`` (unix seconds): one sample per series; a scalar is one unlabelled series."""
+        params = {**self._timeout_param(), "time": str(at)}
+        raw = self._call(
+            what, lambda c: c.custom_query(query, params=params, timeout=self._settings.timeout_seconds)
+        )
+        if isinstance(raw, list) and len(raw) == 2 and not isinstance(raw[0], dict):  # scalar: [t, "v"]
+            raw = [{"metric": {}, "value": raw}]
+        series: list[Series] = []
+        for item in raw or []:
+            value = item.get("value") if isinstance(item, dict) else None
+            if not isinstance(value, list | tuple) or len(value) != 2:
+                continue
+            sample = (float(value[0]), _to_float(value[1]))
+            series.append(Series(labels=dict(item.get("metric", {})), samples=[sample]))
+        return series
+
     def label_values(self, label: str, selector: str, start: int, end: int) -> list[str]:
         """Values of ``label`` on the series matching ``selector`` within ``[start, end]``."""
         params = {"match[]": selector, "start": str(start), "end": str(end)}

@@ -4,6 +4,11 @@ For each service and each chunk window not yet covered by its checkpoint: run th
 queries (in a bounded thread pool), build the unified rows, write them as the chunk's own
 dataset part (idempotent), then record the chunk. A failing service is reported and the
 next one proceeds; an unreachable server stops the run with one clear message.
+
+With a ``workloads`` sink, each service whose rows were collected also gets its ``WorkloadState``
+at the end of the window (containers, requests/limits, OOM kills, HPA; see ``collect.workload``),
+handed to the sink (``storage.workloads.write_workload`` in ``mora collect``). Facts it lacks are
+listed in the state, never fatal.
 """
 
 from __future__ import annotations
@@ -29,8 +34,13 @@ from mora_platform.collect.client import (
     Series,
 )
 from mora_platform.collect.frame import Derive, build_chunk_frame, default_derive
-from mora_platform.collect.queries import DISCOVERY_LABEL, discovery_selector
+from mora_platform.collect.queries import DISCOVERY_LABEL, checkpoint_queries, discovery_selector
 from mora_platform.collect.settings import PrometheusSettings
+from mora_platform.collect.workload import collect_workload, short_missing
+from mora_platform.recommend.workload import WorkloadState
+
+#: Where a collected ``WorkloadState`` goes: called with (dataset, state).
+WorkloadSink = Callable[[str, WorkloadState], object]
 
 
 class DatasetWriter(Protocol):
@@ -57,6 +67,22 @@ class ServiceResult:
     gaps: int = 0
     empty_metrics: list[str] = field(default_factory=list)
     message: str = ""
+    workload: WorkloadState | None = None  # with a workloads sink, once the rows are collected
+
+    @property
+    def containers(self) -> list[str]:
+        """The containers found on the Deployment (empty without a workload)."""
+        return [c.name for c in self.workload.containers] if self.workload else []
+
+    @property
+    def workload_missing(self) -> list[str]:
+        """What the workload lacks, one readable entry per fact."""
+        return list(self.workload.missing) if self.workload else []
+
+    @property
+    def workload_missing_short(self) -> list[str]:
+        """The facts the workload lacks, without the reasons."""
+        return list(dict.fromkeys(short_missing(self.workload_missing)))
 
 
 @dataclass
@@ -99,6 +125,7 @@ class Collector:
         derive: Derive = default_derive,
         progress: Callable[[ChunkEvent], None] | None = None,
         max_chunks: int | None = None,
+        workloads: WorkloadSink | None = None,
     ) -> None:
         self._client = client
         self._datasets = datasets
@@ -108,6 +135,7 @@ class Collector:
         self._derive = derive
         self._progress = progress or (lambda event: None)
         self._max_chunks = max_chunks
+        self._workloads = workloads
         self._written = 0
 
     def plan(self, start: datetime, end: datetime) -> list[ChunkWindow]:
@@ -141,6 +169,8 @@ class Collector:
             for index, result in enumerate(report.services):
                 try:
                     self._collect_service(pool, dataset, namespace, result, windows)
+                    if self._workloads is not None and result.status in ("ok", "partial"):
+                        self._collect_workload(pool, dataset, namespace, result, start, end)
                 except CollectionInterrupted:
                     result.status = "interrupted"
                     result.message = (
@@ -212,6 +242,31 @@ class Collector:
             self._progress(ChunkEvent(service, part, "written", len(chunk.frame)))
         self._finish(result, checkpoint, windows)
 
+    def _collect_workload(
+        self,
+        pool: ThreadPoolExecutor,
+        dataset: str,
+        namespace: str,
+        result: ServiceResult,
+        start: datetime,
+        end: datetime,
+    ) -> None:
+        """The service's workload at ``end`` (usage shares and OOM kills over ``start``..``end``), stored."""
+        assert self._workloads is not None
+        first, last = int(start.timestamp()), int(end.timestamp())
+        state = collect_workload(
+            self._client,
+            self._table,
+            namespace,
+            result.service,
+            first,
+            last,
+            self._settings.step_seconds,
+            submit=pool,
+        )
+        self._workloads(dataset, state)
+        result.workload = state
+
     @staticmethod
     def _tally(result: ServiceResult, checkpoint: Checkpoint, windows: list[ChunkWindow]) -> None:
         """Rows, missing points and gaps stored so far for the requested chunks."""
@@ -274,7 +329,8 @@ class Collector:
         return samples
 
     def _checkpoint(self, dataset: str, namespace: str, service: str, queries: dict[str, str]) -> Checkpoint:
-        fingerprint = hashlib.sha256(json.dumps(queries, sort_keys=True).encode()).hexdigest()[:16]
+        bound = checkpoint_queries(queries)
+        fingerprint = hashlib.sha256(json.dumps(bound, sort_keys=True).encode()).hexdigest()[:16]
         step, points = self._settings.step_seconds, self._settings.points_per_chunk
         stored = self._checkpoints.load(dataset, service)
         if stored is None:

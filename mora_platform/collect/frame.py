@@ -1,7 +1,8 @@
 """Turn per-metric Prometheus series of one service into rows of the unified frame.
 
 Pure: no I/O. Rows exist for the grid points where at least one of the service's own (raw)
-metrics has a value; node-level series alone do not make a row. The derived metrics come
+metrics has a value; node-level series alone do not make a row. The busiest-pod columns
+(``schema.POD_COLUMNS``) follow the metrics when they were queried. The derived metrics come
 from the data layer's ``add_derived_metrics`` (the same formulas as for CSV data), computed
 over the chunk plus a few context steps before it, which are then dropped. Metrics that are
 normalised by a whole-series statistic (resource pressure: share of the series maximum) are
@@ -59,7 +60,8 @@ def build_chunk_frame(
 
     Samples before ``first`` are context for the derived metrics and are not returned.
     """
-    metric_names = [m for m in schema.METRIC_COLUMNS if m in samples]
+    pod_columns = [c for c in schema.POD_COLUMNS if c in samples]
+    metric_names = [m for m in (*schema.METRIC_COLUMNS, *pod_columns) if m in samples]
     columns: dict[str, pd.Series] = {}
     for metric, points in samples.items():
         if points:
@@ -97,8 +99,10 @@ def build_chunk_frame(
     frame = derive(frame)
 
     keep = (raw.index.to_numpy() >= first) & (raw.index.to_numpy() <= last)
-    frame = frame.loc[keep, list(schema.UNIFIED_COLUMNS)].reset_index(drop=True)
-    for metric in schema.METRIC_COLUMNS:
+    for column in pod_columns:  # after derive: the data layer's formulas never see them
+        frame[column] = wide[column].to_numpy(dtype="float64") if column in wide else np.nan
+    frame = frame.loc[keep, [*schema.UNIFIED_COLUMNS, *pod_columns]].reset_index(drop=True)
+    for metric in (*schema.METRIC_COLUMNS, *pod_columns):
         frame[metric] = frame[metric].astype("float64")
 
     present = raw.index.to_numpy()[keep]

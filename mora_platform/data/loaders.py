@@ -13,12 +13,25 @@ relative experiments sorted by ``experiment_id``. (Should an experiment ever be 
 that step, the spacing grows to whole days that fit the longest one, so experiments never overlap.)
 Optional context columns get defaults: ``scenario`` "unknown", ``replica_count`` from
 ``replica_count_value`` (else 1), ``load_users`` NaN.
+
+Limits (`LoadLimits`, asked for by ``mora data import``; ``DEFAULT_LIMITS`` are its defaults):
+before any file is parsed, every file is checked against a
+cap on its size, its number of columns and its number of rows, and the whole load is refused with
+`LoadLimitError` naming the file and the count when one is over. The check streams: the size comes
+from the file system, a CSV's columns from its header line and its rows from its line count (an
+upper bound: a quoted newline counts), both read in fixed-size chunks; a Parquet file's from its
+footer (whose own size is capped). So a hostile file (a million columns, a billion rows) is refused
+in a fraction of a second with bounded memory instead of being handed to the CSV parser.
+``check_service_names`` (what ``mora data import`` asks for) refuses, with `InvalidNameError` naming
+the file and the value, a ``service`` that is not a Kubernetes-style name: it becomes a partition
+of the stored dataset (`validation.kubernetes_name_problem`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,13 +51,22 @@ from mora_platform.data.schema import (
     TIMESTAMP,
     UNIFIED_COLUMNS,
 )
-from mora_platform.data.validation import ValidatedTable, validate_rows, validate_table
+from mora_platform.data.validation import (
+    InvalidNameError,
+    ValidatedTable,
+    check_kubernetes_name,
+    validate_rows,
+    validate_table,
+)
 
 __all__ = [
     "ERROR",
     "INFO",
     "DataIssue",
     "DataLoadError",
+    "InvalidNameError",
+    "LoadLimitError",
+    "LoadLimits",
     "LoadResult",
     "load_frame",
     "load_path",
@@ -61,6 +83,41 @@ _LINE_NUMBER = re.compile(r"line (\d+)")
 
 class DataLoadError(ValueError):
     """The path itself cannot be loaded (does not exist, or holds no CSV / Parquet file)."""
+
+
+class LoadLimitError(DataLoadError):
+    """A file is over one of the `LoadLimits`; ``limit`` says which ("bytes", "columns" or "rows")."""
+
+    def __init__(self, message: str, *, source: str, limit: str, count: int) -> None:
+        super().__init__(message)
+        self.source = source
+        self.limit = limit
+        self.count = count
+
+
+MIB = 2**20
+DEFAULT_MAX_FILE_MIB = 256
+DEFAULT_MAX_COLUMNS = 1_000
+DEFAULT_MAX_ROWS = 5_000_000
+PARQUET_FOOTER_MAX_BYTES = 16 * MIB  # a Parquet file's metadata (its schema and row groups)
+_CHUNK_BYTES = MIB
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """Caps per file, checked before it is parsed: size in bytes, columns, rows (data rows)."""
+
+    max_file_bytes: int = DEFAULT_MAX_FILE_MIB * MIB
+    max_columns: int = DEFAULT_MAX_COLUMNS
+    max_rows: int = DEFAULT_MAX_ROWS
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_bytes", "max_columns", "max_rows"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"LoadLimits.{name} must be at least 1, got {getattr(self, name)!r}")
+
+
+DEFAULT_LIMITS = LoadLimits()
 
 
 @dataclass
@@ -135,6 +192,129 @@ def _discover(path: Path) -> list[tuple[Path, str]]:
     if not files:
         raise DataLoadError(f"{path}: no CSV or Parquet files found")
     return [(p, p.relative_to(path).as_posix()) for p in files]
+
+
+def _chunks(handle: object, first: bytes = b"") -> Iterator[bytes]:
+    if first:
+        yield first
+    while chunk := handle.read(_CHUNK_BYTES):  # type: ignore[attr-defined]
+        yield chunk
+
+
+def _line_end(segment: bytes) -> int:
+    ends = [i for i in (segment.find(b"\n"), segment.find(b"\r")) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def _header_columns(chunks: Iterator[bytes]) -> tuple[int, bytes, bool]:
+    """Columns of a CSV header line (commas outside double quotes, + 1), read chunk by chunk; returns
+    the count, the rest of the chunk the header ended in, and whether the header line ended."""
+    commas, quoted = 0, False
+    for chunk in chunks:
+        position = 0
+        segments = chunk.split(b'"')  # a quote toggles the state: every other segment is outside
+        for k, segment in enumerate(segments):
+            inside = quoted != (k % 2 == 1)
+            if not inside:
+                end = _line_end(segment)
+                if end >= 0:
+                    return commas + segment.count(b",", 0, end) + 1, chunk[position + end :], True
+                commas += segment.count(b",")
+            position += len(segment) + 1
+        quoted = quoted != ((len(segments) - 1) % 2 == 1)
+    return commas + 1, b"", False
+
+
+def _check_csv(path: Path, source: str, limits: LoadLimits) -> None:
+    """Columns from the header line, rows from the line count: streamed, stopping at the first cap."""
+    with path.open("rb") as handle:
+        chunks = _chunks(handle)
+        columns, rest, has_rows = _header_columns(chunks)
+        if columns > limits.max_columns:
+            raise LoadLimitError(
+                f"{source}: {columns:,} columns in the header, more than the limit of {limits.max_columns:,}",
+                source=source,
+                limit="columns",
+                count=columns,
+            )
+        if not has_rows:
+            return
+        newlines = carriage_returns = 0
+        last = b""
+        for chunk in _chunks(handle, rest):  # the file's size is capped: so is this loop's time
+            newlines += chunk.count(b"\n")
+            carriage_returns += chunk.count(b"\r")
+            last = chunk
+        # a line per row after the header's; old Mac files end lines with a lone CR
+        lines = (newlines or carriage_returns) + (0 if last.endswith((b"\n", b"\r")) else 1)
+        rows = lines - 1
+        if rows > limits.max_rows:
+            raise LoadLimitError(
+                f"{source}: {rows:,} rows (lines after the header), more than the limit of {limits.max_rows:,}",
+                source=source,
+                limit="rows",
+                count=rows,
+            )
+
+
+def _check_parquet(path: Path, source: str, limits: LoadLimits) -> None:
+    """Columns and rows from the footer, whose size is read (and capped) first; an unreadable file is
+    left to `_read_parquet` to report."""
+    import pyarrow.parquet as pq
+
+    size = path.stat().st_size
+    if size >= 12:
+        with path.open("rb") as handle:
+            handle.seek(size - 8)
+            tail = handle.read(8)
+        footer = int.from_bytes(tail[:4], "little")
+        if tail[4:] == b"PAR1" and footer > PARQUET_FOOTER_MAX_BYTES:
+            raise LoadLimitError(
+                f"{source}: Parquet metadata of {footer / MIB:.1f} MiB, more than "
+                f"{PARQUET_FOOTER_MAX_BYTES // MIB} MiB (far too many columns or row groups)",
+                source=source,
+                limit="columns",
+                count=footer,
+            )
+    try:
+        metadata = pq.read_metadata(path)
+    except Exception:
+        return
+    columns = len(metadata.schema.to_arrow_schema().names)
+    if columns > limits.max_columns:
+        raise LoadLimitError(
+            f"{source}: {columns:,} columns, more than the limit of {limits.max_columns:,}",
+            source=source,
+            limit="columns",
+            count=columns,
+        )
+    if metadata.num_rows > limits.max_rows:
+        raise LoadLimitError(
+            f"{source}: {metadata.num_rows:,} rows, more than the limit of {limits.max_rows:,}",
+            source=source,
+            limit="rows",
+            count=metadata.num_rows,
+        )
+
+
+def _size(count: int) -> str:
+    return f"{count / MIB:,.1f} MiB" if count >= MIB else f"{count:,} bytes"
+
+
+def check_limits(path: Path, source: str, limits: LoadLimits) -> None:
+    """Refuse ``path`` with `LoadLimitError` if it is over ``limits`` (without parsing it)."""
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise LoadLimitError(
+            f"{source}: {_size(size)}, more than the limit of {_size(limits.max_file_bytes)} per file",
+            source=source,
+            limit="bytes",
+            count=size,
+        )
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        _check_parquet(path, source, limits)
+    else:
+        _check_csv(path, source, limits)
 
 
 def _apply_relative_clock(frame: pd.DataFrame, relative: pd.Series, step_seconds: int) -> pd.Series:
@@ -273,11 +453,21 @@ def load_path(
     *,
     relative_step_seconds: int = DEFAULT_RELATIVE_STEP_SECONDS,
     clean: bool = True,
+    limits: LoadLimits | None = None,
+    check_service_names: bool = False,
 ) -> LoadResult:
-    """Load a directory of CSV / Parquet files (searched recursively), one CSV or one Parquet file."""
+    """Load a directory of CSV / Parquet files (searched recursively), one CSV or one Parquet file.
+
+    Every file is checked against ``limits`` (None, the default: no limits) before any is parsed
+    (`LoadLimitError`); with ``check_service_names`` a ``service`` value that is not a
+    Kubernetes-style name refuses the load (`InvalidNameError`, naming the file and the value).
+    """
     if relative_step_seconds <= 0:
         raise ValueError(f"relative_step_seconds must be positive, got {relative_step_seconds}")
     files = _discover(Path(path))
+    if limits is not None:
+        for file_path, source in files:
+            check_limits(file_path, source, limits)
     issues: list[DataIssue] = []
     tables: list[tuple[str, ValidatedTable]] = []
     skipped: list[str] = []
@@ -288,6 +478,9 @@ def load_path(
             skipped.append(source)
             continue
         table = validate_table(raw, source)
+        if check_service_names and table.frame is not None:
+            for service in table.frame[SERVICE].unique():
+                check_kubernetes_name("service", service, where=source)
         issues.extend(table.issues)
         if table.frame is None:
             skipped.append(source)

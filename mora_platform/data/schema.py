@@ -46,6 +46,14 @@ DERIVED_METRICS: tuple[str, ...] = (
 METRIC_COLUMNS: tuple[str, ...] = RAW_METRICS + DERIVED_METRICS
 UNIFIED_COLUMNS: tuple[str, ...] = CONTEXT_COLUMNS + METRIC_COLUMNS
 
+# Optional per-pod columns (``mora collect`` writes them; the seed's 18 columns lack them). The
+# metrics above are totals over the service's pods; a request is per pod, so the targets are per pod:
+# the busiest pod's usage where these columns are present, else the total divided by the pods
+# (``replica_count_value``), i.e. an even spread (see ``features.targets.pod_usage``).
+CPU_BUSIEST_POD = "cpu_cores_busiest_pod_value"
+MEM_BUSIEST_POD = "mem_bytes_busiest_pod_value"
+POD_COLUMNS: tuple[str, ...] = (CPU_BUSIEST_POD, MEM_BUSIEST_POD)
+
 # Metrics that are usage and therefore can never be negative.
 NON_NEGATIVE_METRICS: tuple[str, ...] = (
     "cpu_cores_value",

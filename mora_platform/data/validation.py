@@ -17,6 +17,12 @@ What is checked, and what happens:
   row of an experiment. That is a collection gap, not usage (see the Online Boutique README), so
   cleaning treats it as missing and imputes it.
 
+Names that become storage partitions (a dataset's name, each ``service`` value) must be
+Kubernetes-style names (`kubernetes_name_problem`: RFC 1123 subdomains, as Kubernetes names its
+objects): lowercase letters, digits, ``-`` and ``.``, each dot-separated part starting and ending
+with a letter or digit, at most 253 characters. So ``/``, ``..``, an empty name, spaces or ``=``
+never reach a key; `check_kubernetes_name` raises `InvalidNameError` naming the offending value.
+
 Timestamps: relative labels ``t_N`` (every value of the source matches) give ``step = N`` and no
 wall time yet (the loader maps them to a synthetic clock); otherwise numbers are epoch seconds and
 strings are ISO 8601 (naive times are taken as UTC).
@@ -48,6 +54,50 @@ REQUIRED_COLUMNS: tuple[str, ...] = (TIMESTAMP, EXPERIMENT_ID, SERVICE, *RAW_MET
 GAP_ZERO_METRICS: tuple[str, ...] = ("mem_bytes_value", "net_rx_bytes_value", "net_tx_bytes_value")
 RELATIVE_LABEL = re.compile(r"^\s*t_(\d+)\s*$")
 _OTHER_DELIMITERS = (";", "\t", "|")
+
+
+KUBERNETES_NAME_MAX_LENGTH = 253
+_KUBERNETES_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_KUBERNETES_NAME = re.compile(rf"^{_KUBERNETES_LABEL}(?:\.{_KUBERNETES_LABEL})*$")
+
+
+class InvalidNameError(ValueError):
+    """A dataset or service name that cannot be a storage partition (see `kubernetes_name_problem`)."""
+
+
+def kubernetes_name_problem(value: object) -> str | None:
+    """Why ``value`` is not a Kubernetes-style name (RFC 1123 subdomain), or None when it is one."""
+    if not isinstance(value, str):
+        return f"not a string ({type(value).__name__})"
+    if not value:
+        return "empty"
+    if len(value) > KUBERNETES_NAME_MAX_LENGTH:
+        return f"{len(value)} characters, more than {KUBERNETES_NAME_MAX_LENGTH}"
+    if _KUBERNETES_NAME.match(value):
+        return None
+    if "/" in value or "\\" in value:
+        return "contains a path separator"
+    if ".." in value or value.startswith(".") or value.endswith("."):
+        return "empty part between dots (e.g. '..')"
+    if value != value.lower():
+        return "upper-case letters"
+    if any(len(part) > 63 for part in value.split(".")):
+        return "a dot-separated part is longer than 63 characters"
+    return "only lowercase letters, digits, '-' and '.' allowed, starting and ending with a letter or digit"
+
+
+def check_kubernetes_name(kind: str, value: object, where: str | None = None) -> str:
+    """``value`` if it is a Kubernetes-style name, else `InvalidNameError` naming ``kind``, the value
+    and (if given) where it came from, e.g. the file."""
+    problem = kubernetes_name_problem(value)
+    if problem is None:
+        assert isinstance(value, str)
+        return value
+    prefix = f"{where}: " if where else ""
+    raise InvalidNameError(
+        f"{prefix}invalid {kind} name {value!r}: {problem} (use a Kubernetes-style name: lowercase "
+        "letters, digits, '-' and '.', starting and ending with a letter or digit)"
+    )
 
 
 @dataclass

@@ -1,8 +1,13 @@
 """Targets and model features derived from a canonical frame.
 
-Targets (what a request should be, per the seed): ``cpu = cpu_cores_value x 1.2``,
-``memory = mem_bytes_value x 1.15``, ``replicas = replica_count_value``.
-Model features (14): the 12 metrics, ``load_users`` and the scenario code (``SCENARIO_CODES``).
+A Kubernetes request is per container, per pod, so the CPU and memory targets are per pod: the usage of
+the service's busiest pod where the frame has it (``cpu_cores_busiest_pod_value`` /
+``mem_bytes_busiest_pod_value``, which ``mora collect`` writes), else the service's total divided by
+its pods (``replica_count_value``), i.e. an even spread. ``pod_usage`` computes both and says which
+basis it used. Targets (what a request should be, per the seed's head-room): ``cpu = pod CPU x 1.2``,
+``memory = pod memory x 1.15``, ``replicas = replica_count_value`` (the pods the per-pod figures were
+measured at). Model features (14): the 12 metrics (service totals), ``load_users`` and the scenario
+code (``SCENARIO_CODES``).
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ import numpy as np
 import pandas as pd
 
 from mora_platform.data.schema import (
+    CPU_BUSIEST_POD,
     CPU_TARGET_FACTOR,
     EXPERIMENT_ID,
     LOAD_USERS,
+    MEM_BUSIEST_POD,
     MEMORY_TARGET_FACTOR,
     METRIC_COLUMNS,
     REPLICA_COUNT,
@@ -26,12 +33,29 @@ from mora_platform.data.schema import (
 from mora_platform.recommend.types import TARGETS
 
 SCENARIO_CODE = "scenario_code"
+#: Per-pod usage columns the prepared frame carries (what one pod's containers use together).
+POD_CPU = "cpu_cores_pod_value"
+POD_MEMORY = "mem_bytes_pod_value"
+PODS = "replica_count_value"
+#: Service totals and their busiest-pod column, per resource.
+_POD_SOURCES: dict[str, tuple[str, str, str]] = {
+    POD_CPU: ("cpu_cores_value", CPU_BUSIEST_POD, "cpu"),
+    POD_MEMORY: ("mem_bytes_value", MEM_BUSIEST_POD, "memory"),
+}
+BUSIEST = "busiest-pod"
+EVEN_SPREAD = "even-spread"
 
 # target name -> (source column, factor); the prepared frame carries the target as column ``target_{name}``.
 TARGET_SOURCES: dict[str, tuple[str, float]] = {
-    "cpu": ("cpu_cores_value", CPU_TARGET_FACTOR),
-    "memory": ("mem_bytes_value", MEMORY_TARGET_FACTOR),
-    "replicas": ("replica_count_value", 1.0),
+    "cpu": (POD_CPU, CPU_TARGET_FACTOR),
+    "memory": (POD_MEMORY, MEMORY_TARGET_FACTOR),
+    "replicas": (PODS, 1.0),
+}
+#: The collected column behind each target (service totals; the per-pod figures derive from them).
+TARGET_DATA_COLUMNS: dict[str, str] = {
+    "cpu": "cpu_cores_value",
+    "memory": "mem_bytes_value",
+    "replicas": PODS,
 }
 TARGET_COLUMNS: dict[str, str] = {name: f"target_{name}" for name in TARGETS}
 FEATURE_COLUMNS: tuple[str, ...] = (*METRIC_COLUMNS, LOAD_USERS, SCENARIO_CODE)
@@ -52,6 +76,40 @@ class FeatureError(ValueError):
 def scenario_code(scenario: str) -> int:
     """Stable integer code of a scenario name; unknown names get ``UNKNOWN_SCENARIO_CODE``."""
     return SCENARIO_CODES.get(str(scenario), UNKNOWN_SCENARIO_CODE)
+
+
+def pod_usage(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Per-pod CPU cores and memory bytes per row (``POD_CPU``, ``POD_MEMORY``) and the basis of each.
+
+    Where the frame has a positive busiest-pod value, that is the pod's usage (basis ``busiest-pod``);
+    elsewhere the service total divided by its pods (at least 1), an even spread (``even-spread``,
+    which under-states a skewed pod: the answer's reasons say so). A total of 0 or a missing value
+    stays as it is (the caller treats it as a gap). The basis is per resource: ``busiest-pod`` when
+    every row with a value had one, ``even-spread`` when none did, ``mixed`` otherwise.
+    """
+    pods = pd.to_numeric(frame[PODS], errors="coerce") if PODS in frame.columns else None
+    divisor = pd.Series(1.0, index=frame.index) if pods is None else pods.where(pods >= 1, 1.0).fillna(1.0)
+    out = pd.DataFrame(index=frame.index)
+    basis: dict[str, str] = {}
+    for column, (total_column, busiest_column, resource) in _POD_SOURCES.items():
+        total = (
+            pd.to_numeric(frame[total_column], errors="coerce")
+            if total_column in frame.columns
+            else pd.Series(np.nan, index=frame.index)
+        )
+        spread = total / divisor
+        if busiest_column in frame.columns:
+            busiest = pd.to_numeric(frame[busiest_column], errors="coerce")
+            has = busiest.notna() & (busiest > 0)
+            out[column] = spread.where(~has, busiest)
+            seen = int(has.sum())
+            basis[resource] = (
+                BUSIEST if seen and seen >= int(total.notna().sum()) else ("mixed" if seen else EVEN_SPREAD)
+            )
+        else:
+            out[column] = spread
+            basis[resource] = EVEN_SPREAD
+    return out.astype("float64"), basis
 
 
 def prepare_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -85,6 +143,8 @@ def prepare_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out[SCENARIO_CODE] = out[SCENARIO].map(scenario_code).astype("float64")
     if STEP not in out.columns:
         out[STEP] = out.groupby(EXPERIMENT_ID, sort=False).cumcount()
+    pod, _ = pod_usage(out)
+    out[POD_CPU], out[POD_MEMORY] = pod[POD_CPU], pod[POD_MEMORY]
     for name, (source, factor) in TARGET_SOURCES.items():
         out[TARGET_COLUMNS[name]] = out[source] * factor
     return out

@@ -41,6 +41,7 @@ next ``H`` steps with probability ``coverage``. The one-step head-room is kept b
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -50,6 +51,8 @@ import pandas as pd
 from mora_platform.recommend.types import TARGETS
 
 FUSED = "fused"
+#: ``TargetCalibration.source`` of a target the training data had no values for.
+UNAVAILABLE = "unavailable"
 
 
 def conformal_quantile(residuals: np.ndarray, coverage: float) -> tuple[float, bool]:
@@ -128,6 +131,19 @@ class Calibration:
         """Head-room of ``mode`` (falling back to ``fused``); ``next_step`` for the one-step one."""
         modes = self.next_step if next_step and self.next_step else self.modes
         return modes.get(mode) or modes[FUSED]
+
+    def mark_unavailable(self, targets: Collection[str]) -> None:
+        """Replace ``targets``' calibration in every mode by a neutral placeholder (``source``
+        ``unavailable``, head-room 0, confidence 1 so a minimum over targets ignores it): the
+        residuals behind it were of a filled-in constant, not of data."""
+        for modes in (self.modes, self.next_step or {}):
+            for per in modes.values():
+                for target in targets:
+                    per[target] = TargetCalibration(0.0, 1.0, 0.0, 0, source=UNAVAILABLE)
+
+    def unavailable(self) -> list[str]:
+        """Targets whose fused calibration is the ``unavailable`` placeholder."""
+        return [t for t, c in self.modes.get(FUSED, {}).items() if c.source == UNAVAILABLE]
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {

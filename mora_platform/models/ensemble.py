@@ -1,7 +1,7 @@
 """The ensemble: itself a forecaster, fusing its members by per-target weights.
 
-``fused = sum(w_m * yhat_m) / sum(w_m)`` over the members that answered (default weights:
-Prophet 0.4, LSTM 0.6). A member that is missing (not configured / not trainable) or failed is
+``fused = sum(w_m * yhat_m) / sum(w_m)`` over the members that answered (default weights: each
+member's registered ``default_weight``, ``models.members``: Prophet 0.4, LSTM 0.6). A member that is missing (not configured / not trainable) or failed is
 left out, the other answers alone and the ensemble is flagged ``degraded``. When, for one row,
 only some members answer (e.g. the LSTM lacks a full window) that row is answered by the fusion
 of those members, in that subset's *mode* (``"prophet+naive"``; a single member's mode is its
@@ -22,6 +22,7 @@ import pandas as pd
 
 from mora_platform.models.base import Forecaster, ModelError, ModelLoadError, read_json, write_json
 from mora_platform.models.calibration import FUSED
+from mora_platform.models.members import LEGACY_PAIR, registered_members, resolve_weights
 from mora_platform.recommend.types import TARGETS
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -29,11 +30,9 @@ OK, FAILED, MISSING = "ok", "failed", "missing"
 
 
 def default_weights(prophet_weight: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    """``{"prophet": {t: w}, "lstm": {t: 1 - w}}`` from Prophet's weight per target."""
-    return {
-        "prophet": {t: float(prophet_weight[t]) for t in TARGETS},
-        "lstm": {t: 1.0 - float(prophet_weight[t]) for t in TARGETS},
-    }
+    """``{"prophet": {t: w}, "lstm": {t: 1 - w}}`` from Prophet's weight per target (legacy
+    ``fusion_weights``; see ``members.resolve_weights`` for any set of members)."""
+    return resolve_weights(LEGACY_PAIR, prophet_weight)
 
 
 def subset_mode(names: Sequence[str]) -> str:
@@ -42,17 +41,10 @@ def subset_mode(names: Sequence[str]) -> str:
 
 
 def member_types() -> dict[str, type[Forecaster]]:
-    """Member name -> class, for loading (imports are cheap: TF/Prophet load lazily)."""
-    from mora_platform.models.baselines import LastValueForecaster, PercentileForecaster
-    from mora_platform.models.lstm import LSTMForecaster
-    from mora_platform.models.prophet_model import ProphetForecaster
+    """Member name -> class, for loading: the member registry (``models.members``)."""
+    from mora_platform.models.members import member_types as registered
 
-    return {
-        "prophet": ProphetForecaster,
-        "lstm": LSTMForecaster,
-        "percentile": PercentileForecaster,
-        "naive": LastValueForecaster,
-    }
+    return registered()
 
 
 @dataclass
@@ -83,7 +75,11 @@ class EnsembleForecaster(Forecaster):
         self.status: dict[str, str] = {}
         self.reasons: dict[str, str] = {}
         given = {m: dict(w) for m, w in (weights or {}).items()}
-        self.weights = {m: {t: float(given.get(m, {}).get(t, 1.0)) for t in TARGETS} for m in self.candidates}
+        types = registered_members()
+        default = {m: types[m].default_weight if m in types else 1.0 for m in self.candidates}
+        self.weights = {
+            m: {t: float(given.get(m, {}).get(t, default[m])) for t in TARGETS} for m in self.candidates
+        }
 
     @classmethod
     def from_fitted(
@@ -266,12 +262,12 @@ class EnsembleForecaster(Forecaster):
             status = {str(n): str(s["status"]) for n, s in meta["members"].items()}
             reasons = {str(n): str(s.get("reason", "")) for n, s in meta["members"].items()}
             weights = {str(m): {t: float(w[t]) for t in TARGETS} for m, w in meta["weights"].items()}
-            unknown = [n for n in status if n not in types]
+            unknown = [n for n, s in status.items() if n not in types and s == OK]
             if unknown:
-                raise ValueError(f"unknown member(s) {unknown}")
+                raise ValueError(f"unknown member(s) {unknown}; registered: {list(types)}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelLoadError(f"{ENSEMBLE_FILE}: malformed ({exc})") from exc
-        members: dict[str, Forecaster | None] = {n: None for n in status}
+        members: dict[str, Forecaster | None] = dict.fromkeys(status)
         model = cls(members, weights)
         model.status = status
         model.reasons = {n: r for n, r in reasons.items() if r}

@@ -17,7 +17,9 @@ Head-room modes, per target (CPU and memory; replicas always take the training-t
 - ``one-step``: the training-time head-room for the next step only.
 
 The numbers are usage (CPU cores, memory bytes, replicas) before floors and rounding, which
-``recommend.policy`` applies.
+``recommend.policy`` applies. A target the model was trained without (``ServiceModel.unavailable_targets``:
+no data for it, e.g. no replica metric) is answered NaN (request, point and the alternatives) with the
+source ``unavailable``: whatever the members computed for it came from a filled-in constant.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 AUTO = "auto"
 RECENT = "recent"
 ONE_STEP = "one-step"
+UNAVAILABLE = "unavailable"
 HEAD_ROOM_MODES: tuple[str, ...] = (AUTO, RECENT, VALIDATION, ONE_STEP)
 #: What a context may set (Prophet's regressors); the LSTM forecasts from the history alone.
 CONTEXT_KEYS: tuple[str, ...] = (LOAD_USERS, REPLICA_COUNT)
@@ -122,6 +125,11 @@ def answer_request(
         for t, choice in recent.items():
             if choice is not None:
                 requests[t], points[t], sources[t] = choice.request, choice.point, choice.candidate
+    for t in getattr(model, "unavailable_targets", None) or {}:
+        if t in requests:
+            nan = float("nan")
+            requests[t] = points[t] = validation[t] = one_step[t] = nan
+            sources[t] = UNAVAILABLE
     return Answer(
         requests=requests,
         points=points,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import io
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -84,39 +83,111 @@ def _flags(rec: Recommendation) -> str:
     flags = ["degraded"] if rec.degraded else []
     if rec.fallbacks:
         flags.append(f"{len(rec.fallbacks)} fallback{'s' if len(rec.fallbacks) > 1 else ''}")
+    if rec.outside_training_range:
+        flags.append("what-if beyond data")
+    if rec.unavailable:
+        flags.append("no " + "/".join(sorted(rec.unavailable)))
     return ", ".join(flags) or "-"
 
 
+def _change(current: int | None, recommended: int | None, unit: str) -> str:
+    """``current -> recommended (diff)`` in one unit; ``?`` where a side is unknown."""
+    if recommended is None:
+        return "-" if current is None else f"{current}{unit} (kept)"
+    if current is None:
+        return f"? -> {recommended}{unit}"
+    diff = recommended - current
+    return f"{current}{unit} -> {recommended}{unit} ({diff:+d}{unit})"
+
+
+def _replicas_text(rec: Recommendation) -> str:
+    decision = rec.replica_decision
+    if decision is None:
+        return "-" if rec.recommendations.replicas is None else str(rec.recommendations.replicas)
+    if decision.recommended is None:
+        return (
+            f"{decision.current if decision.current is not None else '?'} ({decision.managed_by or 'kept'})"
+        )
+    return _change(decision.current, decision.recommended, "")
+
+
+def namespace_totals(recs: Sequence[Recommendation]) -> dict[str, dict[str, int | None]]:
+    """Per namespace: CPU (millicores) and memory (MiB) requested by all pods, now and as recommended.
+
+    A Deployment's total is its pods x the sum of its containers' requests (replicas kept where an HPA
+    manages them); a side is None when some container's current request is unknown.
+    """
+    totals: dict[str, dict[str, int | None]] = {}
+    for rec in recs:
+        decision = rec.replica_decision
+        now_pods = decision.current if decision is not None else None
+        new_pods = rec.recommendations.replicas or now_pods
+        entry = totals.setdefault(
+            rec.namespace or "-", {"cpu_now": 0, "cpu_new": 0, "memory_now": 0, "memory_new": 0}
+        )
+        for resource, field in (("cpu", "cpu_request_millicores"), ("memory", "memory_request_mib")):
+            for side, pods, part in (("now", now_pods, "current"), ("new", new_pods, "recommended")):
+                key = f"{resource}_{side}"
+                values = [
+                    getattr(getattr(c, part), field, None) if getattr(c, part) else None
+                    for c in rec.containers
+                ]
+                if entry[key] is None or pods is None or not values or any(v is None for v in values):
+                    entry[key] = None
+                else:
+                    entry[key] = int(entry[key] or 0) + pods * sum(int(v or 0) for v in values)
+    return totals
+
+
 @register_formatter("table")
-def format_table(recs: Sequence[Recommendation], *, width: int = 120, title: str | None = None) -> str:
-    """A rich table rendered to plain text (no colour codes), one row per service."""
+def format_table(recs: Sequence[Recommendation], *, width: int = 160, title: str | None = None) -> str:
+    """Per container, current -> recommended with the difference (like KRR's table), then namespace totals.
+
+    Requests and limits are per container, per pod; replicas are the Deployment's. Plain text, no colour.
+    """
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title or "Recommendations")
-    table.add_column("service", no_wrap=True)
-    table.add_column("version", no_wrap=True)
-    table.add_column("cpu", justify="right")
-    table.add_column("memory", justify="right")
-    table.add_column("replicas", justify="right")
-    table.add_column("confidence", justify="right")
-    table.add_column("coverage", justify="right")
-    table.add_column("flags")
+    table = Table(title=title or "Recommendations (requests per container, per pod; replicas per Deployment)")
+    for name, justify in (
+        ("namespace", "left"),
+        ("service", "left"),
+        ("container", "left"),
+        ("cpu request", "right"),
+        ("memory request", "right"),
+        ("memory limit", "right"),
+        ("replicas", "right"),
+        ("confidence", "right"),
+        ("flags", "left"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=name in ("service", "container"))  # type: ignore[arg-type]
     for rec in recs:
-        res = rec.recommendations
-        table.add_row(
-            rec.service,
-            rec.model_version or "-",
-            f"{res.cpu_millicores}m",
-            f"{_mebibytes(res.memory_bytes)}Mi",
-            str(res.replicas),
-            f"{rec.confidence:.2f}",
-            f"{rec.coverage_target:.0%}",
-            _flags(rec),
-        )
+        containers = rec.containers or []
+        for index, c in enumerate(containers):
+            now = c.current
+            table.add_row(
+                rec.namespace or "-",
+                rec.service if index == 0 else "",
+                c.name,
+                _change(
+                    now.cpu_request_millicores if now else None, c.recommended.cpu_request_millicores, "m"
+                ),
+                _change(now.memory_request_mib if now else None, c.recommended.memory_request_mib, "Mi"),
+                _change(now.memory_limit_mib if now else None, c.recommended.memory_limit_mib, "Mi"),
+                _replicas_text(rec) if index == 0 else "",
+                f"{rec.confidence:.2f}" if index == 0 else "",
+                _flags(rec) if index == 0 else "",
+            )
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False, legacy_windows=False)
     console.print(table)
+    for namespace, totals in namespace_totals(recs).items():
+        parts = []
+        for resource, unit in (("cpu", "m"), ("memory", "Mi")):
+            parts.append(f"{resource} {_change(totals[f'{resource}_now'], totals[f'{resource}_new'], unit)}")
+        console.print(
+            f"namespace {namespace}: all pods' requests: {'; '.join(parts)}", markup=False, highlight=False
+        )
     # Fallbacks and reasons are sentences: listed under the table, not squeezed into a cell.
     for rec in recs:
         if rec.history is not None:
@@ -145,37 +216,46 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def _mebibytes(memory_bytes: int) -> int:
-    """Whole MiB, rounded up so the request never falls below the recommendation."""
-    return max(1, math.ceil(memory_bytes / 2**20))
-
-
 def deployment_patch(rec: Recommendation, container: str | None = None) -> dict[str, Any]:
-    """The strategic-merge patch setting a Deployment's replicas and one container's requests.
+    """The strategic-merge patch setting a Deployment's replicas and its containers' requests and limits.
 
-    Containers merge by ``name`` in a strategic-merge patch, so only the named container changes.
+    Containers merge by ``name`` in a strategic-merge patch, so the patch names each container it
+    recommends for (the real names ``mora collect`` recorded; ``container`` renames a lone assumed one)
+    and leaves every other container untouched. ``spec.replicas`` is left out when an HPA manages it;
+    a resource with no recommendation is left out.
     """
-    res = rec.recommendations
-    return {
-        "spec": {
-            "replicas": res.replicas,
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": container or rec.service,
-                            "resources": {
-                                "requests": {
-                                    "cpu": f"{res.cpu_millicores}m",
-                                    "memory": f"{_mebibytes(res.memory_bytes)}Mi",
-                                }
-                            },
-                        }
-                    ]
-                }
-            },
+    containers = []
+    for index, c in enumerate(rec.containers):
+        name = container if container and len(rec.containers) == 1 and c.current is None else c.name
+        r = c.recommended
+        requests = {
+            k: v
+            for k, v in (
+                ("cpu", None if r.cpu_request_millicores is None else f"{r.cpu_request_millicores}m"),
+                ("memory", None if r.memory_request_mib is None else f"{r.memory_request_mib}Mi"),
+            )
+            if v is not None
         }
-    }
+        limits = {
+            k: v
+            for k, v in (
+                ("cpu", None if r.cpu_limit_millicores is None else f"{r.cpu_limit_millicores}m"),
+                ("memory", None if r.memory_limit_mib is None else f"{r.memory_limit_mib}Mi"),
+            )
+            if v is not None
+        }
+        resources: dict[str, Any] = {"requests": requests} if requests else {}
+        if limits:
+            resources["limits"] = limits
+        if resources:
+            containers.append({"name": name, "resources": resources})
+        del index
+    spec: dict[str, Any] = {}
+    if rec.recommendations.replicas is not None:
+        spec["replicas"] = rec.recommendations.replicas
+    if containers:
+        spec["template"] = {"spec": {"containers": containers}}
+    return {"spec": spec}
 
 
 @register_formatter("k8s-patch")
@@ -184,11 +264,15 @@ def format_k8s_patch(
 ) -> str:
     """One YAML document per service, each a patch for ``kubectl patch deployment <service> --patch-file``.
 
-    ``container`` names the container to patch (default: the service name); a mapping gives one per service.
+    The containers are the ones ``mora collect`` recorded; without a recorded workload one container
+    named like the service is assumed, and ``container`` names it (a mapping gives one per service).
     """
     documents = []
     for rec in recs:
         name = container.get(rec.service) if isinstance(container, Mapping) else container
-        header = f"# kubectl patch deployment {rec.service} --type strategic --patch-file <this file>\n"
+        namespace = f" --namespace {rec.namespace}" if rec.namespace else ""
+        header = (
+            f"# kubectl patch deployment {rec.service}{namespace} --type strategic --patch-file <this file>\n"
+        )
         documents.append(header + yaml.safe_dump(deployment_patch(rec, name), sort_keys=False))
     return "---\n".join(documents)

@@ -14,12 +14,14 @@ from mora_platform.registry.errors import (
 from mora_platform.registry.manifest import MANIFEST_SCHEMA_VERSION, CodeVersion, FileEntry, Manifest
 from mora_platform.registry.model_registry import (
     FetchedBundle,
+    LatestResolution,
     ModelRegistry,
     new_version,
     validate_service_name,
     validate_version,
     verify_local_bundle,
 )
+from mora_platform.registry.servable import Servable, ServableVersions
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -31,11 +33,14 @@ __all__ = [
     "FileEntry",
     "InvalidServiceNameError",
     "InvalidVersionError",
+    "LatestResolution",
     "LocalBlobBackend",
     "Manifest",
     "ModelNotFoundError",
     "ModelRegistry",
     "RegistryError",
+    "Servable",
+    "ServableVersions",
     "new_version",
     "validate_service_name",
     "validate_version",

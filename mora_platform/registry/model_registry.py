@@ -9,6 +9,12 @@ Layout under ``prefix`` (default ``models``)::
 
 A version without a manifest is incomplete and never returned; one with a manifest becomes
 *the* version only when ``LATEST`` names it. Readers verify every byte against the manifest.
+
+``LATEST`` only moves forward under concurrent publishes: S3 offers no compare-and-swap here, so a
+publish leaves a newer pointer alone and, after writing, re-reads it and the complete versions and
+repairs it to the newest complete version when a concurrent publish was overwritten (see
+``_advance_latest``). A reader that finds ``LATEST`` missing, garbled or naming a deleted version
+falls back to a complete version and says why (``resolve_latest``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -38,6 +45,7 @@ from mora_platform.registry.errors import (
 )
 from mora_platform.registry.manifest import (
     MANIFEST_NAME,
+    FileEntry,
     Manifest,
     code_version,
     library_versions,
@@ -52,6 +60,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LATEST_NAME = "LATEST"
+#: Rounds of "re-read LATEST, repair it" a publish makes after writing it (one is enough unless
+#: several publishes of the service keep overwriting each other).
+LATEST_REPAIR_ROUNDS = 5
 TUNED_CONFIG_NAME = "tuned_config.json"
 MAX_SERVICE_NAME_LENGTH = 63
 
@@ -99,6 +110,25 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+@dataclass(frozen=True)
+class LatestResolution:
+    """What ``LATEST`` of a service leads to.
+
+    ``version`` is what LATEST names when that is a complete version; otherwise (LATEST missing,
+    not a version, or naming a version without a manifest) a complete fallback, and ``problem``
+    says why. ``version`` is None when no complete version exists at all.
+    """
+
+    service: str
+    version: str | None
+    pointer: str | None  # LATEST's content (stripped, shortened), None when there is no LATEST
+    problem: str | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self.problem is not None
 
 
 @dataclass(frozen=True)
@@ -266,9 +296,54 @@ class ModelRegistry:
             }
         )
         self.backend.put_bytes(self._key(service, version, MANIFEST_NAME), manifest.to_json_bytes())
-        self.backend.put_bytes(self._key(service, LATEST_NAME), f"{version}\n".encode())
+        pointed = self._advance_latest(service, version)
         log.info("published %s/%s (%d files, %d bytes)", service, version, len(files), manifest.total_bytes)
+        if pointed != version:
+            log.info("%s: LATEST names %s, newer than the version just published", service, pointed)
         return version
+
+    def _read_pointer(self, service: str) -> str | None:
+        """The version LATEST names, None when it is missing or not a version."""
+        raw = self._get_optional(self._key(service, LATEST_NAME))
+        if raw is None:
+            return None
+        pointer = raw.decode("utf-8", errors="replace").strip()
+        return pointer if _VERSION.match(pointer) else None
+
+    def _advance_latest(self, service: str, version: str) -> str | None:
+        """Point LATEST at the complete ``version`` unless it names a newer complete one; return
+        what it names afterwards.
+
+        Plain S3 writes are last-writer-wins, so two publishes racing (both read the old pointer,
+        the newer writes first, the older overwrites it) would move LATEST back. The ordering rule
+        closes that: after every write, the writer re-reads LATEST and the complete versions and,
+        when a newer complete version exists than LATEST names, writes that one. The last writer
+        always re-checks after its own write and sees every manifest written before it (a publish
+        writes its manifest before LATEST), so LATEST ends at the newest published version.
+        (A publish never moves LATEST back; to roll back, write LATEST by hand.)
+        """
+        key = self._key(service, LATEST_NAME)
+        current = self._read_pointer(service)
+        if (
+            current is None
+            or current <= version
+            or not self.backend.exists(self._key(service, current, MANIFEST_NAME))
+        ):
+            self.backend.put_bytes(key, f"{version}\n".encode())
+        for _ in range(LATEST_REPAIR_ROUNDS):
+            complete = self.list_versions(service)
+            current = self._read_pointer(service)
+            newest = complete[-1] if complete else None
+            if newest is None or (current is not None and current >= newest):
+                return current
+            log.warning(
+                "%s: LATEST names %s while %s is complete and newer (concurrent publish); repairing",
+                service,
+                current,
+                newest,
+            )
+            self.backend.put_bytes(key, f"{newest}\n".encode())
+        return self._read_pointer(service)
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -311,6 +386,96 @@ class ModelRegistry:
         )
         return earlier[-1] if earlier else None
 
+    def resolve_latest(self, service: str) -> LatestResolution:
+        """What to serve for ``service``: the version LATEST names, or a fallback and why.
+
+        LATEST missing or not a version (tampered): the newest complete version. LATEST naming a
+        version without a manifest: the newest complete version not after it, else the newest.
+        Serving layers verify the result and walk down ``serving_candidates`` when it is refused.
+        """
+        raw = self._get_optional(self._key(service, LATEST_NAME))
+        if raw is None:
+            complete = self.list_versions(service)
+            if not complete:
+                return LatestResolution(service, None, None)
+            return LatestResolution(
+                service,
+                complete[-1],
+                None,
+                f"{service}: no {LATEST_NAME} pointer; newest complete version is {complete[-1]}",
+            )
+        pointer = raw.decode("utf-8", errors="replace").strip()
+        shown = pointer if len(pointer) <= 80 else pointer[:77] + "..."
+        if _VERSION.match(pointer):
+            if self.backend.exists(self._key(service, pointer, MANIFEST_NAME)):
+                return LatestResolution(service, pointer, pointer)
+            complete = self.list_versions(service)
+            earlier = [v for v in complete if v <= pointer]
+            fallback = earlier[-1] if earlier else (complete[-1] if complete else None)
+            problem = f"{service}: {LATEST_NAME} names {pointer}, which has no {MANIFEST_NAME}"
+        else:
+            complete = self.list_versions(service)
+            fallback = complete[-1] if complete else None
+            problem = f"{service}: {LATEST_NAME} holds {shown!r}, not a version (tampered?)"
+        log.warning("%s; falling back to %s", problem, fallback)
+        return LatestResolution(service, fallback, shown, problem)
+
+    def serving_candidates(self, resolved: LatestResolution) -> Iterator[str]:
+        """``resolved.version``, then every older complete version, newest first (lists lazily)."""
+        if resolved.version is None:
+            return
+        yield resolved.version
+        for version in reversed(self.list_versions(resolved.service)):
+            if version < resolved.version:
+                yield version
+
+    def verify(self, service: str, version: str) -> Manifest:
+        """Check every stored byte of one version against its manifest without keeping a copy.
+
+        ``ArtifactIntegrityError`` or ``ModelNotFoundError`` when it would be refused by ``fetch``.
+        """
+        manifest = self.read_manifest(service, version)
+        self._check_stored_names(service, version, manifest)
+        for name, entry in sorted(manifest.files.items()):
+            self._verified_bytes(service, version, name, entry)
+        return manifest
+
+    def _check_stored_names(self, service: str, version: str, manifest: Manifest) -> None:
+        """The stored file names of ``version`` are exactly the manifest's."""
+        stored = self._stored_versions(service).get(version, set()) - {MANIFEST_NAME}
+        unexpected = sorted(stored - set(manifest.files))
+        if unexpected:
+            raise ArtifactIntegrityError(
+                service, version, unexpected[0], "stored but not listed in the manifest"
+            )
+        missing = sorted(set(manifest.files) - stored)
+        if missing:
+            raise ArtifactIntegrityError(
+                service,
+                version,
+                missing[0],
+                "listed in the manifest but not stored",
+                expected=manifest.files[missing[0]].sha256,
+            )
+
+    def _verified_bytes(self, service: str, version: str, name: str, entry: FileEntry) -> bytes:
+        """One stored file's bytes, refused unless they match the manifest entry."""
+        try:
+            data = self.backend.get_bytes(self._key(service, version, name))
+        except not_found_errors():
+            raise ArtifactIntegrityError(
+                service, version, name, "listed in the manifest but not stored", expected=entry.sha256
+            ) from None
+        actual = sha256_bytes(data)
+        if actual != entry.sha256 or len(data) != entry.bytes:
+            problem = "checksum mismatch"
+            if len(data) != entry.bytes:
+                problem += f", {len(data)} bytes stored vs {entry.bytes} in the manifest"
+            raise ArtifactIntegrityError(
+                service, version, name, problem, expected=entry.sha256, actual=actual
+            )
+        return data
+
     def read_manifest(self, service: str, version: str) -> Manifest:
         validate_version(version)
         raw = self._get_optional(self._key(service, version, MANIFEST_NAME))
@@ -349,21 +514,7 @@ class ModelRegistry:
             if version is None:
                 raise ModelNotFoundError(service)
         manifest = self.read_manifest(service, version)
-        stored = self._stored_versions(service).get(version, set()) - {MANIFEST_NAME}
-        unexpected = sorted(stored - set(manifest.files))
-        if unexpected:
-            raise ArtifactIntegrityError(
-                service, version, unexpected[0], "stored but not listed in the manifest"
-            )
-        missing = sorted(set(manifest.files) - stored)
-        if missing:
-            raise ArtifactIntegrityError(
-                service,
-                version,
-                missing[0],
-                "listed in the manifest but not stored",
-                expected=manifest.files[missing[0]].sha256,
-            )
+        self._check_stored_names(service, version, manifest)
 
         dest = Path(dest)
         if dest.is_dir() and _matches(dest, manifest):
@@ -372,20 +523,7 @@ class ModelRegistry:
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
         try:
             for name, entry in sorted(manifest.files.items()):
-                try:
-                    data = self.backend.get_bytes(self._key(service, version, name))
-                except not_found_errors():
-                    raise ArtifactIntegrityError(
-                        service, version, name, "listed in the manifest but not stored", expected=entry.sha256
-                    ) from None
-                actual = sha256_bytes(data)
-                if actual != entry.sha256 or len(data) != entry.bytes:
-                    problem = "checksum mismatch"
-                    if len(data) != entry.bytes:
-                        problem += f", {len(data)} bytes stored vs {entry.bytes} in the manifest"
-                    raise ArtifactIntegrityError(
-                        service, version, name, problem, expected=entry.sha256, actual=actual
-                    )
+                data = self._verified_bytes(service, version, name, entry)
                 target = staging.joinpath(*name.split("/"))
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)

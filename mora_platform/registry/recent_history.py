@@ -12,6 +12,7 @@ This module does I/O (object store); the answering itself stays in ``training.bu
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mora_platform.recommend.types import HistoryUsed
+    from mora_platform.recommend.workload import WorkloadState
     from mora_platform.storage.object_store import ObjectStore
+
+logger = logging.getLogger(__name__)
 
 #: As many rows as a client may send (the endpoint's limit): enough for the recent head-room's
 #: 1,440 calibration rows plus the hour the recent peak looks back on, at 15 s spacing or coarser.
@@ -75,6 +79,7 @@ class RecentHistory:
         self.max_age_s = max_age_s
         self._clock = clock
         self._cache: dict[tuple[str, str], HistoryWindow] = {}
+        self._workloads: dict[tuple[str, str], tuple[float, WorkloadState | None]] = {}
         self._lock = threading.Lock()
         self.reads = 0  # object-store reads done (for tests and benchmarks)
 
@@ -96,11 +101,38 @@ class RecentHistory:
             self._cache[key] = window
         return window
 
+    def workload(self, service: str, dataset: str | None) -> WorkloadState | None:
+        """What ``mora collect`` recorded of the service's Deployment in ``dataset`` (cached like the rows):
+        its containers, current requests and limits, OOM kills and HPA; None when nothing was recorded or
+        it cannot be read (the answer then assumes one container and says so; a read error is logged)."""
+        if not dataset:
+            return None
+        now = self._clock()
+        key = (dataset, service)
+        with self._lock:
+            cached = self._workloads.get(key)
+            if cached is not None and now - cached[0] <= self.max_age_s:
+                return cached[1]
+        from mora_platform.storage.errors import StorageError
+        from mora_platform.storage.workloads import read_workload
+
+        self.reads += 1
+        try:
+            state = read_workload(self.store, dataset, service)
+        except (StorageError, ValueError, OSError) as exc:
+            logger.warning("workload state of %s in dataset %s unreadable: %s", service, dataset, exc)
+            state = None
+        with self._lock:
+            self._workloads[key] = (now, state)
+        return state
+
     def invalidate(self, service: str | None = None) -> None:
         """Forget cached windows (of one service, or all)."""
         with self._lock:
             for key in [k for k in self._cache if service is None or k[1] == service]:
                 del self._cache[key]
+            for key in [k for k in self._workloads if service is None or k[1] == service]:
+                del self._workloads[key]
 
     def _read(self, service: str, dataset: str, now: float) -> HistoryWindow:
         from mora_platform.storage.datasets import DatasetStore

@@ -3,6 +3,11 @@
 Layout: ``datasets/{name}/service={svc}/{part}.parquet``. Writing a part again replaces it, so an
 import can be re-run safely; reading concatenates every part and drops duplicate rows
 (same service, experiment and timestamp; the later part wins), so overlapping collections merge.
+
+``write`` takes Kubernetes-style names only (``data.validation.kubernetes_name_problem``: lowercase
+letters, digits, ``-`` and ``.``), for the dataset and for every service, and checks them all
+before the first object is written, so a bad name never leaves a dataset half written. Keys for
+reading stay as permissive as before (letters, digits, ``.``, ``_``, ``-``), minus ``.`` and ``..``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from mora_platform.data.schema import EXPERIMENT_ID, SERVICE, TIMESTAMP
+from mora_platform.data.validation import check_kubernetes_name
 from mora_platform.storage.errors import DatasetNotFoundError, ServiceNotInDatasetError
 from mora_platform.storage.object_store import ObjectStore
 
@@ -58,8 +64,11 @@ class DatasetStore:
     # -- write ----------------------------------------------------------------------------------
 
     def write(self, name: str, frame: pd.DataFrame, *, part: str = "part-00000") -> list[ServiceSummary]:
-        """Write one Parquet object per service; returns a summary per service, sorted by service."""
-        _check_name("dataset", name)
+        """Write one Parquet object per service; returns a summary per service, sorted by service.
+
+        Every name is checked first (``InvalidNameError``, a ``ValueError``): nothing is written
+        unless the dataset and every service have Kubernetes-style names."""
+        check_kubernetes_name("dataset", name)
         _check_name("part", part)
         if SERVICE not in frame.columns:
             raise ValueError(f"dataset {name!r}: the frame has no {SERVICE!r} column")
@@ -68,10 +77,15 @@ class DatasetStore:
         services = frame[SERVICE]
         if services.isna().any():
             raise ValueError(f"dataset {name!r}: {int(services.isna().sum())} row(s) have no service")
+        names = sorted(services.astype(str).unique())
+        keys = {}
+        for service in names:  # all of them before the first write
+            check_kubernetes_name("service", service, where=f"dataset {name!r}")
+            keys[service] = self.part_key(name, service, part)
         summaries: list[ServiceSummary] = []
-        for service in sorted(services.astype(str).unique()):
+        for service in names:
             rows = _sorted(frame.loc[services.astype(str) == service])
-            self.store.write_parquet(self.part_key(name, service, part), rows)
+            self.store.write_parquet(keys[service], rows)
             summaries.append(summarize(service, rows))
         return summaries
 
@@ -158,8 +172,15 @@ def _check_name(kind: str, value: str) -> str:
 
 
 def _check_service(service: str) -> str:
-    if not isinstance(service, str) or not service or "/" in service or service != service.strip():
+    if (
+        not isinstance(service, str)
+        or service in ("", ".", "..")
+        or "/" in service
+        or "\\" in service
+        or service != service.strip()
+    ):
         raise ValueError(
-            f"invalid service name {service!r}: must be non-empty, without '/' or surrounding spaces"
+            f"invalid service name {service!r}: must be non-empty, not '.' or '..', without '/', '\\' "
+            "or surrounding spaces"
         )
     return service

@@ -36,10 +36,14 @@ from mora_platform.data.schema import (
     TIMESTAMP,
 )
 from mora_platform.features.targets import (
+    BUSIEST,
     FEATURE_COLUMNS,
+    PODS,
     TARGET_COLUMNS,
+    TARGET_DATA_COLUMNS,
     TARGET_SOURCES,
     FeatureError,
+    pod_usage,
     prepare_frame,
 )
 from mora_platform.models.base import ModelLoadError, read_json, write_json
@@ -62,6 +66,7 @@ from mora_platform.models.recent import (
 )
 from mora_platform.recommend.policy import build_recommendation
 from mora_platform.recommend.types import TARGETS, MemberContribution, Recommendation
+from mora_platform.recommend.workload import WorkloadState
 from mora_platform.training.config import TrainingConfig
 
 CONFIG_FILE = "config.json"
@@ -103,6 +108,46 @@ HISTORY_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: ``ServiceModel.unavailable_targets``' source label in answers (``recommend.answering``).
+UNAVAILABLE = "unavailable"
+#: What an unavailable target's collected column is filled with before ``prepare_frame``: a harmless
+#: constant the models can be fitted on (no usage; one pod, so per-pod figures are the totals). The
+#: numbers the models make of it are never served: the answering layer returns NaN for that target.
+UNAVAILABLE_FILL: dict[str, float] = {"cpu": 0.0, "memory": 0.0, "replicas": 1.0}
+
+
+def target_availability(frame: pd.DataFrame) -> dict[str, str]:
+    """Target -> reason, for each target whose collected column (``TARGET_DATA_COLUMNS``) is absent
+    or holds no numeric value in ``frame`` (e.g. no replica metric without kube-state-metrics)."""
+    unavailable: dict[str, str] = {}
+    for target in TARGETS:
+        column = TARGET_DATA_COLUMNS[target]
+        if column not in frame.columns:
+            unavailable[target] = f"no data: column {column!r} is missing"
+        elif pd.to_numeric(frame[column], errors="coerce").isna().all():
+            unavailable[target] = f"no data: column {column!r} has no numeric values (all NaN)"
+    return unavailable
+
+
+def fill_unavailable(frame: pd.DataFrame, unavailable: Collection[str]) -> pd.DataFrame:
+    """``frame`` with each unavailable target's collected column set to ``UNAVAILABLE_FILL`` (a copy;
+    ``frame`` itself when nothing is unavailable)."""
+    if not unavailable:
+        return frame
+    frame = frame.copy()
+    for target in unavailable:
+        frame[TARGET_DATA_COLUMNS[target]] = UNAVAILABLE_FILL[target]
+    return frame
+
+
+def _unavailable_from(meta: Any) -> dict[str, str]:
+    """``config.json``'s ``unavailable_targets`` (absent in older bundles: none)."""
+    raw = meta.get("unavailable_targets") or {}
+    if not isinstance(raw, dict) or any(t not in TARGETS for t in raw):
+        raise ValueError(f"unavailable_targets must map targets {list(TARGETS)} to reasons, got {raw!r}")
+    return {str(t): str(reason) for t, reason in raw.items()}
+
+
 def history_tail(prepared: pd.DataFrame, seq_len: int) -> pd.DataFrame:
     """The last ``seq_len`` rows of the latest experiment, in ``HISTORY_COLUMNS``."""
     latest = prepared[EXPERIMENT_ID].iloc[-1]
@@ -139,7 +184,11 @@ def read_history_tail(directory: Path) -> pd.DataFrame:
 
 @dataclass
 class ServiceModel:
-    """A loaded bundle: ensemble, calibration, config and the stored history tail."""
+    """A loaded bundle: ensemble, calibration, config and the stored history tail.
+
+    ``unavailable_targets`` (target -> readable reason) are the targets the training data had no
+    values for: the models carry a constant for them, and answers give NaN (source ``unavailable``).
+    """
 
     service: str
     ensemble: EnsembleForecaster
@@ -149,6 +198,7 @@ class ServiceModel:
     metrics: dict[str, Any]
     directory: Path | None = None
     _recent_cache: Any = field(default=None, repr=False, compare=False)
+    unavailable_targets: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: Path) -> ServiceModel:
@@ -160,7 +210,8 @@ class ServiceModel:
         try:
             service = str(meta["service"])
             config = TrainingConfig.model_validate(meta["config"])
-        except (KeyError, TypeError, ValueError) as exc:
+            unavailable = _unavailable_from(meta)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelLoadError(f"{CONFIG_FILE}: malformed ({exc})") from exc
         try:
             calibration = Calibration.from_dict(read_json(directory / CALIBRATION_FILE))
@@ -170,7 +221,17 @@ class ServiceModel:
         if not isinstance(metrics, dict):
             raise ModelLoadError(f"{METRICS_FILE}: not a JSON object")
         ensemble = EnsembleForecaster.load(directory)
-        return cls(service, ensemble, calibration, config, read_history_tail(directory), metrics, directory)
+        history = read_history_tail(directory)
+        return cls(
+            service,
+            ensemble,
+            calibration,
+            config,
+            history,
+            metrics,
+            directory,
+            unavailable_targets=unavailable,
+        )
 
     def prepare_history(self, history: pd.DataFrame) -> pd.DataFrame:
         """A caller's canonical frame -> prepared rows of this service's latest experiment."""
@@ -182,8 +243,10 @@ class ServiceModel:
             history = history[history[SERVICE].astype(str) == self.service]
         if history.empty:
             raise ValueError(f"history has no rows for service {self.service!r}")
+        if tail_rows is not None:
+            history = history.tail(tail_rows)
         try:
-            return prepare_frame(history if tail_rows is None else history.tail(tail_rows))
+            return prepare_frame(fill_unavailable(history, self.unavailable_targets))
         except FeatureError as exc:
             raise ValueError(f"history: {exc}") from exc
 
@@ -353,6 +416,21 @@ class ServiceModel:
                 out[t] = HeldRequest(choice.request, choice.point, choice.candidate)
         return out
 
+    @property
+    def context_range(self) -> dict[str, tuple[float, float]]:
+        """The range of each context key the training data saw (``metrics.json``), if recorded."""
+        raw = (self.metrics.get("data_window") or {}).get("context_range") or {}
+        return {str(k): (float(v[0]), float(v[1])) for k, v in raw.items()}
+
+    def coverage_achieved(self) -> dict[str, tuple[float, int]]:
+        """Per CPU / memory target: the share of held-out test steps the published requests covered, and n."""
+        out: dict[str, tuple[float, int]] = {}
+        for t in ("cpu", "memory"):
+            entry = (self.metrics.get("metrics") or {}).get(t) or {}
+            if entry.get("coverage") is not None and entry.get("n"):
+                out[t] = (float(entry["coverage"]), int(entry["n"]))
+        return out
+
     def recommend(
         self,
         history: pd.DataFrame | None = None,
@@ -360,27 +438,47 @@ class ServiceModel:
         *,
         model_version: str | None = None,
         head_room: str = "auto",
+        workload: WorkloadState | None = None,
+        container: str | None = None,
     ) -> Recommendation:
         """Recommendation for the next step after ``history`` (default: the stored tail).
 
-        The requests come from the answering layer (``recommend.answering.answer_request``, which the
-        backtest scores too): with ``head_room="auto"`` and a history long enough to judge on (at least
-        ``MIN_RECENT_ORIGINS`` holding windows), the CPU and memory requests are ``held_requests``' (each
-        reason says which source set it); otherwise the head-room calibrated at training time. Then the
-        config's floors and rounding (``recommend.policy``).
+        The per-pod requests come from the answering layer (``recommend.answering.answer_request``,
+        which the backtest scores too): with ``head_room="auto"`` and a history long enough to judge on
+        (at least ``MIN_RECENT_ORIGINS`` holding windows), the CPU and memory requests are
+        ``held_requests``' (each reason says which source set it); otherwise the head-room calibrated at
+        training time. Then ``recommend.policy``: containers (``workload``, what ``mora collect``
+        recorded; else one container named ``container`` or like the service), limits, the replica count,
+        floors and rounding. A context beyond what training saw is answered at no less than the edge of
+        that range, and flagged.
         """
-        from mora_platform.recommend.answering import answer_request
+        from mora_platform.recommend.answering import answer_request, check_context
 
-        answer = answer_request(self, history, context, head_room=head_room)
+        checked = check_context(context)
+        answer = answer_request(self, history, checked, head_room=head_room)
+        requests = dict(answer.requests)
+        outside = self._outside_range(checked)
+        if outside:
+            # beyond the data a forecast is extrapolation: answer no less than at the edge of the range
+            edge = {
+                k: min(max(v, self.context_range[k][0]), self.context_range[k][1])
+                for k, v in checked.items()
+                if k in self.context_range
+            }
+            at_edge = answer_request(self, history, {**checked, **edge}, head_room=head_room)
+            for t in ("cpu", "memory"):
+                if math.isfinite(at_edge.requests[t]) and not requests[t] >= at_edge.requests[t]:
+                    requests[t] = at_edge.requests[t]
         recent_reasons = [
             f"{t} head-room calibrated on the {min(answer.history_rows, RECENT_ROWS)} most recent rows "
             f"({answer.sources[t]}), not on validation"
             for t in ("cpu", "memory")
-            if answer.sources[t] not in (VALIDATION, "one-step")
+            if answer.sources[t] not in (VALIDATION, "one-step", "unavailable")
         ]
         forecast = answer.forecast
         per = self.calibration.for_mode(forecast.mode)
-        confidence = min(per[t].confidence for t in TARGETS)
+        unavailable = dict(self.unavailable_targets)
+        confidence = min(per[t].confidence for t in TARGETS if t not in unavailable)
         contributions = {}
         for name, status in self.ensemble.status.items():
             values = forecast.members.get(name, {})
@@ -396,15 +494,21 @@ class ServiceModel:
                 replicas=_finite_or_none(values.get("replicas")),
                 status=label,
             )
-        reasons = [*self.ensemble.reasons.values(), *recent_reasons]
+        source = self.history if history is None else self._prepared(history, RECENT_ROWS)
+        reasons = [*self.ensemble.reasons.values(), *self._pod_reasons(source), *recent_reasons]
         if forecast.mode != FUSED:
             silent = [n for n in self.ensemble.members if n not in forecast.mode.split("+")]
             reasons.append(
                 f"answered by {forecast.mode} alone: {', '.join(silent)} could not answer for this history"
             )
+        for note in outside:
+            reasons.append(f"what-if outside the training data: {note}; answered at no less than its edge")
+        achieved, coverage_reasons = self._coverage_check(unavailable)
+        reasons.extend(coverage_reasons)
+        pods_now = _pods_now(source, checked)
         return build_recommendation(
             self.service,
-            answer.requests,
+            requests,
             confidence,
             contributions=contributions,
             degraded=self.ensemble.degraded or forecast.mode != FUSED,
@@ -414,7 +518,90 @@ class ServiceModel:
             coverage=self.calibration.coverage,
             cpu_floor_millicores=self.config.cpu_floor_millicores,
             memory_floor_mib=self.config.memory_floor_mib,
+            pods_now=pods_now,
+            pod_cpu_mean=_pod_cpu_mean(source, pods_now),
+            workload=workload,
+            resource_policy=self.config.resources,
+            container=container,
+            unavailable=unavailable,
+            outside_training_range=outside,
+            coverage_achieved=achieved,
         )
+
+    def _outside_range(self, context: Mapping[str, float]) -> list[str]:
+        """Readable notes for the context values beyond the range training saw."""
+        notes = []
+        for key, value in context.items():
+            if key not in self.context_range:
+                continue
+            low, high = self.context_range[key]
+            if value > high or value < low:
+                notes.append(f"{key}={value:g} is outside {low:g}-{high:g}, the range training saw")
+        return notes
+
+    def _pod_reasons(self, source: pd.DataFrame) -> list[str]:
+        """What a pod's usage was taken to be (the busiest pod, or the total spread evenly)."""
+        _, basis = pod_usage(source)
+        trained = (self.metrics.get("data_window") or {}).get("pod_basis") or {}
+        notes = []
+        for resource in ("cpu", "memory"):
+            seen = trained.get(resource, basis[resource])
+            if seen != BUSIEST:
+                notes.append(
+                    f"{resource} per pod is the service's total divided by its pods (the busiest pod was not "
+                    "collected): a pod busier than the average needs more"
+                )
+        return notes
+
+    def _coverage_check(self, unavailable: Mapping[str, str]) -> tuple[dict[str, float], list[str]]:
+        """The published coverage per target, and a reason for each short of the promise.
+
+        Short means below ``coverage - tolerance``, the tolerance being two binomial standard errors
+        of the test split's share (at least ``COVERAGE_TOLERANCE``): fewer test steps, wider margin.
+        """
+        achieved, notes = {}, []
+        target = self.calibration.coverage
+        for t, (share, n) in self.coverage_achieved().items():
+            if t in unavailable:
+                continue
+            achieved[t] = round(share, 4)
+            tolerance = coverage_tolerance(target, n)
+            if share < target - tolerance:
+                notes.append(
+                    f"{t}: the published model covered {share:.0%} of {n} held-out test steps, under the "
+                    f"{target:.0%} promise (tolerance {tolerance:.1%}): expect about {share:.0%}"
+                )
+        return achieved, notes
+
+
+COVERAGE_TOLERANCE = 0.02
+
+
+def coverage_tolerance(target: float, n: int) -> float:
+    """How far a test split of ``n`` steps may fall short of ``target`` by chance (2 standard errors)."""
+    return max(COVERAGE_TOLERANCE, 2 * math.sqrt(target * (1 - target) / max(n, 1)))
+
+
+def _pods_now(source: pd.DataFrame, context: Mapping[str, float]) -> int | None:
+    """The pods the per-pod figures hold for: the context's replica_count, else the newest observed."""
+    if context.get(REPLICA_COUNT):
+        return max(round(context[REPLICA_COUNT]), 1)
+    if PODS not in source.columns:
+        return None
+    pods = pd.to_numeric(source[PODS], errors="coerce").dropna()
+    pods = pods[pods >= 1]
+    return round(float(pods.iloc[-1])) if len(pods) else None
+
+
+def _pod_cpu_mean(source: pd.DataFrame, pods_now: int | None) -> float | None:
+    """The mean CPU per pod over the newest rows (for an HPA's arithmetic)."""
+    if "cpu_cores_value" not in source.columns or not pods_now:
+        return None
+    total = pd.to_numeric(source["cpu_cores_value"], errors="coerce").dropna().tail(POD_MEAN_ROWS)
+    return float(total.mean()) / pods_now if len(total) else None
+
+
+POD_MEAN_ROWS = 240
 
 
 def _rows_in(frame: pd.DataFrame, span: pd.Timedelta | None) -> int:

@@ -36,11 +36,36 @@ class TargetMetrics(BaseModel):
     confidence: float | None = Field(default=None, description="1 / (1 + MAE / mean|y|) on validation")
 
 
+#: The context keys a what-if question may set, and the frame columns their range is read from.
+CONTEXT_RANGE_COLUMNS: dict[str, str] = {"load_users": "load_users", "replica_count": "replica_count"}
+
+
+def context_range(prepared: Any) -> dict[str, tuple[float, float]]:
+    """The min and max each context key took in a prepared frame (keys without finite values left out)."""
+    out: dict[str, tuple[float, float]] = {}
+    for key, column in CONTEXT_RANGE_COLUMNS.items():
+        if column not in prepared.columns:
+            continue
+        values = prepared[column].astype("float64")
+        values = values[values.notna() & (values != float("inf"))]
+        if len(values):
+            out[key] = (float(values.min()), float(values.max()))
+    return out
+
+
 class DataWindow(BaseModel):
     start: datetime
     end: datetime
     rows: int
     experiments: int
+    pod_basis: dict[str, str] = Field(
+        default_factory=dict,
+        description="per resource, what a pod's usage was: busiest-pod, even-spread (total / pods) or mixed",
+    )
+    context_range: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="min and max of each context key (load_users, replica_count) the training data saw",
+    )
 
 
 class TrainingReport(BaseModel):

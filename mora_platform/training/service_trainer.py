@@ -9,7 +9,7 @@ the peak over ``calibration_horizon_steps``, the time a request is held), evalua
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -21,36 +21,42 @@ from mora_platform.features.split import Split, split_frame
 from mora_platform.features.targets import (
     REQUIRED_COLUMNS,
     TARGET_COLUMNS,
+    TARGET_DATA_COLUMNS,
     TARGET_SOURCES,
     FeatureError,
+    pod_usage,
     prepare_frame,
 )
 from mora_platform.models.base import Forecaster, ModelError, write_json
 from mora_platform.models.baselines import LastValueForecaster
 from mora_platform.models.calibration import FUSED, Calibration, calibrate, horizon_actual
-from mora_platform.models.ensemble import EnsembleForecaster, default_weights
-from mora_platform.models.lstm import LSTMForecaster
-from mora_platform.models.prophet_model import ProphetForecaster
+from mora_platform.models.ensemble import ENSEMBLE_FILE, EnsembleForecaster
+from mora_platform.models.members import (
+    build_members,
+    default_members,
+    legacy_prophet_weight,
+    member_file_patterns,
+)
 from mora_platform.recommend.types import TARGETS
 from mora_platform.training.bundle import (
     CALIBRATION_FILE,
     CONFIG_FILE,
     METRICS_FILE,
     ServiceModel,
+    fill_unavailable,
     history_tail,
+    target_availability,
     write_history_tail,
 )
 from mora_platform.training.config import TrainingConfig
-from mora_platform.training.report import DataWindow, ServiceDataError, TargetMetrics, TrainingReport
-
-MODEL_FILE_PATTERNS = (
-    "prophet_*.json",
-    "percentile_*.json",
-    "lstm.keras",
-    "scaler.json",
-    "naive.json",
-    "ensemble.json",
+from mora_platform.training.report import (
+    DataWindow,
+    ServiceDataError,
+    TargetMetrics,
+    TrainingReport,
+    context_range,
 )
+
 LIBRARIES = ("numpy", "pandas", "prophet", "cmdstanpy", "tensorflow-cpu", "keras", "pydantic")
 
 
@@ -78,7 +84,20 @@ def _select_service(frame: pd.DataFrame, service: str) -> pd.DataFrame:
 
 def validate_service_frame(frame: pd.DataFrame, service: str, config: TrainingConfig) -> pd.DataFrame:
     """Rows of ``service`` fit for training, or ``ServiceDataError`` saying why not."""
+    return check_service_frame(frame, service, config)[0]
+
+
+def check_service_frame(
+    frame: pd.DataFrame, service: str, config: TrainingConfig
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Rows of ``service`` fit for training and its unavailable targets (target -> reason: no values
+    in the collected column, e.g. no replica metric), or ``ServiceDataError`` saying why not (no
+    target has data, negative usage, too few rows, ...)."""
     frame = _select_service(frame, service)
+    absent = [c for c in TARGET_DATA_COLUMNS.values() if c not in frame.columns]
+    unavailable = target_availability(frame)
+    if absent:  # a metric not collected at all: its target is unavailable, the others train
+        frame = frame.assign(**dict.fromkeys(absent, np.nan))
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ServiceDataError(service, f"missing column(s): {', '.join(missing)}")
@@ -86,12 +105,15 @@ def validate_service_frame(frame: pd.DataFrame, service: str, config: TrainingCo
     if timestamps.isna().all():
         raise ServiceDataError(service, f"column {TIMESTAMP!r} has no parseable timestamps")
     frame = frame[timestamps.notna().to_numpy()]
-    for name, (source, _) in TARGET_SOURCES.items():
+    unavailable = {**target_availability(frame), **unavailable}  # the first reason found stands
+    if len(unavailable) == len(TARGETS):
+        raise ServiceDataError(
+            service, "no target has data: " + "; ".join(f"target {t!r}: {r}" for t, r in unavailable.items())
+        )
+    for name, source in TARGET_DATA_COLUMNS.items():
+        if name in unavailable:
+            continue
         values = pd.to_numeric(frame[source], errors="coerce")
-        if values.isna().all():
-            raise ServiceDataError(
-                service, f"target {name!r}: column {source!r} has no numeric values (all NaN)"
-            )
         negative = values < 0
         if negative.any():
             row = int(np.flatnonzero(negative.to_numpy())[0])
@@ -103,26 +125,25 @@ def validate_service_frame(frame: pd.DataFrame, service: str, config: TrainingCo
         raise ServiceDataError(
             service, f"only {len(frame)} usable rows; training needs at least {config.min_rows}"
         )
-    return frame
+    return frame, {t: unavailable[t] for t in TARGETS if t in unavailable}
 
 
 def _members(config: TrainingConfig) -> dict[str, Forecaster | None]:
-    members: dict[str, Forecaster | None] = {"prophet": None, "lstm": None}
-    if "prophet" in config.members:
-        members["prophet"] = ProphetForecaster(config.prophet)
-    if "lstm" in config.members:
-        members["lstm"] = LSTMForecaster(config.lstm, config.seq_len, config.seed, config.cpu_threads)
-    if config.level_member:
-        members["naive"] = LastValueForecaster()
+    """The configured members built from the registry; a default member left out is recorded missing."""
+    members: dict[str, Forecaster | None] = dict.fromkeys(default_members())
+    members.update(build_members(config, config.member_names))
     return members
 
 
 def _weights(config: TrainingConfig) -> dict[str, dict[str, float]]:
-    """Configured fusion weights; the level member starts at 0 (``fusion="auto"`` may raise it)."""
-    weights = default_weights(config.fusion_weights)
-    if config.level_member:
-        weights["naive"] = dict.fromkeys(TARGETS, 0.0)
-    return weights
+    """Configured fusion weights (``TrainingConfig.weights``: the level member starts at 0, which
+    ``fusion="auto"`` may raise)."""
+    return config.weights()
+
+
+def model_file_patterns() -> tuple[str, ...]:
+    """Every registered member's files and the ensemble's: what a retrain replaces."""
+    return (*member_file_patterns(), ENSEMBLE_FILE)
 
 
 def _actual(frame: pd.DataFrame) -> pd.DataFrame:
@@ -205,6 +226,7 @@ class FittedService:
     calibration: Calibration
     prepared: pd.DataFrame
     report: TrainingReport
+    unavailable_targets: dict[str, str] = field(default_factory=dict)  # target -> reason
 
     def save(self, out_dir: Path) -> list[str]:
         """Write the bundle files (no manifest); returns their names, ``metrics.json`` last.
@@ -214,7 +236,7 @@ class FittedService:
         """
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.iterdir():
-            if stale.is_file() and any(stale.match(pattern) for pattern in MODEL_FILE_PATTERNS):
+            if stale.is_file() and any(stale.match(pattern) for pattern in model_file_patterns()):
                 stale.unlink()
         files = self.ensemble.save(out_dir)
         files.append(write_json(out_dir / CALIBRATION_FILE, self.calibration.to_dict()))
@@ -223,7 +245,9 @@ class FittedService:
             "format": 1,
             "service": self.service,
             "config": self.config.model_dump(),
-            "fusion_weights": self.ensemble.weights.get("prophet", {}),
+            "fusion_weights": legacy_prophet_weight(self.ensemble.weights),
+            "member_weights": self.ensemble.weights,
+            "unavailable_targets": self.unavailable_targets,
             "libraries": library_versions(),
         }
         files.append(write_json(out_dir / CONFIG_FILE, config))
@@ -241,6 +265,7 @@ class FittedService:
             history_tail(self.prepared, self.config.effective_seq_len),
             self.report.model_dump(mode="json"),
             None,
+            unavailable_targets=dict(self.unavailable_targets),
         )
 
 
@@ -248,9 +273,10 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
     """Validate, split, fit, fuse, calibrate and evaluate one service, in memory."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    selected = validate_service_frame(frame, service, config)
+    selected, unavailable = check_service_frame(frame, service, config)
     try:
-        prepared = prepare_frame(selected)
+        # an unavailable target's column holds a harmless constant for the models (never served)
+        prepared = prepare_frame(fill_unavailable(selected, unavailable))
     except FeatureError as exc:
         raise ServiceDataError(service, str(exc)) from exc
     labels = split_frame(
@@ -284,6 +310,8 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
             if config.calibration_horizon_steps > 1
             else actual
         )
+        # an unavailable target has no rows to choose on: it keeps its configured weights
+        chosen_for = chosen_for.assign(**dict.fromkeys(unavailable, np.nan))
         ensemble.choose_weights(chosen_for[val_rows], {n: p[val_rows] for n, p in members.items()})
     modes = ensemble.mode_predictions(members)
     ensemble.anchor(prepared[TIMESTAMP].max())
@@ -309,31 +337,40 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
         horizon.next_step = calibration.modes
         horizon.fallbacks = [*calibration.fallbacks, *(f"horizon {f}" for f in horizon.fallbacks)]
         calibration = horizon
+    calibration.mark_unavailable(unavailable)
     test_metrics = (
         evaluate(prepared, test_rows, modes, members_and_naive, calibration) if test_rows.any() else {}
     )
     val_metrics = evaluate(prepared, val_rows, modes, members_and_naive, calibration)
+    for metrics in (test_metrics, val_metrics):  # nothing was measured for an unavailable target
+        metrics.update({t: TargetMetrics(n=0) for t in unavailable if t in metrics})
     window = DataWindow(
         start=prepared[TIMESTAMP].min().to_pydatetime(),
         end=prepared[TIMESTAMP].max().to_pydatetime(),
         rows=len(prepared),
         experiments=int(prepared[EXPERIMENT_ID].nunique()),
+        context_range=context_range(prepared),
+        pod_basis=pod_usage(prepared)[1],
     )
     report = TrainingReport(
         service=service,
         metrics=test_metrics,
         validation=val_metrics,
-        fallbacks=[*ensemble.fallbacks, *calibration.fallbacks],
+        fallbacks=[
+            *(f"target {t!r} unavailable: {reason}" for t, reason in unavailable.items()),
+            *ensemble.fallbacks,
+            *calibration.fallbacks,
+        ],
         members=dict(ensemble.status),
         degraded=ensemble.degraded,
         confidence=min(c.confidence for c in calibration.for_mode(FUSED).values()),
-        fusion_weights=dict(ensemble.weights.get("prophet", {})),
+        fusion_weights=legacy_prophet_weight(ensemble.weights),
         data_window=window,
         seconds=round(time.perf_counter() - started, 3),
         timings={k: round(v, 3) for k, v in timings.items()},
         config=config.model_dump(),
     )
-    return FittedService(service, config, ensemble, calibration, prepared, report)
+    return FittedService(service, config, ensemble, calibration, prepared, report, unavailable)
 
 
 def train_service(frame: pd.DataFrame, service: str, config: TrainingConfig, out_dir: Path) -> TrainingReport:

@@ -103,10 +103,13 @@ def write_openmetrics(path: Path, timeline: Timeline) -> None:
     """All series of all services (plus decoys the queries must ignore) into ``path``."""
     families: dict[str, tuple[str, list[str]]] = {}
 
-    def add(family: str, kind: str, sample: str, labels: str, values: np.ndarray) -> None:
+    def add(
+        family: str, kind: str, sample: str, labels: str, values: np.ndarray, since: int | None = None
+    ) -> None:
         lines = families.setdefault(family, (kind, []))[1]
         for t, v in zip(timeline.times, values, strict=True):
-            lines.append(f"{sample}{{{labels}}} {float(v)!r} {int(t)}")
+            if since is None or t >= since:
+                lines.append(f"{sample}{{{labels}}} {float(v)!r} {int(t)}")
 
     seg = timeline.segment(timeline.times)
     for svc in SERVICES:
@@ -215,11 +218,136 @@ def write_openmetrics(path: Path, timeline: Timeline) -> None:
         np.full(len(seg), MEM_TOTAL),
     )
 
+    _add_workloads(add, timeline)
+
     with path.open("w", encoding="utf-8") as out:
         for family, (kind, lines) in families.items():
             out.write(f"# TYPE {family} {kind}\n")
             out.write("\n".join(lines) + "\n")
         out.write("# EOF\n")
+
+
+# -- services with a workload state: containers, requests/limits, an OOM kill, an HPA -------------
+
+
+@dataclass(frozen=True)
+class WorkloadService:
+    name: str
+    pods: tuple[str, ...]
+    containers: tuple[str, ...]
+    kube_state: bool  # kube-state-metrics series (requests, limits, restarts, replicas, HPA) or cAdvisor only
+
+
+# two containers, three pods with skewed usage, requests/limits, an HPA and one OOM kill
+CHECKOUT = WorkloadService(
+    "checkout",
+    ("checkout-7c8d9f6b5-a1b2c", "checkout-7c8d9f6b5-d3e4f", "checkout-7c8d9f6b5-g5h6j"),
+    ("app", "proxy"),
+    True,
+)
+# cAdvisor only: the workload lacks every kube-state-metrics fact, the rows are still collected
+RECS = WorkloadService("recs", ("recs-5d6f7b8c9-k1l2m", "recs-5d6f7b8c9-n3p4q"), ("server",), False)
+WORKLOAD_SERVICES = (CHECKOUT, RECS)
+
+OOM_OFFSET = 3900  # checkout's app container in pod 1 is OOM-killed 1 h 05 min into the range
+OOM_POD, OOM_CONTAINER = 1, "app"
+MI = 2.0**20
+# (container, resource) -> value per pod; pod 2 still runs an older, smaller cpu request
+REQUESTS = {
+    ("app", "cpu"): (0.5, 0.5, 0.25),
+    ("app", "memory"): (256 * MI,) * 3,
+    ("proxy", "cpu"): (0.1,) * 3,
+    ("proxy", "memory"): (64 * MI,) * 3,
+}
+LIMITS = {("app", "cpu"): (1.0,) * 3, ("proxy", "cpu"): (0.2,) * 3, ("proxy", "memory"): (128 * MI,) * 3}
+HPA_MIN, HPA_MAX, HPA_CPU_PERCENT = 2, 6, 70
+
+
+def workload_cpu_rate(service: WorkloadService, pod: int, container: str, segment: int) -> float:
+    if service is RECS:
+        return (0.4, 0.1)[pod] + 0.01 * segment
+    if container == "app":
+        return (0.6, 0.2, 0.1)[pod] + 0.01 * segment
+    return 0.05
+
+
+def workload_memory(service: WorkloadService, pod: int, container: str, t: int, start: int) -> float:
+    i = (t - start) // SCRAPE
+    if service is RECS:
+        return (3e8, 1e8)[pod] + 1e5 * i
+    if container == "proxy":
+        return 5e7 + 1e6 * pod
+    if pod == 0:
+        return 4e8 + 1e5 * i
+    if pod == 1:
+        oom = OOM_OFFSET // SCRAPE
+        return 2e8 + 1e6 * i if i < oom else 5e7 + 1e5 * (i - oom)
+    return 1.5e8
+
+
+def oom_memory(start: int) -> float:
+    """The working set of the killed container at the last sample before the kill."""
+    return workload_memory(CHECKOUT, OOM_POD, OOM_CONTAINER, start + OOM_OFFSET - SCRAPE, start)
+
+
+def _add_workloads(add: Callable[..., None], timeline: Timeline) -> None:
+    times = timeline.times
+    oom_time = timeline.start + OOM_OFFSET
+    for svc in WORKLOAD_SERVICES:
+        for p, pod in enumerate(svc.pods):
+            base = f'namespace="{NAMESPACE}",pod="{pod}"'
+            for c in svc.containers:
+                labels = f'{base},container="{c}"'
+                add("container_cpu_usage_seconds", "counter", "container_cpu_usage_seconds_total", labels,
+                    timeline.counter(lambda j, p=p, c=c, svc=svc: workload_cpu_rate(svc, p, c, j)))  # fmt: skip
+                add("container_memory_working_set_bytes", "gauge", "container_memory_working_set_bytes", labels,
+                    np.array([workload_memory(svc, p, c, int(t), timeline.start) for t in times]))  # fmt: skip
+            for family, rate in (("receive", 2000.0), ("transmit", 1000.0)):
+                add(f"container_network_{family}_bytes", "counter", f"container_network_{family}_bytes_total",
+                    f'{base},interface="eth0"', timeline.counter(lambda j, r=rate: r))  # fmt: skip
+            if not svc.kube_state:
+                continue
+            add("kube_pod_status_phase", "gauge", "kube_pod_status_phase", f'{base},phase="Running"',
+                np.ones(len(times)))  # fmt: skip
+            for c in svc.containers:
+                labels = f'{base},container="{c}"'
+                add(
+                    "kube_pod_container_info", "gauge", "kube_pod_container_info", labels, np.ones(len(times))
+                )
+                killed = (p, c) == (OOM_POD, OOM_CONTAINER)
+                add("kube_pod_container_status_restarts", "counter", "kube_pod_container_status_restarts_total",
+                    labels, (times >= oom_time).astype(float) if killed else np.zeros(len(times)))  # fmt: skip
+                if killed:  # kube-state-metrics has the series once the container terminated
+                    add("kube_pod_container_status_last_terminated_reason", "gauge",
+                        "kube_pod_container_status_last_terminated_reason", f'{labels},reason="OOMKilled"',
+                        np.ones(len(times)), since=oom_time)  # fmt: skip
+                for kind, table in (("requests", REQUESTS), ("limits", LIMITS)):
+                    for resource, unit in (("cpu", "core"), ("memory", "byte")):
+                        if (c, resource) in table:
+                            add(f"kube_pod_container_resource_{kind}", "gauge",
+                                f"kube_pod_container_resource_{kind}",
+                                f'{labels},node="node-a",resource="{resource}",unit="{unit}"',
+                                np.full(len(times), table[(c, resource)][p]))  # fmt: skip
+        if not svc.kube_state:
+            continue
+        deployment = f'namespace="{NAMESPACE}",deployment="{svc.name}"'
+        for family in ("kube_deployment_status_replicas", "kube_deployment_spec_replicas"):
+            add(family, "gauge", family, deployment, np.full(len(times), float(len(svc.pods))))
+        # the Deployment's HPA, and a decoy HPA of a StatefulSet of the same name
+        for hpa, kind, low, high, cpu in (
+            (svc.name, "Deployment", HPA_MIN, HPA_MAX, HPA_CPU_PERCENT),
+            (f"{svc.name}-sts", "StatefulSet", 1, 3, 50),
+        ):
+            labels = f'namespace="{NAMESPACE}",horizontalpodautoscaler="{hpa}"'
+            add("kube_horizontalpodautoscaler_info", "gauge", "kube_horizontalpodautoscaler_info",
+                f'{labels},scaletargetref_api_version="apps/v1",scaletargetref_kind="{kind}",'
+                f'scaletargetref_name="{svc.name}"', np.ones(len(times)))  # fmt: skip
+            for family, value in (("min_replicas", low), ("max_replicas", high)):
+                name = f"kube_horizontalpodautoscaler_spec_{family}"
+                add(name, "gauge", name, labels, np.full(len(times), float(value)))
+            name = "kube_horizontalpodautoscaler_spec_target_metric"
+            add(name, "gauge", name, f'{labels},metric_name="cpu",metric_target_type="utilization"',
+                np.full(len(times), float(cpu)))  # fmt: skip
 
 
 def expected_raw(service: FakeService, timeline: Timeline, times: np.ndarray) -> pd.DataFrame:

@@ -101,3 +101,47 @@ def test_prune_and_tuned_config_s3(registry: ModelRegistry, tmp_path: Path) -> N
     assert registry.latest_version("svc-00") == versions[2]
     registry.save_tuned_config("svc-00", {"seq_len": 12})
     assert registry.load_tuned_config("svc-00") == {"seq_len": 12}
+
+
+def test_concurrent_publishes_leave_latest_on_the_newest_s3(registry: ModelRegistry, tmp_path: Path) -> None:
+    """Publishes of one service at the same moment (threads): LATEST ends on the newest, every round."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    _bundle(tmp_path / "bundle")
+    publishers = 4
+    for round_ in range(12):
+        service = f"race-{round_:02d}"
+        barrier = threading.Barrier(publishers)
+
+        def publish(_: int, service: str = service, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            return registry.publish(service, tmp_path / "bundle", metadata={})
+
+        with ThreadPoolExecutor(max_workers=publishers) as pool:
+            versions = list(pool.map(publish, range(publishers)))
+        assert registry.latest_version(service) == max(versions), f"round {round_}: {sorted(versions)}"
+
+
+def test_tampered_latest_and_file_resolve_to_a_valid_version_s3(
+    registry: ModelRegistry, object_store: Any, tmp_path: Path
+) -> None:
+    from mora_platform.registry import ServableVersions
+
+    _bundle(tmp_path / "bundle")
+    first = registry.publish("frontend", tmp_path / "bundle", metadata={})
+    second = registry.publish("frontend", tmp_path / "bundle", metadata={})
+    servable = ServableVersions(registry, max_age_s=0.0)
+    key = f"{registry.prefix}/frontend/{second}/config.json"
+    original = object_store.get_bytes(key)
+    object_store.put_bytes(key, b'{"seq_len": 31}')
+    served = servable.servable("frontend")
+    assert (served.version, served.degraded) == (first, True)
+    object_store.put_bytes(key, original)
+    assert (servable.servable("frontend").version, servable.servable("frontend").degraded) == (second, False)
+    object_store.put_bytes(f"{registry.prefix}/frontend/LATEST", b"../../x")
+    resolved = registry.resolve_latest("frontend")
+    assert (resolved.version, resolved.degraded) == (second, True)
+    assert (servable.servable("frontend").version, servable.servable("frontend").degraded) == (second, True)
+    object_store.delete(f"{registry.prefix}/frontend/LATEST")
+    assert registry.resolve_latest("frontend").version == second

@@ -89,3 +89,40 @@ def test_each_online_boutique_service_publishes_with_test_metrics(
             assert 0.0 <= numbers["coverage"] <= 1.0, (service, target, numbers)
         rows = int((frame["service"] == service).sum())
         assert manifest.data_window["rows"] == rows, (service, manifest.data_window, rows)
+
+        # The coverage promise is kept or disclosed: each published CPU / memory request either
+        # covered its held-out test steps within the stated tolerance, or the answer says how short.
+        from mora_platform.training.bundle import ServiceModel, coverage_tolerance
+
+        fetched = registry.fetch(service, version, tmp_path / "bundles" / service)
+        model = ServiceModel.load(fetched.path)
+        rec = model.recommend(model_version=version)
+        promise = rec.coverage_target
+        for target in ("cpu", "memory"):
+            share = rec.coverage_achieved[target]
+            assert share == pytest.approx(manifest.metrics[target]["coverage"], abs=1e-4)
+            n = manifest.metrics[target]["n"]
+            if share < promise - coverage_tolerance(promise, n):
+                assert any(r.startswith(f"{target}: the published model covered") for r in rec.reasons), (
+                    service,
+                    target,
+                    share,
+                    rec.reasons,
+                )
+        # Requests are per pod and say so; the replica count follows load, not the replicas history.
+        assert "per container, per pod" in rec.units
+        assert rec.replica_decision is not None and rec.replica_decision.recommended is not None
+        assert rec.containers and rec.containers[0].name == service
+
+        # A what-if beyond the loads training saw is flagged, and CPU / memory do not fall as load rises.
+        if base == "frontend":
+            high = model.context_range["load_users"][1]
+            asked = [high, 10 * high, 100 * high]
+            answers = [model.recommend(context={"load_users": users}) for users in asked]
+            assert not answers[0].outside_training_range
+            for answer in answers[1:]:
+                assert answer.outside_training_range and "load_users" in answer.outside_training_range[0]
+                assert any("what-if outside the training data" in r for r in answer.reasons)
+            cpu = [a.recommendations.cpu_millicores or 0 for a in answers]
+            memory = [a.recommendations.memory_mib or 0 for a in answers]
+            assert cpu == sorted(cpu) and memory == sorted(memory), (cpu, memory)

@@ -112,10 +112,15 @@ def test_adapter_matches_what_the_service_model_serves() -> None:
     )
     adapter = trainer(fleet, "svc-00")
     answer = adapter.predict(fleet, pd.Timedelta(hours=1))
-    served = adapter.model.recommend(history=fleet.tail(2000), head_room="validation").recommendations
+    rec = adapter.model.recommend(history=fleet.tail(2000), head_room="validation")
+    served, decision = rec.recommendations, rec.replica_decision
     platform = PlatformRecommender()
-    assert answer.one_step_requests is not None
-    assert platform.apply_margin(answer.one_step_requests["cpu"], "cpu") == pytest.approx(served.cpu_cores)
+    assert answer.one_step_requests is not None and decision is not None
+    assert decision.current and decision.recommended and served.cpu_cores is not None
+    # the measured per-pod request at the pods the history ran with, spread by the replica policy over
+    # the recommended pods (the Deployment's total kept; each pod's request rounded up to a millicore)
+    measured = answer.one_step_requests["cpu"] * decision.current
+    assert served.cpu_cores * decision.recommended == pytest.approx(measured, abs=1e-3 * decision.recommended)
     assert platform.apply_margin(answer.one_step_requests["memory"], "memory") == served.memory_bytes
     # without a horizon the held request is the served one
     assert answer.requests == answer.one_step_requests
@@ -246,7 +251,12 @@ def test_served_recommendation_uses_the_auto_head_room_when_history_allows() -> 
             assert not recent_reason
         else:
             floor = 10 if target == "cpu" else 32
-            assert getattr(served.recommendations, attr) == max(math.ceil(held[target].request / unit), floor)
+            decision = served.replica_decision
+            assert decision is not None and decision.current and decision.recommended
+            # CPU per pod is spread by the replica policy (the Deployment's total kept); memory is not
+            spread = decision.current / decision.recommended if target == "cpu" else 1.0
+            expected = max(math.ceil(round(held[target].request * spread / unit, 6)), floor)
+            assert getattr(served.recommendations, attr) == expected
             assert recent_reason and held[target].source in recent_reason[0]
     # a short history: nothing to calibrate on, the training-time head-room answers
     short = model.recommend(history=later.tail(30))

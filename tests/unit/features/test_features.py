@@ -32,8 +32,9 @@ def three_experiments() -> pd.DataFrame:
 
 def test_targets_and_scenario_code() -> None:
     frame = prepare_frame(synthetic_service_frame(days=0.2, seed=1))
-    assert np.allclose(frame[TARGET_COLUMNS["cpu"]], frame["cpu_cores_value"] * 1.2)
-    assert np.allclose(frame[TARGET_COLUMNS["memory"]], frame["mem_bytes_value"] * 1.15)
+    pods = frame["replica_count_value"].clip(lower=1)
+    assert np.allclose(frame[TARGET_COLUMNS["cpu"]], frame["cpu_cores_value"] / pods * 1.2)  # per pod
+    assert np.allclose(frame[TARGET_COLUMNS["memory"]], frame["mem_bytes_value"] / pods * 1.15)
     assert np.allclose(frame[TARGET_COLUMNS["replicas"]], frame["replica_count_value"])
     assert (frame["scenario_code"] == 3).all()
     assert len(FEATURE_COLUMNS) == 14
@@ -146,3 +147,24 @@ def test_split_by_experiments_holds_out_the_latest_whole_experiments(three_exper
     )
     with pytest.raises(ValueError, match="split by"):
         split_frame(three_experiments, 0.2, 0.1, by="days")  # type: ignore[arg-type]
+
+
+def test_targets_are_per_pod_busiest_pod_where_collected_else_an_even_spread() -> None:
+    from mora_platform.data.schema import CPU_BUSIEST_POD
+    from mora_platform.features.targets import BUSIEST, EVEN_SPREAD, POD_CPU, POD_MEMORY, pod_usage
+
+    frame = pd.DataFrame(
+        {
+            "cpu_cores_value": [0.4, 0.4, 0.9],
+            "mem_bytes_value": [400.0, 800.0, 900.0],
+            "replica_count_value": [4.0, 2.0, 0.0],  # 0 pods reported: taken as one
+        }
+    )
+    per_pod, basis = pod_usage(frame)
+    assert per_pod[POD_CPU].tolist() == pytest.approx([0.1, 0.2, 0.9])
+    assert per_pod[POD_MEMORY].tolist() == pytest.approx([100.0, 400.0, 900.0])
+    assert basis == {"cpu": EVEN_SPREAD, "memory": EVEN_SPREAD}
+    frame[CPU_BUSIEST_POD] = [0.25, 0.3, 0.9]
+    per_pod, basis = pod_usage(frame)
+    assert per_pod[POD_CPU].tolist() == pytest.approx([0.25, 0.3, 0.9])  # the busiest pod, not the mean
+    assert basis["cpu"] == BUSIEST and basis["memory"] == EVEN_SPREAD

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from mora_platform.registry import (
     Manifest,
     ModelNotFoundError,
     ModelRegistry,
+    Servable,
+    ServableVersions,
     new_version,
     verify_local_bundle,
 )
@@ -354,3 +358,134 @@ def test_concurrent_fetch_into_the_same_cache_dir(
         assert all(result.version == version for result in results)
         assert verify_local_bundle(dest).version == version
         assert sorted(p.name for p in dest.parent.iterdir()) == [version]  # no staging leftovers
+
+
+# ---- LATEST: fallback when it is tampered or missing, and only forward under concurrent publishes
+
+
+@pytest.mark.parametrize("pointer", [b"../../x\n", b"", b"\x00\xff garbage", b"20260101T000000Z-zzzzzz"])
+def test_garbled_latest_resolves_to_the_newest_complete_version(
+    registry: ModelRegistry, backend: LocalBlobBackend, bundle: Bundle, pointer: bytes
+) -> None:
+    first, second = _versions(2)
+    registry.publish("frontend", bundle[0], metadata=METADATA, version=first)
+    registry.publish("frontend", bundle[0], metadata=METADATA, version=second)
+    assert registry.resolve_latest("frontend").problem is None
+    backend.put_bytes("models/frontend/LATEST", pointer)
+    resolved = registry.resolve_latest("frontend")
+    assert (resolved.version, resolved.degraded) == (second, True)
+    assert "LATEST holds" in (resolved.problem or "")
+    assert list(registry.serving_candidates(resolved)) == [second, first]
+    assert registry.latest_version("frontend") is None  # the strict reading is unchanged
+
+
+def test_missing_latest_or_missing_version_resolves_to_a_complete_one(
+    registry: ModelRegistry, backend: LocalBlobBackend, bundle: Bundle
+) -> None:
+    first, second, third = _versions(3)
+    for version in (first, second, third):
+        registry.publish("frontend", bundle[0], metadata=METADATA, version=version)
+    backend.delete("models/frontend/LATEST")
+    resolved = registry.resolve_latest("frontend")
+    assert (resolved.version, resolved.pointer) == (third, None)
+    assert "no LATEST" in (resolved.problem or "")
+    # LATEST names a version whose manifest is gone: the newest complete one not after it
+    backend.put_bytes("models/frontend/LATEST", f"{second}\n".encode())
+    backend.delete(f"models/frontend/{second}/manifest.json")
+    resolved = registry.resolve_latest("frontend")
+    assert (resolved.version, resolved.degraded) == (first, True)
+    assert "no manifest.json" in (resolved.problem or "")
+    assert registry.resolve_latest("never-published").version is None
+
+
+def test_verify_checks_every_byte_without_a_copy(
+    registry: ModelRegistry, backend: LocalBlobBackend, bundle: Bundle
+) -> None:
+    version = registry.publish("frontend", bundle[0], metadata=METADATA)
+    assert registry.verify("frontend", version).version == version
+    key = f"models/frontend/{version}/lstm.keras"
+    original = backend.get_bytes(key)
+    backend.put_bytes(key, original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(ArtifactIntegrityError, match="checksum mismatch"):
+        registry.verify("frontend", version)
+    backend.put_bytes(key, original)
+    assert registry.verify("frontend", version).version == version
+
+
+def test_a_publish_never_moves_latest_back(registry: ModelRegistry, bundle: Bundle) -> None:
+    older, newer = _versions(2)
+    registry.publish("frontend", bundle[0], metadata=METADATA, version=newer)
+    assert registry.publish("frontend", bundle[0], metadata=METADATA, version=older) == older
+    assert registry.latest_version("frontend") == newer
+    assert registry.list_versions("frontend") == [older, newer]
+
+
+class RacingBackend(LocalBlobBackend):
+    """Runs ``on_latest_write`` just before the first write of LATEST: a publish that read the old
+    pointer, then lost the race to another publish, then writes its (older) version."""
+
+    on_latest_write: Callable[[], None] | None = None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        hook = self.on_latest_write if key.endswith("/LATEST") else None
+        if hook is not None:
+            self.on_latest_write = None
+            hook()
+        super().put_bytes(key, data)
+
+
+def test_racing_publishes_leave_latest_on_the_newest(bundle: Bundle, tmp_path: Path) -> None:
+    backend = RacingBackend(tmp_path / "racing")
+    registry = ModelRegistry(backend)
+    base, older, newer = _versions(3)
+    registry.publish("frontend", bundle[0], metadata=METADATA, version=base)
+
+    def newer_publish_wins_the_race() -> None:
+        registry.publish("frontend", bundle[0], metadata=METADATA, version=newer)
+        assert registry.latest_version("frontend") == newer
+
+    backend.on_latest_write = newer_publish_wins_the_race
+    registry.publish("frontend", bundle[0], metadata=METADATA, version=older)
+    assert registry.latest_version("frontend") == newer
+
+
+def test_concurrent_publishes_end_on_the_newest_version(registry: ModelRegistry, bundle: Bundle) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for round_ in range(10):
+        service = f"svc-{round_}"
+        barrier = threading.Barrier(4)
+
+        def publish(_: int, service: str = service, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            return registry.publish(service, bundle[0], metadata=METADATA)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            versions = list(pool.map(publish, range(4)))
+        assert registry.latest_version(service) == max(versions), round_
+
+
+def test_servable_version_skips_a_refused_latest_until_it_is_restored(
+    registry: ModelRegistry, backend: LocalBlobBackend, bundle: Bundle
+) -> None:
+    now = [0.0]
+    servable = ServableVersions(registry, max_age_s=10.0, clock=lambda: now[0])
+    first, second = _versions(2)
+    registry.publish("frontend", bundle[0], metadata=METADATA, version=first)
+    registry.publish("frontend", bundle[0], metadata=METADATA, version=second)
+    assert servable.servable("frontend") == Servable("frontend", second)
+    key = f"models/frontend/{second}/config.json"
+    original = backend.get_bytes(key)
+    backend.put_bytes(key, b'{"seq_len": 31, "seed": 0}')
+    now[0] += 11  # the cached verdict on `second` expired
+    served = servable.servable("frontend")
+    assert (served.version, served.degraded) == (first, True)
+    assert second in (served.degraded_reason or "") and "config.json" in (served.degraded_reason or "")
+    backend.put_bytes(key, original)
+    assert servable.servable("frontend").version == first  # the refusal is cached for max_age_s
+    now[0] += 11
+    assert servable.servable("frontend") == Servable("frontend", second)
+    backend.put_bytes("models/frontend/LATEST", b"../../x")
+    served = servable.servable("frontend")
+    assert (served.version, served.degraded) == (second, True)
+    assert servable.servable("nothing-here") == Servable("nothing-here", None)

@@ -144,3 +144,20 @@ def test_batch_is_one_call_routed_to_its_most_frequent_service(registry: ModelRe
     # the unknown service is now remembered and no longer sent
     run(backend.recommend_batch(requests))
     assert [p["service"] for p in handle.calls[1][1]] == ["svc-b", "svc-a", "svc-a"]
+
+
+def test_services_advertise_the_served_version_not_a_refused_latest(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    first = registry.latest_version("svc-a")
+    bundle = tmp_path / "bundle2"
+    bundle.mkdir()
+    (bundle / "model.json").write_text(json.dumps({"cores": 0.2}))
+    second = registry.publish("svc-a", bundle, metadata={})
+    registry.backend.put_bytes(f"models/svc-a/{second}/model.json", b'{"cores": 9.0}')  # tampered
+    [info] = run(ServeBackend(StubHandle(set()), registry).list_services())  # type: ignore[arg-type]
+    assert info.latest_version == first
+    registry.backend.put_bytes(f"models/svc-a/{second}/model.json", json.dumps({"cores": 0.2}).encode())
+    registry.backend.put_bytes("models/svc-a/LATEST", b"../../x")
+    [info] = run(ServeBackend(StubHandle(set()), registry).list_services())  # type: ignore[arg-type]
+    assert info.latest_version == second

@@ -39,6 +39,7 @@ class FakeModel:
         context: Mapping[str, float | str] | None = None,
         *,
         model_version: str | None = None,
+        workload: object = None,
     ) -> Recommendation:
         self.seen.append((history, context))
         if history is not None and history["cpu_cores_value"].isna().all():
@@ -123,8 +124,9 @@ def test_tampered_version_refused_previous_keeps_serving(
     assert rec["recommendations"]["cpu_cores"] == 0.25
     assert rec["degraded"] is True
     assert any(bad in reason and "model.json" in reason for reason in rec["reasons"])
-    # the refused version is not downloaded again on every check
+    # checked again on the next interval: still refused, still serving the good one
     assert loader.refresh(slot) is False
+    assert served(loader, slot)["model_version"] == good
     fixed = publish(registry, tmp_path, "svc-a", 0.75)
     assert loader.refresh(slot) is True
     rec = served(loader, slot)
@@ -292,3 +294,76 @@ def test_model_step_seconds() -> None:
 
     assert model_step_seconds(WithTail()) == 60
     assert model_step_seconds(FakeModel(0.1)) == 15
+
+
+def restore(registry: ModelRegistry, service: str, version: str, cores: float) -> None:
+    registry.backend.put_bytes(
+        f"models/{service}/{version}/model.json", json.dumps({"cores": cores}).encode()
+    )
+
+
+def test_refused_version_is_served_once_its_file_is_restored(
+    registry: ModelRegistry, loader: ModelLoader, tmp_path: Path
+) -> None:
+    good = publish(registry, tmp_path, "svc-a", 0.25)
+    slot = loader.load("svc-a")
+    bad = publish(registry, tmp_path, "svc-a", 0.5)
+    tamper(registry, "svc-a", bad)
+    assert loader.refresh(slot) is False
+    assert (slot.version, slot.refused_version) == (good, bad)
+    assert loader.refresh(slot) is False  # re-checked every reload interval, still bad
+    assert served(loader, slot)["degraded"] is True
+    restore(registry, "svc-a", bad, 0.5)
+    assert loader.refresh(slot) is True  # recovered without a new replica
+    rec = served(loader, slot)
+    assert (rec["model_version"], rec["degraded"], rec["recommendations"]["cpu_cores"]) == (bad, False, 0.5)
+    assert slot.refused_version is None and slot.degraded_reason is None
+
+
+def test_cold_loaded_fallback_recovers_when_latest_is_restored(
+    registry: ModelRegistry, loader: ModelLoader, tmp_path: Path
+) -> None:
+    good = publish(registry, tmp_path, "svc-a", 0.25)
+    bad = publish(registry, tmp_path, "svc-a", 0.5)
+    tamper(registry, "svc-a", bad)
+    slot = loader.load("svc-a")
+    assert (slot.version, served(loader, slot)["degraded"]) == (good, True)
+    restore(registry, "svc-a", bad, 0.5)
+    assert loader.refresh(slot) is True
+    assert (served(loader, slot)["model_version"], served(loader, slot)["degraded"]) == (bad, False)
+
+
+@pytest.mark.parametrize("pointer", [b"../../x", b""])
+def test_garbled_latest_serves_the_newest_valid_version_degraded(
+    registry: ModelRegistry, loader: ModelLoader, tmp_path: Path, pointer: bytes
+) -> None:
+    first = publish(registry, tmp_path, "svc-a", 0.25)
+    second = publish(registry, tmp_path, "svc-a", 0.5)
+    registry.backend.put_bytes("models/svc-a/LATEST", pointer)
+    slot = loader.load("svc-a")  # not "unknown service"
+    rec = served(loader, slot)
+    assert (rec["model_version"], rec["degraded"]) == (second, True)
+    assert any("LATEST" in reason for reason in rec["reasons"])
+    # the newest is tampered too: the next valid one, still degraded
+    tamper(registry, "svc-a", second)
+    fresh = ModelLoader(registry, tmp_path / "cache2", factory=FakeModel.load).load("svc-a")
+    assert (fresh.version, served(loader, fresh)["degraded"]) == (first, True)
+    # LATEST repaired: the degraded flag clears on the next check
+    registry.backend.put_bytes("models/svc-a/LATEST", f"{second}\n".encode())
+    assert loader.refresh(slot) is False
+    assert (served(loader, slot)["model_version"], served(loader, slot)["degraded"]) == (second, False)
+
+
+def test_missing_latest_serves_the_newest_valid_version_degraded(
+    registry: ModelRegistry, loader: ModelLoader, tmp_path: Path
+) -> None:
+    publish(registry, tmp_path, "svc-a", 0.25)
+    second = publish(registry, tmp_path, "svc-a", 0.5)
+    registry.backend.delete("models/svc-a/LATEST")
+    slot = loader.load("svc-a")
+    rec = served(loader, slot)
+    assert (rec["model_version"], rec["degraded"]) == (second, True)
+    assert any("no LATEST" in reason for reason in rec["reasons"])
+    registry.backend.put_bytes("models/svc-a/LATEST", f"{second}\n".encode())
+    loader.refresh(slot)
+    assert served(loader, slot)["degraded"] is False

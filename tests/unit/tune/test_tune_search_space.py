@@ -10,6 +10,9 @@ from pydantic import ValidationError
 
 from jobs.tune_fleet import bounds_from_args, build_parser
 from mora_platform.models.config import LSTMConfig
+from mora_platform.models.ensemble import default_weights
+from mora_platform.recommend.types import TARGETS
+from mora_platform.training.config import TrainingConfig
 from tune.search_space import SearchBounds, param_space, trial_to_config
 from tune.trial import epoch_rungs, fused_nmae
 
@@ -90,11 +93,33 @@ def test_fused_nmae_weights_members_and_falls_back_to_prophet() -> None:
     actual = np.array([[1.0, 100.0, 2.0], [1.0, 100.0, 2.0]])
     prophet = actual * 1.2
     lstm = actual * 0.8
-    assert fused_nmae(actual, prophet, lstm, 0.5) == pytest.approx(0.0)
-    assert fused_nmae(actual, prophet, lstm, 1.0) == pytest.approx(0.2)
-    assert fused_nmae(actual, prophet, np.full_like(lstm, np.nan), 0.0) == pytest.approx(0.2)
+    half = default_weights(dict.fromkeys(TARGETS, 0.5))
+    only_prophet = default_weights(dict.fromkeys(TARGETS, 1.0))
+    assert fused_nmae(actual, {"prophet": prophet, "lstm": lstm}, half) == pytest.approx(0.0)
+    assert fused_nmae(actual, {"prophet": prophet, "lstm": lstm}, only_prophet) == pytest.approx(0.2)
+    no_lstm = {"prophet": prophet, "lstm": np.full_like(lstm, np.nan)}
+    assert fused_nmae(actual, no_lstm, default_weights(dict.fromkeys(TARGETS, 0.0))) == pytest.approx(0.2)
+    # any registered members, each with its weight
+    three = {"prophet": prophet, "lstm": lstm, "naive": actual * 1.5}
+    weights = {**half, "naive": dict.fromkeys(TARGETS, 1.0)}  # (1.2 + 0.8 + 2 * 1.5) / 4 = 1.25
+    assert fused_nmae(actual, three, weights) == pytest.approx(0.25)
     # scale-free: memory in bytes weighs as much as CPU cores
     skewed = actual.copy()
     skewed[:, 1] *= 1e9
-    assert fused_nmae(skewed, skewed * 1.2, skewed * 0.8, 1.0) == pytest.approx(0.2)
-    assert math.isinf(fused_nmae(actual[:0], prophet[:0], lstm[:0], 0.5))
+    assert fused_nmae(skewed, {"prophet": skewed * 1.2, "lstm": skewed * 0.8}, only_prophet) == pytest.approx(
+        0.2
+    )
+    assert math.isinf(fused_nmae(actual[:0], {"prophet": prophet[:0], "lstm": lstm[:0]}, half))
+
+
+def test_other_members_weights_are_searched_and_written() -> None:
+    bounds = SearchBounds.tiny().model_copy(update={"member_weights": {"naive": (0.0, 0.5)}})
+    SearchBounds.model_validate(bounds.model_dump())
+    assert "weight_naive" in param_space(bounds)
+    config = trial_to_config({**TRIAL, "weight_naive": 0.33333}, {"level_member": True})
+    assert config["member_weights"] == {"naive": dict.fromkeys(TARGETS, 0.3333)}
+    assert TrainingConfig.model_validate(config).weights()["naive"]["cpu"] == pytest.approx(0.3333)
+    with pytest.raises(ValidationError, match="member_weights"):
+        SearchBounds(member_weights={"nope": (0.0, 1.0)})
+    with pytest.raises(ValidationError, match="fusion_weight"):
+        SearchBounds(member_weights={"prophet": (0.0, 1.0)})
