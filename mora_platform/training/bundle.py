@@ -503,7 +503,7 @@ class ServiceModel:
             )
         for note in outside:
             reasons.append(f"what-if outside the training data: {note}; answered at no less than its edge")
-        achieved, coverage_reasons = self._coverage_check(unavailable)
+        achieved, coverage_reasons = self._coverage_check(unavailable, answer.sources)
         reasons.extend(coverage_reasons)
         pods_now = _pods_now(source, checked)
         return build_recommendation(
@@ -553,7 +553,9 @@ class ServiceModel:
                 )
         return notes
 
-    def _coverage_check(self, unavailable: Mapping[str, str]) -> tuple[dict[str, float], list[str]]:
+    def _coverage_check(
+        self, unavailable: Mapping[str, str], sources: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, float], list[str]]:
         """The published coverage per target, and a reason for each short of the promise.
 
         Short means below ``coverage - tolerance``, the tolerance being two binomial standard errors
@@ -567,9 +569,15 @@ class ServiceModel:
             achieved[t] = round(share, 4)
             tolerance = coverage_tolerance(target, n)
             if share < target - tolerance:
+                source = (sources or {}).get(t, VALIDATION)
+                consequence = (
+                    f"expect about {share:.0%}"
+                    if source in (VALIDATION, "one-step")
+                    else f"this answer's head-room was set on the recent rows instead ({source})"
+                )
                 notes.append(
                     f"{t}: the published model covered {share:.0%} of {n} held-out test steps, under the "
-                    f"{target:.0%} promise (tolerance {tolerance:.1%}): expect about {share:.0%}"
+                    f"{target:.0%} promise (tolerance {tolerance:.1%}): {consequence}"
                 )
         return achieved, notes
 

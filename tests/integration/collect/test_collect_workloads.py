@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -158,3 +159,114 @@ def test_busiest_pod_columns_and_workload_states(
     assert facts == sorted(
         ["cpu requests", "memory requests", "cpu limits", "memory limits", "replicas", "oom kills", "hpa"]
     ), recs.missing
+
+
+TINY = {
+    "seq_len": 8,
+    "lstm": {"units": [4], "dense_units": 0, "epochs": 1, "batch_size": 64, "patience": 1, "lr_patience": 1},
+    "prophet": {"grid_steps": 16},
+    "seed": 0,
+}
+
+
+def test_collected_deployment_is_recommended_per_container_against_what_is_set(
+    backfilled_prometheus: BackfilledPrometheus,
+    s3_settings: MoraSettings,
+    object_store: ObjectStore,
+    tmp_path: Path,
+) -> None:
+    """collect -> train -> recommend: per container, current -> recommended, the HPA's replicas left
+    alone, memory above the OOM level, and a patch that names the real containers (issue 12)."""
+    import json
+
+    import yaml
+
+    prom = backfilled_prometheus
+    timeline = prom.timeline
+    dataset = f"collect-recommend-{uuid.uuid4().hex[:8]}"
+    service = f"checkout-{uuid.uuid4().hex[:4]}"  # the registry is shared with other tests
+    key, secret = s3_settings.s3_credentials()
+    env = {
+        "MORA_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url,
+        "MORA_S3_BUCKET": s3_settings.s3_bucket,
+        "MORA_S3_ACCESS_KEY": key or "",
+        "MORA_S3_SECRET_KEY": secret or "",
+        "MORA_S3_REGION": s3_settings.s3_region,
+        "MORA_HOME": str(tmp_path / "home"),
+        "MORA_REGISTRY_DIR": "",
+        "COLUMNS": "200",
+    }
+    runner = CliRunner()
+    collected = runner.invoke(
+        app,
+        [
+            "collect", "--namespace", NAMESPACE, "--dataset", dataset, "--prometheus", prom.url,
+            "--since", _iso(timeline.start), "--until", _iso(timeline.end), "--step", f"{SCRAPE}s",
+            "--services", "checkout",
+        ],
+        env=env,
+    )  # fmt: skip
+    assert collected.exit_code == 0, collected.output
+    # publish under a unique name: copy the rows and the workload state to it
+    from mora_platform.storage.workloads import write_workload
+
+    rows = DatasetStore(object_store).read(dataset)
+    rows[schema.SERVICE] = service
+    DatasetStore(object_store).write(dataset, rows)
+    state = read_workload(object_store, dataset, "checkout")
+    assert state is not None
+    write_workload(object_store, dataset, state.model_copy(update={"service": service}))
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    trained = runner.invoke(
+        app, ["train", "--dataset", dataset, "--service", service, "--config", str(config)], env=env
+    )
+    assert trained.exit_code == 0, trained.output
+
+    answer = runner.invoke(app, ["recommend", service, "--output", "json"], env=env)
+    assert answer.exit_code == 0, answer.output
+    rec = json.loads(answer.output)[0]
+    assert "per container, per pod" in rec["units"] and rec["namespace"] == NAMESPACE
+    names = [c["name"] for c in rec["containers"]]
+    assert names == ["app", "proxy"]
+    app_rec, proxy_rec = rec["containers"]
+    # what is set now, from kube-state-metrics
+    assert (
+        app_rec["current"]["cpu_request_millicores"] == 500
+        and app_rec["current"]["memory_request_mib"] == 256
+    )
+    assert proxy_rec["current"]["memory_limit_mib"] == 128
+    # the HPA owns the replica count
+    assert rec["recommendations"]["replicas"] is None
+    assert rec["replica_decision"]["managed_by"] == "hpa/checkout" and rec["replica_decision"]["current"] == 3
+    # after the OOM kill, the app container's memory sits above the level it died at
+    level_mib = oom_memory(timeline.start) / MI
+    assert app_rec["recommended"]["memory_request_mib"] >= max(1.2 * level_mib, level_mib + 100)
+    assert any("OOM-killed at" in r for r in app_rec["reasons"])
+    # the busiest pod was collected, so no even-spread caveat
+    assert not any("busiest pod was not collected" in r for r in rec["reasons"])
+    # the pod's requests are its containers' sum; CPU split by the containers' usage shares
+    pod = rec["recommendations"]
+    assert pod["cpu_millicores"] == sum(c["recommended"]["cpu_request_millicores"] for c in rec["containers"])
+    assert (
+        app_rec["recommended"]["cpu_request_millicores"] > proxy_rec["recommended"]["cpu_request_millicores"]
+    )
+
+    table = runner.invoke(app, ["recommend", service, "--output", "table"], env=env)
+    assert table.exit_code == 0, table.output
+    app_line = next(line for line in table.output.splitlines() if "│" in line and " app " in line)
+    assert "500m -> " in app_line and "256Mi -> " in app_line
+    assert "3 (hpa/checkout)" in app_line
+    assert f"namespace {NAMESPACE}: all pods' requests:" in table.output
+
+    patch = runner.invoke(app, ["recommend", service, "--output", "k8s-patch"], env=env)
+    assert patch.exit_code == 0, patch.output
+    document = yaml.safe_load(patch.output)
+    assert "replicas" not in document["spec"]  # left to the HPA
+    containers = document["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["app", "proxy"]
+    assert (
+        containers[0]["resources"]["requests"]["memory"]
+        == f"{app_rec['recommended']['memory_request_mib']}Mi"
+    )
+    assert "cpu" not in containers[0]["resources"].get("limits", {})  # no CPU limit by default
