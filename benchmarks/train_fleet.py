@@ -58,7 +58,7 @@ def write_datasets(
         datasets.write("synthetic", frame)
         written["synthetic"] = sorted(frame[SERVICE].unique())
     if "online-boutique" in fleets:
-        result = load_path(shared_data_dir())
+        result = load_path(shared_data_dir(), usage_scope="pod")  # the seed's figures are per pod
         datasets.write("online-boutique", result.frame)
         written["online-boutique"] = sorted(result.frame[SERVICE].unique())
     return written

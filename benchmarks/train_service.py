@@ -31,7 +31,7 @@ def _frames(data: Path, services: list[str] | None) -> dict[str, pd.DataFrame]:
     from mora_platform.data.loaders import load_path
     from mora_platform.data.synthetic import generate_fleet
 
-    loaded = load_path(data).frame
+    loaded = load_path(data, usage_scope="pod").frame  # the seed's figures are per pod
     frames = {str(name): group.reset_index(drop=True) for name, group in loaded.groupby("service", sort=True)}
     # The same generator as `mora data synth`: daily/weekly cycles, bursts, memory growth, restarts.
     frames[SYNTHETIC] = generate_fleet(1, days=14, step_seconds=300, seed=0).assign(service=SYNTHETIC)

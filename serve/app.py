@@ -4,20 +4,32 @@
 (validated into :class:`ServeAppArgs`). Secrets never appear in the config: S3 credentials and
 the bearer token come from the environment or from the env files listed in ``env_files``
 (``MoraSettings``), resolved when the application is built. Importing this module starts nothing.
+
+A plain question is answered on the service's recent rows: live from Prometheus when one is configured
+(``MORA_PROMETHEUS_URL``; token and TLS from ``MORA_PROMETHEUS_*`` in the same env files, passed to the
+replicas as bound arguments like the S3 keys, never as runtime_env variables), falling back to the
+dataset's newest rows, else from the dataset alone (``MORA_SERVE_HISTORY_SOURCE``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from mora_platform.collect.settings import PrometheusSettings
+from mora_platform.registry.recent_history import history_from_settings, prometheus_for_history
 from mora_platform.settings import MoraSettings
 from serve.ingress import RecommendationIngress
 from serve.model_deployment import DEFAULT_RELOAD_INTERVAL_S, ServiceModels
 from serve.model_slots import ModelFactory
+
+if TYPE_CHECKING:  # @serve.deployment made ServiceModels a Deployment; its class is func_or_class
+    _ServiceModelsClass = ServiceModels
+else:
+    _ServiceModelsClass = ServiceModels.func_or_class
 
 
 class ServeAppArgs(BaseModel):
@@ -58,16 +70,54 @@ def resolve_settings(args: ServeAppArgs) -> MoraSettings:
     return MoraSettings(_env_file=existing or None)  # type: ignore[call-arg]
 
 
+def resolve_prometheus(args: ServeAppArgs, settings: MoraSettings) -> PrometheusSettings | None:
+    """The Prometheus that recent rows are read from live (None: the dataset's rows), from the same
+    environment and env files as ``resolve_settings``."""
+    existing = [path for path in args.env_files if Path(path).is_file()] if args.env_files else None
+    return prometheus_for_history(settings, existing)
+
+
+class ServiceModelsLiveHistory(_ServiceModelsClass):
+    """``ServiceModels`` whose recent rows are read live from Prometheus (dataset as fallback)."""
+
+    def __init__(
+        self,
+        settings: MoraSettings,
+        registry_prefix: str = "models",
+        factory: ModelFactory | None = None,
+        prometheus: PrometheusSettings | None = None,
+    ) -> None:
+        super().__init__(settings, registry_prefix, factory)
+        loader = self._loader
+        if prometheus is not None and loader.recent is not None:
+            loader.recent = history_from_settings(settings, loader.recent.store, prometheus)
+
+
 def compose_app(
-    args: ServeAppArgs, settings: MoraSettings, factory: ModelFactory | None = None
+    args: ServeAppArgs,
+    settings: MoraSettings,
+    factory: ModelFactory | None = None,
+    prometheus: PrometheusSettings | None = None,
+    replicas: int | None = None,
 ) -> Application:
-    """Ingress -> multiplexed models, wired with explicit settings (tests call this directly)."""
+    """Ingress -> multiplexed models, wired with explicit settings (tests call this directly); recent
+    rows live from ``prometheus`` when given (see ``resolve_prometheus``), else from the datasets.
+    ``replicas`` fixes the replica count of both deployments (default: autoscaling from two,
+    ``serve.resilience``)."""
     # @serve.deployment turned the classes into Deployments; mypy still sees the classes.
     models_deployment: Any = ServiceModels
     ingress_deployment: Any = RecommendationIngress
-    models = models_deployment.options(user_config={"reload_interval_s": args.reload_interval_s}).bind(
-        settings, args.registry_prefix, factory
-    )
+    if replicas:
+        models_deployment = models_deployment.options(num_replicas=replicas, autoscaling_config=None)
+        ingress_deployment = ingress_deployment.options(num_replicas=replicas, autoscaling_config=None)
+    user_config = {"reload_interval_s": args.reload_interval_s}
+    if prometheus is not None and settings.serve_history_rows > 0:
+        models = models_deployment.options(func_or_class=ServiceModelsLiveHistory, user_config=user_config)
+        models = models.bind(settings, args.registry_prefix, factory, prometheus)
+    else:
+        models = models_deployment.options(user_config=user_config).bind(
+            settings, args.registry_prefix, factory
+        )
     app: Application = ingress_deployment.bind(models, settings, args.registry_prefix, args.request_timeout_s)
     return app
 
@@ -75,4 +125,5 @@ def compose_app(
 def build_app(args: ServeAppArgs | dict[str, Any]) -> Application:
     """Serve application builder: ``serve run serve.app:build_app`` or via ``serve/config.yaml``."""
     parsed = args if isinstance(args, ServeAppArgs) else ServeAppArgs.model_validate(args or {})
-    return compose_app(parsed, resolve_settings(parsed))
+    settings = resolve_settings(parsed)
+    return compose_app(parsed, settings, prometheus=resolve_prometheus(parsed, settings))

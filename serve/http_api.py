@@ -6,13 +6,23 @@ ASGI middleware *before* the body is read: auth (401), content type (415) and bo
 validation errors become 422 (400 for malformed JSON) with the offending field path named. A body
 nested deeper than ``MAX_JSON_DEPTH`` levels is a 400 saying so (checked only once parsing or
 validation failed: a valid request nests 5 levels, so the check costs nothing on the way to a model).
+
+Bounded work per request: an object with more than ``MAX_OBJECT_KEYS`` keys is refused while the JSON is
+parsed (413, before any validation), a 4xx body lists at most ``MAX_LISTED_ERRORS`` field errors with
+their texts truncated, a body that takes longer than ``MAX_BODY_SECONDS`` to arrive is a 408, and at most
+``max_concurrent_batches`` batches run at once per replica (more are shed with 503 + ``Retry-After``).
+Every 503 carries ``Retry-After``. The request *headers* are read by the Serve proxy (uvicorn, or HAProxy
+in Kubernetes) before this app sees anything: see ``serve/config.yaml`` for what bounds them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +30,7 @@ from fastapi import FastAPI, HTTPException, Request, Security
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -27,8 +38,12 @@ from starlette.responses import Response
 from serve.api import (
     MAX_BATCH_REQUESTS,
     MAX_BODY_BYTES,
+    MAX_BODY_SECONDS,
     MAX_HISTORY_ROWS,
     MAX_JSON_DEPTH,
+    MAX_LISTED_ERRORS,
+    MAX_OBJECT_KEYS,
+    RETRY_AFTER_S,
     BatchRequest,
     BatchResponse,
     ErrorResponse,
@@ -53,8 +68,10 @@ OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.
 #: any other path gets FastAPI's own 404 / 405 rather than a misleading 415.
 BODY_PATHS = frozenset({"/v1/recommendations", "/v1/recommendations:batch"})
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 415, 422, 503)
 }
+MAX_CONCURRENT_BATCHES = 4  # per ingress replica; a batch may carry 100 requests
+MAX_FIELD_CHARS = 200  # a field path or message in an error body is cut at this length
 
 
 @dataclass(frozen=True)
@@ -95,19 +112,66 @@ class ApiError(Exception):
         self.detail = detail
 
 
+def _cut(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _error_json(status: int, detail: str, errors: list[FieldError] | None = None) -> JSONResponse:
-    body = ErrorResponse(detail=detail, errors=errors or [])
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    body = ErrorResponse(detail=_cut(detail, 4 * MAX_FIELD_CHARS), errors=(errors or [])[:MAX_LISTED_ERRORS])
+    headers = None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif status == 503:  # overload or a replica being replaced: worth retrying shortly
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+class TooManyKeysError(ValueError):
+    """A JSON object of the body has more keys than any valid request could (``MAX_OBJECT_KEYS``)."""
+
+
+def _bounded_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) > MAX_OBJECT_KEYS:
+        raise TooManyKeysError(f"a JSON object with {len(pairs)} keys (the limit is {MAX_OBJECT_KEYS})")
+    return dict(pairs)
+
+
+class BoundedJsonRequest(Request):
+    """Parses the body refusing absurdly wide objects while parsing, before validation builds one
+    error per unknown key (200k keys made a 14 MB 422)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = json.loads(await self.body(), object_pairs_hook=_bounded_object)
+        return self._json
+
+
+class BoundedJsonRoute(APIRoute):
+    """The routes of the API read their body through ``BoundedJsonRequest``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def bounded(request: Request) -> Response:
+            return await handler(BoundedJsonRequest(request.scope, request.receive))
+
+        return bounded
 
 
 class GuardMiddleware:
     """Auth, content type and body size, checked before FastAPI reads a byte of the body."""
 
-    def __init__(self, app: ASGIApp, token: str | None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str | None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_body_seconds: float = MAX_BODY_SECONDS,
+    ) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
+        self.max_body_seconds = max_body_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -148,18 +212,31 @@ class GuardMiddleware:
         return None
 
     def _limited(self, receive: Receive) -> Receive:
-        """Count streamed body bytes too (chunked uploads carry no Content-Length)."""
+        """Count streamed body bytes too (chunked uploads carry no Content-Length), and give the
+        whole body ``max_body_seconds`` to arrive (a slow sender gets 408, its connection is freed)."""
         seen = 0
         limit = self.max_body_bytes
+        deadline = time.monotonic() + self.max_body_seconds
+        complete = False
 
         async def wrapped() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body only a disconnect can come: wait for it as long as it takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                # FastAPI re-raises HTTPException from body reading as is.
+                raise HTTPException(
+                    408, f"request body not received within {self.max_body_seconds:g} s"
+                ) from None
             if message.get("type") == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    # FastAPI re-raises HTTPException from body reading as is.
                     raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
         return wrapped
@@ -193,7 +270,7 @@ def _describe(error: dict[str, Any]) -> FieldError:
     elif isinstance(value, (int, float, str, bool)):
         shown = repr(value)
         message += f" (got {shown[:60]}{'...' if len(shown) > 60 else ''})"
-    return FieldError(field=field_path(loc), message=message)
+    return FieldError(field=_cut(field_path(loc)), message=_cut(message))
 
 
 def deeper_than(value: Any, limit: int) -> bool:
@@ -216,6 +293,10 @@ def too_deep_response() -> JSONResponse:
 def unparseable_body_response(exc: StarletteHTTPException) -> JSONResponse | None:
     """400 naming the problem when FastAPI could not parse the body (it says only "error parsing")."""
     cause = exc.__cause__
+    if isinstance(cause, TooManyKeysError):
+        return _error_json(
+            413, f"invalid request: body: {cause}", [FieldError(field="body", message=str(cause))]
+        )
     if isinstance(cause, RecursionError):  # the JSON parser's own nesting limit (far above ours)
         return too_deep_response()
     if isinstance(cause, UnicodeDecodeError):
@@ -230,14 +311,24 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     """422 naming each bad field (400 when the body is not JSON at all, or nested too deeply)."""
     if deeper_than(exc.body, MAX_JSON_DEPTH):
         return too_deep_response()
-    errors = [_describe(dict(error)) for error in exc.errors()]
-    status = 400 if any(error.get("type") == "json_invalid" for error in exc.errors()) else 422
-    shown = "; ".join(f"{error.field}: {error.message}" for error in errors[:5])
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    raw = exc.errors()
+    errors = [_describe(dict(error)) for error in raw[:MAX_LISTED_ERRORS]]
+    status = 400 if any(error.get("type") == "json_invalid" for error in raw[:MAX_LISTED_ERRORS]) else 422
+    shown = _cut("; ".join(f"{error.field}: {error.message}" for error in errors[:5]), 3 * MAX_FIELD_CHARS)
+    more = f" (and {len(raw) - 5} more" if len(raw) > 5 else ""
+    if len(raw) > MAX_LISTED_ERRORS:
+        more += f"; the first {MAX_LISTED_ERRORS} are listed"
+    more += ")" if more else ""
     return _error_json(status, f"invalid request: {shown}{more}", errors)
 
 
-def create_api(backend: RecommendationBackend, *, token: str | None = None) -> FastAPI:
+def create_api(
+    backend: RecommendationBackend,
+    *,
+    token: str | None = None,
+    max_concurrent_batches: int = MAX_CONCURRENT_BATCHES,
+    max_body_seconds: float = MAX_BODY_SECONDS,
+) -> FastAPI:
     """The FastAPI app of the endpoint, bound to ``backend``."""
     api = FastAPI(
         title="MOrA recommendations",
@@ -248,7 +339,9 @@ def create_api(backend: RecommendationBackend, *, token: str | None = None) -> F
             f"{MAX_BODY_BYTES} bytes per body. Send `Authorization: Bearer <token>` when a token is configured."
         ),
     )
+    api.router.route_class = BoundedJsonRoute
     bearer = HTTPBearer(auto_error=False, description="Required when MORA_SERVE_TOKEN is set")
+    batches_running = 0
 
     async def documented_auth(_: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
         """Declares the scheme in OpenAPI; GuardMiddleware enforces it before the body is read."""
@@ -296,7 +389,14 @@ def create_api(backend: RecommendationBackend, *, token: str | None = None) -> F
         summary=f"Up to {MAX_BATCH_REQUESTS} recommendations in one call, answered in order",
     )
     async def recommend_batch(body: BatchRequest) -> JSONResponse:
-        outcomes = await backend.recommend_batch(body.requests)
+        nonlocal batches_running
+        if batches_running >= max_concurrent_batches:  # shed, rather than queue behind them
+            raise ApiError(503, f"busy: {batches_running} batches are being answered, retry shortly")
+        batches_running += 1
+        try:
+            outcomes = await backend.recommend_batch(body.requests)
+        finally:
+            batches_running -= 1
         results = [
             {
                 "index": index,
@@ -341,5 +441,5 @@ def create_api(backend: RecommendationBackend, *, token: str | None = None) -> F
         )
         return JSONResponse(body.model_dump(), status_code=503)
 
-    api.add_middleware(GuardMiddleware, token=token)  # type: ignore[arg-type]
+    api.add_middleware(GuardMiddleware, token=token, max_body_seconds=max_body_seconds)  # type: ignore[arg-type]
     return api

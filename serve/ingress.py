@@ -4,6 +4,10 @@ Validation, auth and errors happen here; recommendations are computed by ``Servi
 reached through a ``DeploymentHandle`` with ``multiplexed_model_id=service``. The service list
 and the registry health are read from S3 directly and cached for a few seconds; the list names the
 version the replicas serve (LATEST only when it verifies, see ``ServableVersions``).
+
+A model call that outlives ``request_timeout_s`` is cancelled (504), a model replica that dies under a
+call is retried once on another replica, and a full queue (``max_queued_requests``) is answered at
+once with 503 + ``Retry-After`` (``ServeBackend._ask``).
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from mora_platform.registry import ModelNotFoundError, ModelRegistry, RegistryError, ServableVersions
 from mora_platform.settings import MoraSettings
 from serve.api import RecommendationRequest, ServiceInfo
 from serve.http_api import ModelOutcome, create_api
+from serve.resilience import INGRESS_OPTIONS
 
 logger = logging.getLogger("ray.serve")
 
@@ -29,6 +36,18 @@ SERVICES_TTL_S = 5.0
 HEALTH_TTL_S = 2.0
 MAX_CACHED_HANDLES = 4096
 UNKNOWN_TTL_S = 2.0  # how long "no such service" is remembered (a publish shows up after this)
+REPLICA_LOST = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+
+
+def _envelopes(count: int, status: int, error: str) -> list[dict[str, Any]]:
+    return [{"status": status, "recommendation": None, "error": error}] * count
+
+
+def _cancel(response: Any) -> None:
+    """Cancel a model call (a ``DeploymentResponse``; the replica's task is cancelled with it)."""
+    cancel = getattr(response, "cancel", None)
+    if callable(cancel):
+        cancel()
 
 
 class ServeBackend:
@@ -54,14 +73,7 @@ class ServeBackend:
                 return [self._unknown_outcome(service)] * len(requests)
             del self._unknown[service]
         payloads = [request.model_dump(mode="json", exclude_none=True) for request in requests]
-        try:
-            answers = await asyncio.wait_for(
-                self._handle(service).recommend.remote(payloads), timeout=self._timeout
-            )
-        except TimeoutError:
-            return [ModelOutcome(504, error=f"{service}: no answer within {self._timeout:g} s")] * len(
-                requests
-            )
+        answers = await self._ask(service, "recommend", payloads)
         outcomes = [ModelOutcome(**answer) for answer in answers]
         if outcomes and all(outcome.status == 404 for outcome in outcomes):
             self._remember_unknown(service)
@@ -93,19 +105,47 @@ class ServeBackend:
             services = [requests[i].service for i in pending]
             routed = max(set(services), key=services.count)
             payloads = [requests[i].model_dump(mode="json", exclude_none=True) for i in pending]
-            try:
-                answers = await asyncio.wait_for(
-                    self._handle(routed).recommend_mixed.remote(payloads), timeout=self._timeout
-                )
-            except TimeoutError:
-                answers = [
-                    {"status": 504, "recommendation": None, "error": f"no answer within {self._timeout:g} s"}
-                ] * len(pending)
+            answers = await self._ask(routed, "recommend_mixed", payloads)
             for index, answer in zip(pending, answers, strict=True):
                 results[index] = ModelOutcome(**answer)
                 if answer["status"] == 404:
                     self._remember_unknown(requests[index].service)
         return [outcome for outcome in results if outcome is not None]
+
+    async def _ask(self, routed: str, method: str, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The model deployment's answers, or one error envelope per payload.
+
+        Past ``request_timeout_s`` the call is cancelled (its replica stops between requests of a batch)
+        and answered 504; so is it when this request is cancelled (client gone, proxy timeout). A replica
+        that dies under the call is left behind: the call is sent once more (recommending is idempotent)
+        and Serve routes it to a live replica. A full queue is a 503 at once.
+        """
+        deadline = time.monotonic() + self._timeout
+        for attempt in (1, 2):
+            response = getattr(self._handle(routed), method).remote(payloads)
+            try:
+                answers: list[dict[str, Any]] = await asyncio.wait_for(
+                    response, timeout=max(deadline - time.monotonic(), 0.001)
+                )
+                return answers
+            except TimeoutError:
+                _cancel(response)
+                return _envelopes(len(payloads), 504, f"{routed}: no answer within {self._timeout:g} s")
+            except asyncio.CancelledError:
+                _cancel(response)
+                raise
+            except BackPressureError:
+                return _envelopes(len(payloads), 503, "the model replicas are busy: retry shortly")
+            except REPLICA_LOST as exc:
+                if attempt == 1 and deadline - time.monotonic() > 0.5:
+                    logger.warning(
+                        "model replica lost under a call (%s): sending it again", type(exc).__name__
+                    )
+                    continue
+                return _envelopes(
+                    len(payloads), 503, f"model replica unavailable ({type(exc).__name__}): retry shortly"
+                )
+        raise AssertionError("unreachable")
 
     def _handle(self, service: str) -> DeploymentHandle:
         handle = self._handles.get(service)
@@ -171,11 +211,7 @@ class ServeBackend:
         return None
 
 
-@serve.deployment(
-    name="RecommendationIngress",
-    max_ongoing_requests=256,
-    ray_actor_options={"num_cpus": 0.25},
-)
+@serve.deployment(name="RecommendationIngress", ray_actor_options={"num_cpus": 0.25}, **INGRESS_OPTIONS)
 @serve.ingress()
 class RecommendationIngress:
     """HTTP entry point; the FastAPI app is built per replica after the constructor."""

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve.api import MAX_BATCH_REQUESTS, MAX_BODY_BYTES, MAX_HISTORY_ROWS, MAX_JSON_DEPTH
+from serve.api import MAX_BATCH_REQUESTS, MAX_BODY_BYTES, MAX_HISTORY_ROWS, MAX_JSON_DEPTH, MAX_OBJECT_KEYS
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,12 @@ MALFORMED_CASES: tuple[MalformedCase, ...] = (
     MalformedCase("JSON nested 100,000 levels", 400, "body: JSON nested deeper than", raw=_nested(100_000)),
     MalformedCase(
         "JSON nested past the limit", 400, "body: JSON nested deeper than", raw=_nested(MAX_JSON_DEPTH + 1)
+    ),
+    MalformedCase(
+        "object with absurdly many keys",
+        413,
+        f"the limit is {MAX_OBJECT_KEYS}",
+        body=_ok(current={f"unknown_{i}": 1 for i in range(MAX_OBJECT_KEYS * 4)}),
     ),
     MalformedCase("body not UTF-8", 400, "body: not UTF-8", raw=b'{"service":"{service}","x":"\xff"}'),
     MalformedCase("empty body", 422, "body", raw=b""),

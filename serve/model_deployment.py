@@ -9,6 +9,11 @@ swaps in new versions without a restart; a version that fails verification is re
 the previous one keeps serving, marked degraded. A request that sends no history and no what-if
 context is answered on the service's newest rows, which the replica reads from the model's dataset
 in S3 (``RecentHistory``, cached ``MORA_SERVE_HISTORY_MAX_AGE_S``). Blocking work runs in worker threads.
+
+Inference runs one request at a time in the replica's inference thread (``_infer``): a call that is
+cancelled (the ingress timed out, the client went away) stops after the request in progress, calls
+interleave instead of one large batch holding the thread for all of its requests, and a replica with
+more than ``MAX_PENDING_PAYLOADS`` requests waiting answers 503 at once.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from serve.model_slots import (
     load_service_model,
     outcome,
 )
+from serve.resilience import MAX_PENDING_PAYLOADS, MODELS_OPTIONS
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,11 +55,11 @@ DEFAULT_RELOAD_INTERVAL_S = 10.0
 
 @serve.deployment(
     name="ServiceModels",
-    max_ongoing_requests=64,
     ray_actor_options={"num_cpus": 0.5},
     user_config={"reload_interval_s": DEFAULT_RELOAD_INTERVAL_S},
     # The ingress logs every HTTP request; per-call logs here would double the logging cost.
     logging_config={"enable_access_log": False},
+    **MODELS_OPTIONS,
 )
 class ServiceModels:
     """Per-service ensembles behind one deployment (multiplexed)."""
@@ -83,6 +89,7 @@ class ServiceModels:
         self._slots: weakref.WeakValueDictionary[str, ServiceSlot] = weakref.WeakValueDictionary()
         self._reload_interval_s = DEFAULT_RELOAD_INTERVAL_S
         self._refresher: asyncio.Task[None] | None = None
+        self._pending = 0  # requests waiting for or in the inference thread
 
     def reconfigure(self, config: Mapping[str, Any] | None) -> None:
         """Apply ``user_config`` (``reload_interval_s``) without restarting the replica."""
@@ -109,8 +116,22 @@ class ServiceModels:
         cached = self._loader.cached_answers(slot, payloads)
         if cached is not None:  # memoised: no thread hop, no model run
             return cached
+        return await self._infer(slot, payloads)
+
+    async def _infer(self, slot: ServiceSlot, payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Answers computed one request at a time in the inference thread (see the module's doc)."""
+        if self._pending + len(payloads) > MAX_PENDING_PAYLOADS:
+            busy = f"replica busy ({self._pending} requests waiting): retry shortly"
+            return [outcome(503, error=busy)] * len(payloads)
+        self._pending += len(payloads)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._infer_pool, self._loader.answer, slot, payloads)
+        answers: list[dict[str, Any]] = []
+        try:
+            for payload in payloads:  # a cancellation lands here, between two requests
+                answers += await loop.run_in_executor(self._infer_pool, self._loader.answer, slot, [payload])
+        finally:
+            self._pending -= len(payloads)
+        return answers
 
     async def recommend_mixed(self, payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Answer payloads for any mix of services (each names its own), in order."""
@@ -131,15 +152,10 @@ class ServiceModels:
                 continue
             for index, answer in zip(indices, cached, strict=True):
                 results[index] = answer
-        if work:
-
-            def run_all() -> None:
-                for slot, indices in work:
-                    answers = self._loader.answer(slot, [payloads[i] for i in indices])
-                    for index, answer in zip(indices, answers, strict=True):
-                        results[index] = answer
-
-            await asyncio.get_running_loop().run_in_executor(self._infer_pool, run_all)
+        for slot, indices in work:
+            answers = await self._infer(slot, [payloads[i] for i in indices])
+            for index, answer in zip(indices, answers, strict=True):
+                results[index] = answer
         return [result if result is not None else outcome(500, error="not answered") for result in results]
 
     async def _slot(self, service: str) -> tuple[ServiceSlot | None, dict[str, Any]]:

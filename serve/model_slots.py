@@ -292,7 +292,7 @@ class ModelLoader:
         model_service = _model_service(service, loaded)
         window = None
         if key == () and self.recent is not None:  # a plain question: the server brings recent rows
-            window = self.recent.get(model_service, loaded.dataset)
+            window = self.recent.get(model_service, loaded.dataset, step_seconds=loaded.step_seconds)
             key = _window_key(window.fetched_at) if window.frame is not None else key
         if key is not None and key in loaded.answers:
             return outcome(200, _decorated(loaded.answers[key], [], reason))

@@ -13,6 +13,11 @@ The Ray head listens on 127.0.0.1 only and runs with Ray's token authentication;
 generated on its first start into ``$MORA_HOME/ray_auth_token`` (0600) and never printed. Every
 ``mora`` command that talks to the head sends it (``infra.local.ray_head.client_env``); a head
 left running without token auth by an older ``mora`` is refused with what to do.
+
+The model manifests' signing key is generated the same way on the first ``up`` into
+``$MORA_HOME/signing_key`` (0600, never printed, never in ``stack.env`` or S3): the publisher (``mora
+train``, the retrain jobs on the head) signs with it and every reader verifies with it
+(``mora_platform.registry.signing``), so a model written straight into the S3 server is not served.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from infra.local.ray_head import (
 )
 from infra.local.sockets import beyond_loopback, listening_sockets
 from infra.local.weed import WeedServer
+from mora_platform.settings import ensure_signing_key, signing_key_path
 from mora_platform.storage.errors import StorageError
 from mora_platform.storage.object_store import ObjectStore
 
@@ -174,6 +180,7 @@ class LocalStack:
         """Start what is not running; raises ``PortInUseError`` before starting anything if a port is taken."""
         say = progress or (lambda _message: None)
         wanted = [c for c in COMPONENTS if c in components]
+        ensure_signing_key(signing_key_path(self.home))  # before any job can publish
         to_start: list[str] = []
         results: dict[str, ComponentStatus] = {}
         for component in wanted:

@@ -5,6 +5,20 @@ Lance side servers are off (they otherwise take fixed ports), everything binds 1
 S3 auth is on through an ``identities.json`` holding one access key / secret: unsigned or
 wrongly signed requests are refused. Usable from the CLI stack and from pytest fixtures alike.
 
+Only the S3 gateway takes requests over HTTP without being a way around its credentials. The
+filer's HTTP API (which reads and writes every bucket without credentials, for anyone on the
+machine) and the master's (``/col/delete`` drops a bucket's data, ``/dir/assign`` hands out write
+slots) are off (``-filer.disableHttp``, ``-disableHttp``: their ports answer 404 to every path),
+and SeaweedFS's JWT security is on: the volume server accepts writes and deletes only with a token
+signed by the master (``WEED_JWT_SIGNING_KEY``), the filer only with one signed for it
+(``WEED_JWT_FILER_SIGNING_KEY``). The keys are random per start and given to ``weed`` in its
+environment only (no ``security.toml``, nothing on the command line): the all-in-one ``weed server``
+is the only process that needs them. Still open to local users, as weed 4.x offers no credentials
+there short of mTLS certificates: the volume server's status page and reads of stored blobs by file
+id on its HTTP port, and the gRPC ports (filer gRPC can create entries). So storage alone is never
+trusted with what is served: model manifests are signed by the publisher
+(``mora_platform.registry.signing``).
+
 Every bucket is its own SeaweedFS collection and grabs several volumes on its first write; with
 weed's default of 8 volume slots the third bucket fails with InternalError. Volumes here are
 256 MB (sparse, nothing preallocated) with up to 100 slots.
@@ -14,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,6 +68,10 @@ class WeedPorts:
     def as_dict(self) -> dict[str, int]:
         """``{"s3": 8333, ...}``."""
         return asdict(self)
+
+
+#: weed's JWT keys (security.toml's [jwt.signing] and [jwt.filer_signing]) as environment variables.
+JWT_KEY_VARIABLES = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_FILER_SIGNING_KEY")
 
 
 def write_identities(path: Path, access_key: str, secret_key: str) -> None:
@@ -108,7 +127,8 @@ class WeedServer:
         return self._access_key, self._secret_key
 
     def command(self) -> list[str]:
-        """The full ``weed server`` command line (no secrets in it: they are in the identities file)."""
+        """The full ``weed server`` command line (no secrets in it: they are in the identities file
+        and, for the JWT keys, in the environment ``environment()`` builds)."""
         binary = self._binary or find_executable("weed")
         p = self.ports
         return [
@@ -123,6 +143,8 @@ class WeedServer:
             f"-volume.port.grpc={p.volume_grpc}",
             f"-filer.port={p.filer}",
             f"-filer.port.grpc={p.filer_grpc}",
+            "-filer.disableHttp",
+            "-disableHttp",  # the master's HTTP API (its gRPC serves the filer and volume server)
             "-s3",
             f"-s3.port={p.s3}",
             f"-s3.port.grpc={p.s3_grpc}",
@@ -134,6 +156,15 @@ class WeedServer:
             "-volume.max=100",
             "-volume.preStopSeconds=0",
         ]
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default: this process's environment) with fresh random JWT keys for weed's
+        volume and filer write security; any WEED_JWT_* already there is replaced."""
+        env = {
+            k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("WEED_JWT_")
+        }
+        env.update({name: secrets.token_hex(32) for name in JWT_KEY_VARIABLES})
+        return env
 
     def check_ports(self, hint_for: dict[str, str] | None = None) -> None:
         """Raise ``PortInUseError`` naming the first taken port."""
@@ -153,6 +184,7 @@ class WeedServer:
             "weed",
             self.command(),
             self.log_path,
+            env=self.environment(),
             details={"endpoint_url": self.endpoint_url, "ports": self.ports.as_dict()},
         )
         self.record = record

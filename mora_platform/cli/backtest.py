@@ -161,7 +161,14 @@ def _platform_available() -> str | None:
 
 
 def _read_source(
-    source: str, *, mode: str, unit: str, resource: str, step_seconds: int, services: list[str] | None
+    source: str,
+    *,
+    mode: str,
+    unit: str,
+    resource: str,
+    step_seconds: int,
+    services: list[str] | None,
+    usage_scope: str | None = None,
 ) -> tuple[SeriesSet, str]:
     from mora_platform.backtest.inputs import is_value_csv, read_value_csvs, series_from_frame
 
@@ -175,7 +182,7 @@ def _read_source(
             ), f"{len(chosen)} timestamp,value CSV file(s)"
         from mora_platform.data.loaders import load_path
 
-        loaded = load_path(path, relative_step_seconds=step_seconds)
+        loaded = load_path(path, relative_step_seconds=step_seconds, usage_scope=usage_scope)
         for issue in loaded.issues:
             typer.echo(f"warning: {issue}", err=True)
         if loaded.frame.empty:
@@ -294,6 +301,13 @@ def register(app: typer.Typer) -> None:
             "cpu", "--resource", help="Resource of timestamp,value CSVs: cpu | memory"
         ),
         step_seconds: int = typer.Option(15, "--relative-step-seconds", help="Clock of relative t_N labels"),
+        usage_scope: str | None = typer.Option(
+            None,
+            "--usage-scope",
+            help="What the files' CPU / memory figures cover: 'service' (summed over the pods; divided by "
+            "replica_count_value) or 'pod' (one pod already); default: the directory's mora-dataset.json, "
+            "else service",
+        ),
         services: str | None = typer.Option(None, "--services", help="Comma-separated services to keep"),
         epochs: int = typer.Option(3, "--epochs", help="LSTM epochs per platform fit (training budget)"),
         ray_flag: bool = typer.Option(False, "--ray", help="Run one Ray task per series"),
@@ -371,7 +385,13 @@ def register(app: typer.Typer) -> None:
         wanted = [s.strip() for s in services.split(",")] if services else None
         try:
             series_set, described = _read_source(
-                source, mode=mode, unit=unit, resource=resource, step_seconds=step_seconds, services=wanted
+                source,
+                mode=mode,
+                unit=unit,
+                resource=resource,
+                step_seconds=step_seconds,
+                services=wanted,
+                usage_scope=usage_scope,
             )
         except BacktestInputError as exc:
             _fail(str(exc))

@@ -133,6 +133,12 @@ def import_data(
         min=1,
         help="Refuse a file with more data rows (lines after the header).",
     ),
+    usage_scope: str | None = typer.Option(
+        None,
+        "--usage-scope",
+        help="What the files' CPU / memory figures cover: 'service' (summed over the pods, as mora collect "
+        "writes) or 'pod' (one pod's figure); default: the directory's mora-dataset.json, else service.",
+    ),
 ) -> None:
     """Validate and load PATH, report every problem, write one Parquet per service to S3.
 
@@ -160,7 +166,11 @@ def import_data(
     limits = LoadLimits(max_file_bytes=max_file_mib * 2**20, max_columns=max_columns, max_rows=max_rows)
     try:
         result = load_path(
-            path, relative_step_seconds=relative_step_seconds, limits=limits, check_service_names=True
+            path,
+            relative_step_seconds=relative_step_seconds,
+            limits=limits,
+            check_service_names=True,
+            usage_scope=usage_scope,
         )
     except LoadLimitError as exc:
         where = f" in {path}" if path.is_dir() else ""

@@ -321,7 +321,7 @@ def recommend(
         None, "--context", help='JSON object, e.g. \'{"load_users": 50, "replica_count": 2}\'.'
     ),
     version: str | None = typer.Option(None, "--version", help="Model version (default: LATEST)."),
-    output: str = typer.Option("table", "--format", help="table | json | yaml | k8s-patch"),
+    output: str = typer.Option("table", "--format", "--output", "-o", help="table | json | yaml | k8s-patch"),
     container: str | None = typer.Option(
         None,
         "--container",
@@ -331,19 +331,22 @@ def recommend(
     recent: bool = typer.Option(
         True,
         "--recent/--no-recent",
-        help="Without --context: calibrate the head-room on the service's newest rows in its dataset "
-        "(what the backtest measures, and what the endpoint serves); --no-recent answers from the model "
+        help="Without --context: calibrate the head-room on the service's newest rows, live from Prometheus "
+        "when MORA_PROMETHEUS_URL is set, else from its dataset (what the backtest measures, and what the "
+        "endpoint serves); --no-recent answers from the model "
         "alone with the training-time head-room.",
     ),
 ) -> None:
     """Answer from the published model: fetch, verify, load, recommend.
 
-    As the endpoint does: without --context, the newest rows of the dataset the model was trained on
-    calibrate the CPU and memory head-room (the answer says how old they are); with --context, a what-if
+    As the endpoint does: without --context, the service's newest rows (live from Prometheus when
+    MORA_PROMETHEUS_URL is set, else, or when it fails, from the dataset the model was trained on)
+    calibrate the CPU and memory head-room (the answer says where they came from and how old they are);
+    with --context, a what-if
     question, the model answers from its stored history with the training-time head-room.
     """
     from mora_platform.recommend.formatters import available_formats, format_recommendations
-    from mora_platform.registry import ModelNotFoundError, validate_service_name, validate_version
+    from mora_platform.registry import validate_service_name, validate_version
 
     if output not in available_formats():
         _fail(f"--format {output!r}: known formats: {', '.join(available_formats())}")
@@ -354,22 +357,33 @@ def recommend(
         validate_service_name(service)
         store = _object_store(settings) if registry_dir is None else None
         registry = _registry(settings, registry_dir, store)
+        fallback_notes: list[str] = []
         if version is None:
-            version = registry.latest_version(service)
-            if version is None:
-                raise ModelNotFoundError(service)
-        validate_version(version)
-        cache = Path(settings.home) / "cache" / "models" / service / version
-        fetched = registry.fetch(service, version, cache)
+            # as the endpoint serves: LATEST if it verifies, else the newest older version that does
+            version, fetched, fallback_notes = _servable(registry, service, Path(settings.home))
+        else:
+            validate_version(version)
+            fetched = registry.fetch(
+                service, version, Path(settings.home) / "cache" / "models" / service / version
+            )
         from mora_platform.training.bundle import ServiceModel
 
         model = ServiceModel.load(fetched.path)
-        from mora_platform.registry.recent_history import RecentHistory, history_used, pick_history
+        from mora_platform.registry.recent_history import (
+            RecentHistory,
+            history_from_settings,
+            history_used,
+            pick_history,
+            prometheus_for_history,
+        )
 
         wanted = recent and store is not None and settings.serve_history_rows > 0
         window = None
         dataset = fetched.manifest.extra.get("dataset")
-        reader = RecentHistory(store, rows=max(settings.serve_history_rows, 1)) if store is not None else None
+        reader = None
+        if store is not None:  # live from Prometheus when one is configured, as the endpoint reads them
+            prometheus = prometheus_for_history(settings) if wanted and not parsed_context else None
+            reader = history_from_settings(settings, store, prometheus) or RecentHistory(store, rows=1)
         if wanted and not parsed_context:
             assert reader is not None
             window = reader.get(model.service, str(dataset) if dataset else None)
@@ -382,8 +396,34 @@ def recommend(
         except ValueError as exc:  # the model refuses a context it cannot use, saying why
             _fail(f"--context: {exc}")
         used = history_used(source, history if history is not None else model.history)
-        rec = rec.model_copy(update={"history": used, "reasons": [*rec.reasons, *notes]})
+        update: dict[str, Any] = {"history": used, "reasons": [*rec.reasons, *notes, *fallback_notes]}
+        if fallback_notes:
+            update["degraded"] = True
+        rec = rec.model_copy(update=update)
         typer.echo(format_recommendations([rec], output, **options), nl=False)
+
+
+def _servable(registry: Any, service: str, home: Path) -> tuple[str, Any, list[str]]:
+    """(version, fetched bundle, notes): what LATEST names if it verifies, else the newest older version
+    that does, with the notes saying why (the endpoint's rule); refuses when none verifies."""
+    from mora_platform.registry.errors import ArtifactIntegrityError, ModelNotFoundError
+
+    resolved = registry.resolve_latest(service)
+    if resolved.version is None:
+        raise ModelNotFoundError(service)
+    notes = [resolved.problem] if resolved.problem else []
+    refusals: list[str] = []
+    first: ArtifactIntegrityError | None = None
+    for candidate in registry.serving_candidates(resolved):
+        try:
+            fetched = registry.fetch(service, candidate, home / "cache" / "models" / service / candidate)
+        except ArtifactIntegrityError as exc:
+            first = first or exc
+            refusals.append(f"{service}/{candidate} refused: {exc}")
+            continue
+        return candidate, fetched, [*notes, *refusals, *([f"answered by {candidate}"] if refusals else [])]
+    assert first is not None  # resolve_latest named a version, so at least one candidate was tried
+    raise first
 
 
 def register(app: typer.Typer) -> None:

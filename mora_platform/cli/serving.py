@@ -108,6 +108,19 @@ def resolve_config(config: dict[str, Any], settings: MoraSettings, env_files: li
     return resolved
 
 
+def single_points_of_failure(config: dict[str, Any]) -> list[str]:
+    """Deployments of ``config`` that may run a single replica: losing it interrupts every answer
+    until Serve replaces it (``serve/config.yaml`` keeps two at least, see ``serve/resilience.py``)."""
+    found = []
+    for application in config.get("applications") or []:
+        for deployment in application.get("deployments") or []:
+            autoscaling = deployment.get("autoscaling_config")
+            least = autoscaling.get("min_replicas", 1) if autoscaling else deployment.get("num_replicas", 1)
+            if isinstance(least, int) and least < 2:
+                found.append(f"{application.get('name', 'default')}/{deployment.get('name')}")
+    return found
+
+
 def settings_stamp(env_files: list[str]) -> str:
     """Changes whenever an env file changes (size / mtime only, no secret material).
 
@@ -202,6 +215,10 @@ def up(
     if not isinstance(raw, dict):
         _fail(f"--config {config}: expected a YAML mapping")
     resolved = resolve_config(raw, settings, env_files_for_cluster(Path(settings.home)))
+    for name in single_points_of_failure(resolved):
+        typer.echo(
+            f"warning: {name} may run one replica: losing it stops answers until it is replaced", err=True
+        )
     target = Path(settings.home) / "serve" / "config.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")

@@ -40,6 +40,7 @@ import pandas as pd
 
 from mora_platform.data.issues import ERROR, INFO, DataIssue
 from mora_platform.data.schema import (
+    DATASET_METADATA_FILE,
     DEFAULT_RELATIVE_STEP_SECONDS,
     EXPERIMENT_ID,
     LOAD_USERS,
@@ -50,6 +51,8 @@ from mora_platform.data.schema import (
     STEP,
     TIMESTAMP,
     UNIFIED_COLUMNS,
+    USAGE_SCOPE,
+    USAGE_SCOPES,
 )
 from mora_platform.data.validation import (
     InvalidNameError,
@@ -455,8 +458,12 @@ def load_path(
     clean: bool = True,
     limits: LoadLimits | None = None,
     check_service_names: bool = False,
+    usage_scope: str | None = None,
 ) -> LoadResult:
     """Load a directory of CSV / Parquet files (searched recursively), one CSV or one Parquet file.
+
+    ``usage_scope`` (``service`` or ``pod``, see ``schema.USAGE_SCOPE``) is set on rows that do not
+    carry one; None takes it from the directory's ``mora-dataset.json`` when there is one.
 
     Every file is checked against ``limits`` (None, the default: no limits) before any is parsed
     (`LoadLimitError`); with ``check_service_names`` a ``service`` value that is not a
@@ -487,7 +494,41 @@ def load_path(
         tables.append((source, table))
     frame, loaded, skipped_experiments = _assemble(tables, issues, relative_step_seconds, clean)
     skipped.extend(s for s, t in tables if t.frame is not None and s not in loaded)
+    scope = usage_scope if usage_scope is not None else dataset_metadata(Path(path)).get(USAGE_SCOPE)
+    if scope is not None:
+        frame = with_usage_scope(frame, str(scope))
     return LoadResult(frame, issues, loaded, skipped, skipped_experiments)
+
+
+def dataset_metadata(path: Path) -> dict[str, str]:
+    """A directory's ``mora-dataset.json`` (what its files' figures mean), or ``{}`` without one."""
+    import json
+
+    meta_file = path / DATASET_METADATA_FILE
+    if not path.is_dir() or not meta_file.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DataLoadError(f"{meta_file}: not valid JSON ({error})") from error
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise DataLoadError(f'{meta_file}: expected a JSON object of strings, e.g. {{"usage_scope": "pod"}}')
+    unknown = sorted(set(meta) - {USAGE_SCOPE, "note"})
+    if unknown:
+        raise DataLoadError(f"{meta_file}: unknown key(s) {', '.join(unknown)}; known: {USAGE_SCOPE}, note")
+    return {k: v for k, v in meta.items() if k == USAGE_SCOPE}
+
+
+def with_usage_scope(frame: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """``frame`` with ``usage_scope`` set to ``scope`` where a row has none (``service`` or ``pod``)."""
+    if scope not in USAGE_SCOPES:
+        raise DataLoadError(f"usage_scope must be one of {', '.join(USAGE_SCOPES)}, got {scope!r}")
+    out = frame.copy()
+    if USAGE_SCOPE in out.columns:
+        out[USAGE_SCOPE] = out[USAGE_SCOPE].where(out[USAGE_SCOPE].notna(), scope).astype(str)
+    else:
+        out[USAGE_SCOPE] = scope
+    return out
 
 
 def load_frame(

@@ -53,6 +53,16 @@ UNIFIED_COLUMNS: tuple[str, ...] = CONTEXT_COLUMNS + METRIC_COLUMNS
 CPU_BUSIEST_POD = "cpu_cores_busiest_pod_value"
 MEM_BUSIEST_POD = "mem_bytes_busiest_pod_value"
 POD_COLUMNS: tuple[str, ...] = (CPU_BUSIEST_POD, MEM_BUSIEST_POD)
+# Optional column saying what the CPU / memory metrics of a row cover: the service's pods summed
+# ("service", the default: what ``mora collect`` and the synthetic fleet write) or one pod already
+# ("pod": sources that recorded a per-pod figure, such as the seed's Online Boutique experiments, whose
+# memory does not grow with the replica count). A directory of files may declare it for all of them in
+# ``DATASET_METADATA_FILE`` (``{"usage_scope": "pod"}``).
+USAGE_SCOPE = "usage_scope"
+SCOPE_SERVICE = "service"
+SCOPE_POD = "pod"
+USAGE_SCOPES: tuple[str, ...] = (SCOPE_SERVICE, SCOPE_POD)
+DATASET_METADATA_FILE = "mora-dataset.json"
 
 # Metrics that are usage and therefore can never be negative.
 NON_NEGATIVE_METRICS: tuple[str, ...] = (

@@ -26,9 +26,11 @@ from mora_platform.data.schema import (
     REPLICA_COUNT,
     SCENARIO,
     SCENARIO_CODES,
+    SCOPE_POD,
     STEP,
     TIMESTAMP,
     UNKNOWN_SCENARIO_CODE,
+    USAGE_SCOPE,
 )
 from mora_platform.recommend.types import TARGETS
 
@@ -44,6 +46,7 @@ _POD_SOURCES: dict[str, tuple[str, str, str]] = {
 }
 BUSIEST = "busiest-pod"
 EVEN_SPREAD = "even-spread"
+AS_RECORDED = "per-pod-as-recorded"  # rows whose usage_scope is "pod": the data's own per-pod figure
 
 # target name -> (source column, factor); the prepared frame carries the target as column ``target_{name}``.
 TARGET_SOURCES: dict[str, tuple[str, float]] = {
@@ -82,13 +85,21 @@ def pod_usage(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     """Per-pod CPU cores and memory bytes per row (``POD_CPU``, ``POD_MEMORY``) and the basis of each.
 
     Where the frame has a positive busiest-pod value, that is the pod's usage (basis ``busiest-pod``);
+    rows whose ``usage_scope`` is ``pod`` already hold one pod's figure (``per-pod-as-recorded``);
     elsewhere the service total divided by its pods (at least 1), an even spread (``even-spread``,
     which under-states a skewed pod: the answer's reasons say so). A total of 0 or a missing value
     stays as it is (the caller treats it as a gap). The basis is per resource: ``busiest-pod`` when
-    every row with a value had one, ``even-spread`` when none did, ``mixed`` otherwise.
+    every row with a value had one, ``mixed`` when some did, else how the others were taken.
     """
     pods = pd.to_numeric(frame[PODS], errors="coerce") if PODS in frame.columns else None
     divisor = pd.Series(1.0, index=frame.index) if pods is None else pods.where(pods >= 1, 1.0).fillna(1.0)
+    per_pod_rows = (
+        frame[USAGE_SCOPE].astype(str).eq(SCOPE_POD).to_numpy()
+        if USAGE_SCOPE in frame.columns
+        else np.zeros(len(frame), dtype=bool)
+    )
+    divisor = divisor.where(~per_pod_rows, 1.0)  # already one pod's figure: nothing to divide
+    rest = AS_RECORDED if len(frame) and per_pod_rows.all() else EVEN_SPREAD
     out = pd.DataFrame(index=frame.index)
     basis: dict[str, str] = {}
     for column, (total_column, busiest_column, resource) in _POD_SOURCES.items():
@@ -98,17 +109,15 @@ def pod_usage(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
             else pd.Series(np.nan, index=frame.index)
         )
         spread = total / divisor
+        basis[resource] = rest
+        out[column] = spread
         if busiest_column in frame.columns:
             busiest = pd.to_numeric(frame[busiest_column], errors="coerce")
             has = busiest.notna() & (busiest > 0)
             out[column] = spread.where(~has, busiest)
             seen = int(has.sum())
-            basis[resource] = (
-                BUSIEST if seen and seen >= int(total.notna().sum()) else ("mixed" if seen else EVEN_SPREAD)
-            )
-        else:
-            out[column] = spread
-            basis[resource] = EVEN_SPREAD
+            if seen:
+                basis[resource] = BUSIEST if seen >= int(total.notna().sum()) else "mixed"
     return out.astype("float64"), basis
 
 

@@ -11,7 +11,13 @@ from mora_platform.registry.errors import (
     ModelNotFoundError,
     RegistryError,
 )
-from mora_platform.registry.manifest import MANIFEST_SCHEMA_VERSION, CodeVersion, FileEntry, Manifest
+from mora_platform.registry.manifest import (
+    MANIFEST_SCHEMA_VERSION,
+    CodeVersion,
+    FileEntry,
+    Manifest,
+    ManifestSignature,
+)
 from mora_platform.registry.model_registry import (
     FetchedBundle,
     LatestResolution,
@@ -22,6 +28,13 @@ from mora_platform.registry.model_registry import (
     verify_local_bundle,
 )
 from mora_platform.registry.servable import Servable, ServableVersions
+from mora_platform.registry.signing import (
+    ManifestSignatureError,
+    MissingSigningKeyError,
+    SignatureMismatchError,
+    UnsignedManifestError,
+    sign_manifest,
+)
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -36,12 +49,18 @@ __all__ = [
     "LatestResolution",
     "LocalBlobBackend",
     "Manifest",
+    "ManifestSignature",
+    "ManifestSignatureError",
+    "MissingSigningKeyError",
     "ModelNotFoundError",
     "ModelRegistry",
     "RegistryError",
     "Servable",
     "ServableVersions",
+    "SignatureMismatchError",
+    "UnsignedManifestError",
     "new_version",
+    "sign_manifest",
     "validate_service_name",
     "validate_version",
     "verify_local_bundle",

@@ -1,7 +1,8 @@
 """The manifest of a published model version: what is in it and how it was made.
 
 Written as ``manifest.json`` after every file of the bundle; the registry refuses any file
-whose sha256 or size differs from what is listed here.
+whose sha256 or size differs from what is listed here, and any manifest whose ``signature`` (an
+HMAC by the platform's publisher, ``mora_platform.registry.signing``) does not verify.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import platform
 import subprocess
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +55,16 @@ class CodeVersion(BaseModel):
     git_commit: str | None = None
 
 
+class ManifestSignature(BaseModel):
+    """The publisher's HMAC-SHA256 over the manifest's canonical JSON (see ``registry.signing``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    algorithm: Literal["hmac-sha256"] = "hmac-sha256"
+    key_id: str = Field(pattern=r"^[0-9a-f]{12}$", description="Fingerprint of the signing key (not the key)")
+    value: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex HMAC-SHA256")
+
+
 class Manifest(BaseModel):
     """Everything the registry and a reader need to trust and understand one version."""
 
@@ -75,6 +86,9 @@ class Manifest(BaseModel):
     fallbacks: list[str] = Field(default_factory=list, description="Fallbacks used while training")
     config: dict[str, Any] = Field(default_factory=dict, description="Training configuration")
     extra: dict[str, Any] = Field(default_factory=dict, description="Other metadata given at publish time")
+    signature: ManifestSignature | None = Field(
+        None, description="The publisher's signature; None in manifests written before signing existed"
+    )
 
     def to_json_bytes(self) -> bytes:
         """Stable, readable JSON."""

@@ -8,7 +8,10 @@ Layout under ``prefix`` (default ``models``)::
     models/{service}/tuned_config.json         best config found by tuning, if any
 
 A version without a manifest is incomplete and never returned; one with a manifest becomes
-*the* version only when ``LATEST`` names it. Readers verify every byte against the manifest.
+*the* version only when ``LATEST`` names it. Readers verify every byte against the manifest, and
+the manifest against the publisher's signature (``registry.signing``): a version written straight
+into storage, however consistent, is refused (``ManifestSignatureError``), so the serving fallback
+(``resolve_latest`` / ``serving_candidates``) goes on to the previous version that verifies.
 
 ``LATEST`` only moves forward under concurrent publishes: S3 offers no compare-and-swap here, so a
 publish leaves a newer pointer alone and, after writing, re-reads it and the complete versions and
@@ -52,6 +55,15 @@ from mora_platform.registry.manifest import (
     sha256_bytes,
     sha256_file,
     split_metadata,
+)
+from mora_platform.registry.signing import check_signature as check_signature_of
+from mora_platform.registry.signing import key_id, sign_manifest
+from mora_platform.settings import (
+    accept_unsigned_from_environment,
+    checked_signing_key,
+    ensure_signing_key,
+    signing_key_from_environment,
+    signing_key_path,
 )
 
 if TYPE_CHECKING:
@@ -185,19 +197,79 @@ def verify_local_bundle(directory: Path, manifest: Manifest | None = None) -> Ma
 class ModelRegistry:
     """Publish, list, fetch and prune model versions on any :class:`BlobBackend`."""
 
-    def __init__(self, backend: BlobBackend, prefix: str = "models") -> None:
+    def __init__(
+        self,
+        backend: BlobBackend,
+        prefix: str = "models",
+        *,
+        signing_key: str | None = None,
+        accept_unsigned: bool | None = None,
+        home: Path | None = None,
+    ) -> None:
+        """``signing_key``: the manifest signing key; None reads ``MORA_SIGNING_KEY``, else
+        ``{home}/signing_key`` (``home``: ``$MORA_HOME`` or ``~/.mora``) at each use, and a publish
+        without any creates that file. ``accept_unsigned``: None reads ``MORA_ACCEPT_UNSIGNED``."""
         prefix = prefix.strip("/")
         if not prefix:
             raise ValueError("registry prefix must not be empty")
         self.backend = backend
         self.prefix = prefix
+        self._signing_key = (
+            checked_signing_key(signing_key, "the registry's signing_key") if signing_key else None
+        )
+        self._accept_unsigned = accept_unsigned
+        self._home = Path(home) if home is not None else None
 
     @classmethod
     def from_settings(cls, settings: MoraSettings, prefix: str = "models") -> ModelRegistry:
-        """A registry on the S3 bucket the settings name."""
+        """A registry on the S3 bucket the settings name, with their signing key (or home's file)."""
         from mora_platform.storage.object_store import ObjectStore
 
-        return cls(ObjectStore.from_settings(settings), prefix=prefix)
+        key = settings.signing_key.get_secret_value() if settings.signing_key is not None else None
+        return cls(
+            ObjectStore.from_settings(settings),
+            prefix=prefix,
+            signing_key=key or None,
+            accept_unsigned=settings.accept_unsigned or None,
+            home=settings.home,
+        )
+
+    # ---- signing --------------------------------------------------------------------------
+
+    def _reader_key(self) -> tuple[str, str] | None:
+        """(signing key, where it came from), or None when this process holds none."""
+        if self._signing_key is not None:
+            return self._signing_key, "the registry's configuration"
+        return signing_key_from_environment(self._home)
+
+    def _publisher_key(self) -> str:
+        """The signing key, created in ``{home}/signing_key`` (0600) when none is configured."""
+        found = self._reader_key()
+        if found is not None:
+            return found[0]
+        path = ensure_signing_key(signing_key_path(self._home))
+        log.warning(
+            "created the manifest signing key %s (0600, key %s): every reader of this registry "
+            "needs the same key (MORA_SIGNING_KEY or $MORA_HOME/signing_key)",
+            path,
+            self.signing_key_id(),
+        )
+        found = self._reader_key()
+        if found is None:  # MORA_SIGNING_KEY set empty, or the file unreadable right after writing
+            raise RegistryError(f"cannot read the manifest signing key just created at {path}")
+        return found[0]
+
+    @property
+    def accept_unsigned(self) -> bool:
+        """Whether manifests without a signature are accepted (``MORA_ACCEPT_UNSIGNED``)."""
+        if self._accept_unsigned is not None:
+            return self._accept_unsigned
+        return accept_unsigned_from_environment()
+
+    def signing_key_id(self) -> str | None:
+        """The fingerprint of the key this registry signs and verifies with (None: no key)."""
+        found = self._reader_key()
+        return key_id(found[0]) if found is not None else None
 
     # ---- keys -----------------------------------------------------------------------------
 
@@ -295,6 +367,7 @@ class ModelRegistry:
                 **known,
             }
         )
+        manifest = sign_manifest(manifest, self._publisher_key())
         self.backend.put_bytes(self._key(service, version, MANIFEST_NAME), manifest.to_json_bytes())
         pointed = self._advance_latest(service, version)
         log.info("published %s/%s (%d files, %d bytes)", service, version, len(files), manifest.total_bytes)
@@ -476,7 +549,9 @@ class ModelRegistry:
             )
         return data
 
-    def read_manifest(self, service: str, version: str) -> Manifest:
+    def read_manifest(self, service: str, version: str, *, check_signature: bool = True) -> Manifest:
+        """The stored manifest of one version, refused (``ArtifactIntegrityError``) when it is
+        unreadable, names another version, or (``check_signature``) is not signed by the publisher."""
         validate_version(version)
         raw = self._get_optional(self._key(service, version, MANIFEST_NAME))
         if raw is None:
@@ -499,6 +574,17 @@ class ModelRegistry:
         for name in manifest.files:
             if not _check_relative_name(name) or name == MANIFEST_NAME:
                 raise ArtifactIntegrityError(service, version, name, "unsafe file name in the manifest")
+        if check_signature:
+            found = self._reader_key()
+            signed = check_signature_of(
+                raw,
+                manifest,
+                found[0] if found else None,
+                key_source=found[1] if found else "-",
+                accept_unsigned=self.accept_unsigned,
+            )
+            if not signed:
+                log.warning("%s/%s: manifest not signed, accepted (MORA_ACCEPT_UNSIGNED)", service, version)
         return manifest
 
     def fetch(self, service: str, version: str | None, dest: Path) -> FetchedBundle:

@@ -4,8 +4,10 @@ The serving replicas (``serve.model_slots``) refuse a version whose bytes differ
 and fall back to an older one; a listing that only read ``LATEST`` would advertise the refused
 version. :class:`ServableVersions` applies the same rule for listings (``GET /v1/services``):
 resolve LATEST (``ModelRegistry.resolve_latest``), then walk down from it to the first version
-that verifies. Verifying downloads every byte, so each (service, version) result is remembered
-for ``max_age_s``; a repaired or newly tampered file is seen at most that long after the change.
+that verifies. Verifying downloads every byte and checks the publisher's signature, so a version
+written straight into storage is refused like a tampered one; each (service, version) result is
+remembered for ``max_age_s``; a repaired or newly tampered file is seen at most that long after the
+change. An unsigned version accepted by ``MORA_ACCEPT_UNSIGNED`` is served degraded, saying so.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mora_platform.registry.model_registry import ModelRegistry
 #: How long a verification result (valid or refused) is reused.
 DEFAULT_VERIFY_MAX_AGE_S = 30.0
 _MAX_ENTRIES = 4096
+_UNSIGNED = "manifest not signed, accepted because MORA_ACCEPT_UNSIGNED is set"
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,17 @@ class ServableVersions:
         problems = [resolved.problem] if resolved.problem else []
         for version in self.registry.serving_candidates(resolved):
             refusal = self._refusal(service, version)
-            if refusal is None:
+            if refusal is None or refusal.startswith(_UNSIGNED):
+                if refusal is not None:
+                    problems.append(f"version {version}: {refusal}")
                 reason = "; ".join(problems) + f"; serving {version}" if problems else None
                 return Servable(service, version, reason)
             problems.append(f"version {version} refused: {refusal}")
         return Servable(service, None, "; ".join(problems) or None)
 
     def _refusal(self, service: str, version: str) -> str | None:
-        """Why ``version`` is refused, None when it verifies (cached)."""
+        """Why ``version`` is refused, None when it verifies (cached); a text starting with
+        ``_UNSIGNED`` for an unsigned version that is accepted (served, degraded)."""
         key = (service, version)
         now = self._clock()
         with self._lock:
@@ -73,8 +79,8 @@ class ServableVersions:
         if cached is not None and now - cached[0] < self.max_age_s:
             return cached[1]
         try:
-            self.registry.verify(service, version)
-            refusal = None
+            manifest = self.registry.verify(service, version)
+            refusal = None if manifest.signature is not None else _UNSIGNED
         except (ArtifactIntegrityError, ModelNotFoundError) as exc:
             refusal = str(exc)
         with self._lock:

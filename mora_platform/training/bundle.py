@@ -31,11 +31,14 @@ from mora_platform.data.schema import (
     EXPERIMENT_ID,
     REPLICA_COUNT,
     SCENARIO,
+    SCOPE_SERVICE,
     SERVICE,
     STEP,
     TIMESTAMP,
+    USAGE_SCOPE,
 )
 from mora_platform.features.targets import (
+    AS_RECORDED,
     BUSIEST,
     FEATURE_COLUMNS,
     PODS,
@@ -114,6 +117,34 @@ UNAVAILABLE = "unavailable"
 #: constant the models can be fitted on (no usage; one pod, so per-pod figures are the totals). The
 #: numbers the models make of it are never served: the answering layer returns NaN for that target.
 UNAVAILABLE_FILL: dict[str, float] = {"cpu": 0.0, "memory": 0.0, "replicas": 1.0}
+
+
+#: A history whose per-pod usage exceeds this multiple of the most the stored training rows show is far
+#: beyond anything the model saw (a unit mistake, a metric at its maximum): the answer is flagged.
+IMPLAUSIBLE_USAGE_FACTOR = 100.0
+
+
+def history_beyond_training(trained: pd.DataFrame, history: pd.DataFrame) -> list[str]:
+    """Notes for each of CPU and memory whose per-pod usage in ``history`` (a prepared frame) exceeds
+    ``IMPLAUSIBLE_USAGE_FACTOR`` times the most that ``trained`` (the stored training rows) shows."""
+    notes = []
+    for target in ("cpu", "memory"):
+        column, factor = TARGET_COLUMNS[target], TARGET_SOURCES[target][1]
+        if column not in trained.columns or column not in history.columns or not factor:
+            continue
+        seen = float(pd.to_numeric(trained[column], errors="coerce").max()) / factor
+        sent = float(pd.to_numeric(history[column], errors="coerce").max()) / factor
+        if (
+            math.isfinite(seen)
+            and seen > 0
+            and math.isfinite(sent)
+            and sent > IMPLAUSIBLE_USAGE_FACTOR * seen
+        ):
+            notes.append(
+                f"history {target} per pod reaches {sent:.4g}, {sent / seen:,.0f}x the most the training rows "
+                f"show ({seen:.4g}): an answer this far beyond the data is not a measurement (check the units)"
+            )
+    return notes
 
 
 def target_availability(frame: pd.DataFrame) -> dict[str, str]:
@@ -243,6 +274,9 @@ class ServiceModel:
             history = history[history[SERVICE].astype(str) == self.service]
         if history.empty:
             raise ValueError(f"history has no rows for service {self.service!r}")
+        if USAGE_SCOPE not in history.columns and self.usage_scope != SCOPE_SERVICE:
+            # rows without a scope mean what the training rows meant (a client's history, the stored tail)
+            history = history.assign(**{USAGE_SCOPE: self.usage_scope})
         if tail_rows is not None:
             history = history.tail(tail_rows)
         try:
@@ -417,6 +451,11 @@ class ServiceModel:
         return out
 
     @property
+    def usage_scope(self) -> str:
+        """What the training rows' CPU / memory covered: ``service`` (summed over pods) or ``pod``."""
+        return str((self.metrics.get("data_window") or {}).get("usage_scope") or SCOPE_SERVICE)
+
+    @property
     def context_range(self) -> dict[str, tuple[float, float]]:
         """The range of each context key the training data saw (``metrics.json``), if recorded."""
         raw = (self.metrics.get("data_window") or {}).get("context_range") or {}
@@ -496,6 +535,8 @@ class ServiceModel:
             )
         source = self.history if history is None else self._prepared(history, RECENT_ROWS)
         reasons = [*self.ensemble.reasons.values(), *self._pod_reasons(source), *recent_reasons]
+        beyond = [] if history is None else history_beyond_training(self.history, source)
+        reasons.extend(beyond)
         if forecast.mode != FUSED:
             silent = [n for n in self.ensemble.members if n not in forecast.mode.split("+")]
             reasons.append(
@@ -524,7 +565,7 @@ class ServiceModel:
             resource_policy=self.config.resources,
             container=container,
             unavailable=unavailable,
-            outside_training_range=outside,
+            outside_training_range=[*outside, *beyond],
             coverage_achieved=achieved,
         )
 
@@ -546,7 +587,12 @@ class ServiceModel:
         notes = []
         for resource in ("cpu", "memory"):
             seen = trained.get(resource, basis[resource])
-            if seen != BUSIEST:
+            if seen == AS_RECORDED:
+                notes.append(
+                    f"{resource} per pod is the data's own per-pod figure (usage_scope pod), not the busiest "
+                    "pod's: a pod busier than the one recorded needs more"
+                )
+            elif seen != BUSIEST:
                 notes.append(
                     f"{resource} per pod is the service's total divided by its pods (the busiest pod was not "
                     "collected): a pod busier than the average needs more"

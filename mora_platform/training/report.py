@@ -58,6 +58,10 @@ class DataWindow(BaseModel):
     end: datetime
     rows: int
     experiments: int
+    usage_scope: str = Field(
+        default="service",
+        description="what the rows' CPU / memory covered: service (summed over pods) or pod",
+    )
     pod_basis: dict[str, str] = Field(
         default_factory=dict,
         description="per resource, what a pod's usage was: busiest-pod, even-spread (total / pods) or mixed",

@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mora_platform.data.schema import EXPERIMENT_ID, SERVICE, TIMESTAMP
+from mora_platform.data.schema import (
+    EXPERIMENT_ID,
+    SCOPE_POD,
+    SCOPE_SERVICE,
+    SERVICE,
+    TIMESTAMP,
+    USAGE_SCOPE,
+)
 from mora_platform.features.split import Split, split_frame
 from mora_platform.features.targets import (
     REQUIRED_COLUMNS,
@@ -351,6 +358,7 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
         experiments=int(prepared[EXPERIMENT_ID].nunique()),
         context_range=context_range(prepared),
         pod_basis=pod_usage(prepared)[1],
+        usage_scope=_usage_scope(prepared),
     )
     report = TrainingReport(
         service=service,
@@ -371,6 +379,17 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
         config=config.model_dump(),
     )
     return FittedService(service, config, ensemble, calibration, prepared, report, unavailable)
+
+
+def _usage_scope(prepared: pd.DataFrame) -> str:
+    """``pod`` when every training row held one pod's figure, else ``service`` (see ``schema.USAGE_SCOPE``)."""
+    if (
+        USAGE_SCOPE in prepared.columns
+        and len(prepared)
+        and prepared[USAGE_SCOPE].astype(str).eq(SCOPE_POD).all()
+    ):
+        return SCOPE_POD
+    return SCOPE_SERVICE
 
 
 def train_service(frame: pd.DataFrame, service: str, config: TrainingConfig, out_dir: Path) -> TrainingReport:

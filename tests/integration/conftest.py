@@ -1,7 +1,8 @@
 """Integration fixtures: a real SeaweedFS S3 server (auth on, free 127.0.0.1 ports) and the Online Boutique data.
 
 The server is started once per session with a random access key / secret and stopped by PID at
-the end, whatever the tests did. Its data is thrown away, so teardown does not wait for weed's
+the end, whatever the tests did (model manifests are signed with the session key of
+``tests/conftest.py``). Its data is thrown away, so teardown does not wait for weed's
 slow graceful exit (~16 s): SIGKILL follows SIGTERM after a few seconds.
 """
 

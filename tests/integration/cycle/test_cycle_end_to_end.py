@@ -4,9 +4,10 @@ First cycle (``mora cycle --wait``, a Ray Job on a real head): collects two days
 backfilled Prometheus behind a token proxy, publishes version 1 of both. A second backfill adds newer
 rows for one service only, with its load shifted up; the second cycle (``mora cycle --local``, no Ray)
 resumes each service from its newest row, retrains that one service and skips the other. A plain
-``{"service": ...}`` question is answered the way the Serve replica answers it (``ModelLoader`` with
-``RecentHistory``; cache age 0 so every question reads the dataset again): from version 1 first, then
-from version 2 on newer rows.
+``{"service": ...}`` question goes over HTTP (bearer token) to the real Serve app deployed on the same
+Ray head, which reads each service's recent rows live from Prometheus (through the token proxy; cache
+age 1 s): from version 1 first, then, within the reload interval after the second cycle, from version 2
+on rows newer by hours; with Prometheus unreachable it answers on the dataset's newest rows and says so.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +29,13 @@ import httpx
 import pandas as pd
 import pytest
 from conftest import NAMESPACE, CycleStack
+from cycle_harness import RATE_WINDOW, STEP
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from infra.local.prometheus import free_port
 from mora_platform.cli import app
 from mora_platform.registry import ModelRegistry
-from mora_platform.registry.recent_history import RecentHistory
-from serve.model_slots import ModelLoader
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +53,117 @@ def _summary(object_store: Any, output: str) -> dict[str, Any]:
     return json.loads(object_store.get_bytes(match.group(1)))
 
 
-def _plain_answer(loader: ModelLoader, slot: Any, service: str) -> dict[str, Any]:
-    (result,) = loader.answer(slot, [{"service": service}])
-    assert result["status"] == 200, result
-    return dict(result["recommendation"])
+#: How often the served models check LATEST, and how long a recent-rows window is reused (seconds).
+RELOAD_INTERVAL_S = 1.0
+HISTORY_MAX_AGE_S = 1.0
+
+
+@dataclass
+class ServedApp:
+    url: str
+    token: str
+
+    def ask(self, service: str) -> dict[str, Any]:
+        """The answer to a plain ``{"service": ...}`` question."""
+        response = httpx.post(
+            f"{self.url}/v1/recommendations",
+            json={"service": service},
+            headers={"authorization": f"Bearer {self.token}"},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+
+@contextmanager
+def served(stack: CycleStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServedApp]:
+    """The Serve app on the cycle's Ray head: recent rows live from Prometheus (through the token proxy,
+    which is how the replicas get the bearer token: a bound setting, not an environment variable)."""
+    from infra.local.ray_head import client_env, reset_ray_auth_cache
+
+    for name, value in client_env(stack.home, stack.head.address).items():
+        monkeypatch.setenv(name, value)
+    reset_ray_auth_cache()
+    import ray
+    from ray import serve
+
+    from mora_platform.collect.settings import PrometheusSettings
+    from serve.app import ServeAppArgs, compose_app
+
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        monkeypatch.setattr(constants, "ENABLE_RAY_CLUSTER", False, raising=False)
+    port = free_port()
+    token = secrets.token_urlsafe(16)
+    settings = stack.settings.model_copy(
+        update={
+            "serve_token": SecretStr(token),
+            "serve_history_max_age_s": HISTORY_MAX_AGE_S,
+            "home": stack.home,  # where the cycle's publishers keep the manifest signing key
+        }
+    )
+    prometheus = PrometheusSettings(  # type: ignore[call-arg]
+        _env_file=None,
+        url=stack.proxy.url,
+        bearer_token=SecretStr(stack.token),
+        step=STEP,
+        rate_window=RATE_WINDOW,
+    )
+    ray.init(address=stack.head.address, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = ServeAppArgs(reload_interval_s=RELOAD_INTERVAL_S)
+        serve.run(
+            compose_app(args, settings, prometheus=prometheus), name="mora", route_prefix="/", blocking=False
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the Serve app did not come up in 120 s"
+            time.sleep(0.5)
+        yield ServedApp(url, token)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def _wait_for_version(endpoint: ServedApp, service: str, version: str, timeout: float) -> dict[str, Any]:
+    """The first plain answer from ``version`` (the replica reloads every RELOAD_INTERVAL_S)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = endpoint.ask(service)
+        if answer["model_version"] == version:
+            return answer
+        assert time.monotonic() < deadline, (
+            f"still answering from {answer['model_version']} after {timeout:g} s"
+        )
+        time.sleep(0.5)
+
+
+def _dataset_newest(object_store: Any, dataset: str, service: str) -> pd.Timestamp:
+    from mora_platform.storage.datasets import DatasetStore
+
+    return pd.Timestamp(DatasetStore(object_store).read(dataset, service)["timestamp"].max())
+
+
+def _ray_logs_hold(stack: CycleStack, secret: str) -> list[str]:
+    """Files of the head's Ray session (logs, runtime envs) that contain ``secret``."""
+    found = []
+    for path in (stack.root / "ray").rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".out", ".err", ".json", ".txt"):
+            try:
+                if secret.encode() in path.read_bytes():
+                    found.append(str(path))
+            except OSError:
+                continue
+    return found
 
 
 def test_cycle_collects_retrains_what_changed_and_serves_newer_rows(
@@ -60,6 +172,7 @@ def test_cycle_collects_retrains_what_changed_and_serves_newer_rows(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     stack = cycle_stack
     api, db = stack.services
@@ -108,21 +221,27 @@ def test_cycle_collects_retrains_what_changed_and_serves_newer_rows(
     assert {s: o["status"] for s, o in outcomes.items()} == {api: "published", db: "published"}
     assert first["skipped"] == []
 
-    registry = ModelRegistry(object_store)
+    registry = ModelRegistry(object_store, home=stack.home)  # the publishers' signing key is under this home
     v1 = {service: registry.latest_version(service) for service in (api, db)}
     assert v1 == {service: outcomes[service]["version"] for service in (api, db)}
     manifest = registry.read_manifest(api, v1[api] or "")
     assert manifest.extra["dataset"] == dataset and manifest.extra["run_id"] == first["run_id"]
 
-    # -- what a Serve replica answers to {"service": api}, rows read afresh every time (cache age 0) --
-    loader = ModelLoader(registry, tmp_path / "cache", recent=RecentHistory(object_store, max_age_s=0))
-    slot = loader.load(api)
-    answer1 = _plain_answer(loader, slot, api)
+    # -- the Serve app answers {"service": api} over HTTP, on rows read live from Prometheus ------------
+    began = time.monotonic()
+    serving = ExitStack()
+    request.addfinalizer(serving.close)  # Serve and this process's Ray connection end with the test
+    endpoint = serving.enter_context(served(stack, monkeypatch))
+    timings["Serve app up"] = time.monotonic() - began
+    answer1 = endpoint.ask(api)
     assert answer1["model_version"] == v1[api]
-    assert answer1["history"]["source"] == f"dataset:{dataset}"
+    assert answer1["history"]["source"] == f"prometheus:{NAMESPACE}", answer1["history"]
+    assert answer1["history"]["rows"] >= 2 * 288, answer1["history"]
     newest1 = pd.Timestamp(answer1["history"]["newest"])
     boundary = pd.Timestamp(stack.timeline.boundary, unit="s", tz="UTC")
     assert boundary - pd.Timedelta("5min") <= newest1 <= boundary + pd.Timedelta("10min")  # gauges stay 5 min
+    stored1 = _dataset_newest(object_store, dataset, api)
+    assert abs(stored1 - newest1) <= pd.Timedelta("5min"), (stored1, newest1)  # the rows a dataset holds
 
     # -- newer data for api only, its load shifted up ----------------------------------------------
     timings["second backfill + Prometheus restart"] = stack.backfill_second_window()
@@ -149,7 +268,7 @@ def test_cycle_collects_retrains_what_changed_and_serves_newer_rows(
     second = _summary(object_store, output2)
     collected = {row["service"]: row for row in second["collection"]["services"]}
     assert collected[api]["resumed"] and collected[db]["resumed"]
-    assert collected[api]["start"] == newest1.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert collected[api]["start"] == stored1.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert collected[api]["new_rows"] >= 3 * 12 - 2, output2[-5000:]  # ~3 h at 5 minutes
     assert collected[db]["new_rows"] == 0, collected[db]
     decisions = {d["service"]: d for d in second["decisions"]}
@@ -164,14 +283,29 @@ def test_cycle_collects_retrains_what_changed_and_serves_newer_rows(
     assert v2 is not None and v2 != v1[api] and v2 == second["services"][0]["version"]
     assert registry.latest_version(db) == v1[db]  # unchanged: not retrained
 
-    # -- the replica picks up version 2 and answers on the newer rows ------------------------------
-    assert loader.refresh(slot)
-    answer2 = _plain_answer(loader, slot, api)
-    assert answer2["model_version"] == v2
-    newest2 = pd.Timestamp(answer2["history"]["newest"])
-    assert newest2 > newest1 + pd.Timedelta("2h"), (newest1, newest2)
-    assert answer2["recommendations"]["cpu_cores"] > answer1["recommendations"]["cpu_cores"]
-    loader.close()
+    # -- within the reload interval a plain request is answered by version 2, on live rows hours newer ----
+    with serving:
+        began = time.monotonic()
+        answer2 = _wait_for_version(endpoint, api, v2, timeout=RELOAD_INTERVAL_S + 60)
+        timings["version 2 served after publishing"] = time.monotonic() - began
+        assert answer2["history"]["source"] == f"prometheus:{NAMESPACE}", answer2["history"]
+        newest2 = pd.Timestamp(answer2["history"]["newest"])
+        assert newest2 > newest1 + pd.Timedelta("2h"), (newest1, newest2)
+        assert answer2["recommendations"]["cpu_cores"] > answer1["recommendations"]["cpu_cores"]
+
+        # Prometheus unreachable: the dataset's newest rows answer (collected by cycle 2), and a note says why
+        stack.proxy.retarget(f"http://127.0.0.1:{free_port()}")
+        try:
+            time.sleep(HISTORY_MAX_AGE_S + 0.5)
+            fallback = endpoint.ask(api)
+        finally:
+            stack.proxy.retarget(stack.prometheus.url)
+        assert fallback["model_version"] == v2
+        assert fallback["history"]["source"] == f"dataset:{dataset}", fallback["history"]
+        assert pd.Timestamp(fallback["history"]["newest"]) > newest1 + pd.Timedelta("2h")
+        assert any("live rows unavailable" in reason for reason in fallback["reasons"]), fallback["reasons"]
+        assert stack.token not in json.dumps(fallback)
+        assert not _ray_logs_hold(stack, stack.token)  # the bearer token is in no Ray log or runtime env
 
     # -- an hourly run in which nothing changed: it collects, retrains nothing, exits 0 -------------------
     from jobs.rightsize_cycle import main as run_cycle

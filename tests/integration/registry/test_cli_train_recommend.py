@@ -106,7 +106,8 @@ def test_train_list_recommend(cli_env: Path, dataset: tuple[str, str], tmp_path:
     rec = Recommendation.model_validate(recs[0])
     assert set(recs[0]) == set(Recommendation.model_fields)
     assert rec.service == service and rec.model_version == version
-    assert rec.recommendations.replicas >= 1 and rec.recommendations.cpu_millicores > 0
+    assert rec.recommendations.replicas is not None and rec.recommendations.replicas >= 1
+    assert rec.recommendations.cpu_millicores is not None and rec.recommendations.cpu_millicores > 0
     assert 0 <= rec.confidence <= 1
     assert (cli_env / "cache" / "models" / service / version / "manifest.json").is_file()
 
@@ -114,7 +115,9 @@ def test_train_list_recommend(cli_env: Path, dataset: tuple[str, str], tmp_path:
     assert refused.exit_code == 2
     assert _error_line(refused).startswith("error: --context: ") and "'pods'" in refused.stderr
 
-    patch = runner.invoke(app, ["recommend", service, "--version", version, "--format", "k8s-patch"])
+    patch = runner.invoke(
+        app, ["recommend", service, "--version", version, "--context", context, "--format", "k8s-patch"]
+    )
     assert patch.exit_code == 0, patch.output
     container = yaml.safe_load(patch.stdout)["spec"]["template"]["spec"]["containers"][0]
     assert container["name"] == service

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from serve_harness import (
+    DRILL_REPLICAS,
     RELOAD_INTERVAL_S,
     SOURCE_SERVICES,
     TINY_CONFIG,
@@ -36,11 +37,14 @@ from mora_platform.registry import ModelRegistry
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[RayHead]:
-    """A single-node Ray cluster on 127.0.0.1 (2 CPUs, no dashboard), stopped by PID.
+    """A single-node Ray cluster on 127.0.0.1 (4 logical CPUs, no dashboard), stopped by PID.
 
-    The cluster gets a token of its own (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN in this process and
-    the cluster's environment), so a shared ``~/.ray/auth_token`` written by other clusters on
-    the machine cannot lock the test out.
+    Four logical CPUs (whatever the machine has) so two replicas of each deployment (1.5 CPUs) and the
+    single-replica secured app of ``test_bearer_token_auth`` (0.75) fit side by side.
+
+        The cluster gets a token of its own (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN in this process and
+        the cluster's environment), so a shared ``~/.ray/auth_token`` written by other clusters on
+        the machine cannot lock the test out.
     """
     temp_dir = Path(tempfile.mkdtemp(prefix="mora-ray-", dir="/tmp"))
     gcs_port = free_port()
@@ -60,7 +64,7 @@ def ray_head() -> Iterator[RayHead]:
     command += [
         "--min-worker-port=0",
         "--max-worker-port=0",
-        "--num-cpus=2",
+        "--num-cpus=4",
         "--include-dashboard=false",
         "--disable-usage-stats",
         f"--temp-dir={temp_dir}",
@@ -175,7 +179,8 @@ def serve_endpoint(
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = ServeAppArgs(registry_prefix=serve_registry.prefix, reload_interval_s=RELOAD_INTERVAL_S)
         settings = s3_settings.model_copy(update={"serve_token": None})
-        serve.run(compose_app(args, settings), name="mora", route_prefix="/", blocking=False)
+        app = compose_app(args, settings, replicas=DRILL_REPLICAS)  # two of each: the drill kills one
+        serve.run(app, name="mora", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 60, "/healthz")
         yield Endpoint(url, serve_registry)

@@ -23,6 +23,7 @@ TINY_CONFIG: dict[str, Any] = {
 }
 SOURCE_SERVICES = ("frontend", "cartservice")
 RELOAD_INTERVAL_S = 1.0
+DRILL_REPLICAS = 2  # replicas of each deployment of the endpoint under test (as deployed: serve.resilience)
 
 
 def free_port() -> int:

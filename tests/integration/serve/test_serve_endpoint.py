@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
-from serve_harness import RELOAD_INTERVAL_S, Endpoint, RayHead, wait_until
+from serve_harness import DRILL_REPLICAS, RELOAD_INTERVAL_S, Endpoint, RayHead, wait_until
 
 from mora_platform.registry import ModelRegistry
 from serve.malformed import MALFORMED_CASES
@@ -156,13 +158,16 @@ def test_a_plain_request_is_answered_on_the_newest_rows_as_the_backtest_measures
         rows, pd.Timedelta(seconds=15)
     )
     assert set(backtest.sources.values()) - {"validation"}, "the auto head-room chose a recent source"
+    # the backtest's per-pod requests, at the pods the rows ran with, through the same Kubernetes policy
     same = build_recommendation(
         service,
-        {**backtest.requests, "replicas": 1.0},
+        backtest.requests,
         1.0,
         coverage=model.calibration.coverage,
         cpu_floor_millicores=model.config.cpu_floor_millicores,
         memory_floor_mib=model.config.memory_floor_mib,
+        pods_now=served["replica_decision"]["current"],
+        resource_policy=model.config.resources,
     ).recommendations
     assert served["recommendations"]["cpu_millicores"] == same.cpu_millicores
     assert served["recommendations"]["memory_bytes"] == same.memory_bytes
@@ -317,7 +322,8 @@ def test_bearer_token_auth(
     token = secrets.token_urlsafe(16)
     args = ServeAppArgs(registry_prefix=serve_endpoint.registry.prefix)
     settings = s3_settings.model_copy(update={"serve_token": SecretStr(token)})
-    serve.run(compose_app(args, settings), name="mora-secured", route_prefix="/secured", blocking=False)
+    app = compose_app(args, settings, replicas=1)
+    serve.run(app, name="mora-secured", route_prefix="/secured", blocking=False)
     try:
         url = f"{serve_endpoint.url}/secured"
         wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 60, "secured /healthz")
@@ -337,3 +343,148 @@ def test_bearer_token_auth(
         assert post(serve_endpoint, "/v1/recommendations", body).status_code == 200
     finally:
         serve.delete("mora-secured")
+
+
+def test_a_history_at_the_metric_maxima_is_answered_flagged(
+    serve_endpoint: Endpoint, published: dict[str, str]
+) -> None:
+    """Usage at the accepted maxima (10,000 cores, 1e15 bytes) is answered, but flagged as far beyond
+    anything the model was trained on, with the reason."""
+    service = next(iter(published))
+    history = [
+        {
+            "timestamp": f"2026-01-01T00:{minute:02d}:00Z",
+            "cpu_cores_value": 10_000.0,
+            "mem_bytes_value": 1e15,
+            "replica_count_value": 1.0,
+        }
+        for minute in range(40)
+    ]
+    response = post(serve_endpoint, "/v1/recommendations", {"service": service, "history": history})
+    assert response.status_code == 200, response.text
+    flagged = response.json()["outside_training_range"]
+    assert any(note.startswith("history cpu per pod") for note in flagged), flagged
+    assert set(flagged) <= set(response.json()["reasons"])
+
+
+# --- replica-loss drill: keep last in this module (it kills a replica of the shared endpoint) ---
+
+DRILL_SECONDS = 18.0
+#: (seconds into the drill, deployment one replica of which is killed then)
+DRILL_KILLS = ((4.0, "ServiceModels"), (11.0, "RecommendationIngress"))
+DRILL_CLIENTS = 4  # each about 5 requests a second: ~20 rps in all
+DRILL_ERROR_WINDOW_S = 2.0
+
+
+@dataclass
+class DrillAnswer:
+    started: float
+    ended: float
+    status: int  # 0: no answer (timeout, connection error)
+    body: str
+
+
+def _replica_names(deployment: str) -> list[str]:
+    """Named actors of one deployment's replicas of the ``mora`` application (Serve names them)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::mora#{deployment}#"
+    return sorted(
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(prefix)
+    )
+
+
+def _replica_rss_mib(name: str) -> float:
+    """Resident memory of one replica's process."""
+    import os
+
+    import psutil
+    import ray
+
+    actor = ray.get_actor(name, namespace="serve")
+    pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()), timeout=30)
+    return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+
+
+def _error_window(failed: list[DrillAnswer]) -> float:
+    return max((a.ended for a in failed), default=0.0) - min((a.started for a in failed), default=0.0)
+
+
+def test_replica_loss_drill(serve_endpoint: Endpoint, published: dict[str, str]) -> None:
+    """Steady load (~20 rps, model runs, not memoised answers); one model replica killed, later one
+    ingress replica: after each kill the errors last under two seconds and none hangs; the model
+    replica's loss costs no error at all that is not a JSON 5xx (the ingress sends a lost call again)."""
+    import ray
+
+    services = list(published)
+    replicas = {deployment: _replica_names(deployment) for _, deployment in DRILL_KILLS}
+    assert all(len(names) == DRILL_REPLICAS for names in replicas.values()), replicas
+    for service in services * 4:  # warm: the replicas hold the models before the drill
+        assert post(serve_endpoint, "/v1/recommendations", {"service": service}).status_code == 200
+    memory = {d: [_replica_rss_mib(name) for name in names] for d, names in replicas.items()}
+    print(f"replica RSS MiB after warm-up: {memory}")
+
+    answers: list[DrillAnswer] = []
+    lock = threading.Lock()
+    origin = time.monotonic()
+    stop = origin + DRILL_SECONDS
+
+    def client(number: int) -> None:
+        with httpx.Client(base_url=serve_endpoint.url, timeout=10) as http:
+            sent = 0
+            while time.monotonic() < stop:
+                users = 1 + (number * 1000 + sent) % 4000  # a new question each time: the model runs
+                context = {**CONTEXT, "load_users": users}
+                body = {"service": services[(number + sent) % len(services)], "context": context}
+                started = time.monotonic()
+                try:
+                    response = http.post("/v1/recommendations", json=body)
+                    status, text = response.status_code, response.text
+                except httpx.HTTPError as exc:
+                    status, text = 0, f"{type(exc).__name__}: {exc}"
+                with lock:
+                    answers.append(DrillAnswer(started - origin, time.monotonic() - origin, status, text))
+                sent += 1
+                time.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(DRILL_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    killed: list[tuple[float, str]] = []
+    for at, deployment in DRILL_KILLS:
+        time.sleep(max(0.0, origin + at - time.monotonic()))
+        ray.kill(ray.get_actor(replicas[deployment][0], namespace="serve"), no_restart=True)
+        killed.append((time.monotonic() - origin, deployment))
+    for thread in threads:
+        thread.join(timeout=DRILL_SECONDS + 30)
+
+    assert len(answers) >= DRILL_SECONDS * DRILL_CLIENTS * 2, "the load was not steady"
+    assert not [a for a in answers if a.started < killed[0][0] and a.status != 200], "errors before a kill"
+    bounds = [*(at for at, _ in killed[1:]), DRILL_SECONDS + 30]
+    for (at, deployment), until in zip(killed, bounds, strict=True):
+        after = [a for a in answers if at - 0.5 <= a.started < until]
+        failed = [a for a in after if a.status != 200]
+        window = _error_window(failed)
+        in_flight = sum(a.started < at < a.ended for a in answers)
+        print(
+            f"replica-loss drill, {deployment} replica killed at {at:.1f} s ({in_flight} requests in flight):"
+            f" {len(after)} requests, "
+            f"{len(failed)} failed {sorted({a.status for a in failed})}, error window {window:.2f} s, "
+            f"slowest {max(a.ended - a.started for a in after):.2f} s"
+        )
+        assert window < DRILL_ERROR_WINDOW_S, [(a.started, a.status, a.body[:120]) for a in failed]
+        assert all(a.status >= 500 and a.ended - a.started < 5 for a in failed), failed  # no hang
+        if deployment == "ServiceModels":  # answered by the ingress: JSON naming the problem
+            assert all(json.loads(a.body)["detail"] for a in failed), failed
+        assert all(a.status == 200 for a in after if a.started > at + DRILL_ERROR_WINDOW_S)
+    # Serve replaces what was lost
+    for deployment, names in replicas.items():
+        wait_until(
+            lambda d=deployment, lost=names[0]: (
+                len(now := _replica_names(d)) == DRILL_REPLICAS and lost not in now
+            ),
+            60,
+            f"a replacement {deployment} replica",
+        )

@@ -168,3 +168,22 @@ def test_targets_are_per_pod_busiest_pod_where_collected_else_an_even_spread() -
     per_pod, basis = pod_usage(frame)
     assert per_pod[POD_CPU].tolist() == pytest.approx([0.25, 0.3, 0.9])  # the busiest pod, not the mean
     assert basis["cpu"] == BUSIEST and basis["memory"] == EVEN_SPREAD
+
+
+def test_rows_recorded_per_pod_are_not_divided_again() -> None:
+    from mora_platform.data.schema import USAGE_SCOPE
+    from mora_platform.features.targets import AS_RECORDED, POD_MEMORY, pod_usage
+
+    frame = pd.DataFrame(
+        {
+            "cpu_cores_value": [0.4, 0.4],
+            "mem_bytes_value": [400.0, 400.0],
+            "replica_count_value": [4.0, 4.0],
+            USAGE_SCOPE: ["pod", "service"],
+        }
+    )
+    per_pod, basis = pod_usage(frame)
+    assert per_pod[POD_MEMORY].tolist() == pytest.approx([400.0, 100.0])
+    per_pod, basis = pod_usage(frame.assign(**{USAGE_SCOPE: "pod"}))
+    assert per_pod[POD_MEMORY].tolist() == pytest.approx([400.0, 400.0])
+    assert basis == {"cpu": AS_RECORDED, "memory": AS_RECORDED}

@@ -489,3 +489,25 @@ def test_servable_version_skips_a_refused_latest_until_it_is_restored(
     served = servable.servable("frontend")
     assert (served.version, served.degraded) == (second, True)
     assert servable.servable("nothing-here") == Servable("nothing-here", None)
+
+
+def test_cli_answers_from_the_newest_version_that_verifies_and_says_why(
+    registry: ModelRegistry, backend: LocalBlobBackend, bundle: Bundle, tmp_path: Path
+) -> None:
+    """`mora recommend` without --version serves as the endpoint does: a refused LATEST falls back."""
+    from mora_platform.cli.models import _servable
+
+    published = [registry.publish("cartservice", bundle[0], metadata=METADATA) for _ in range(2)]
+    first, second = sorted(published)  # versions order by id (the same second: by their suffix)
+    version, fetched, notes = _servable(registry, "cartservice", tmp_path / "home")
+    assert (version, notes) == (second, [])
+    key = f"models/cartservice/{second}/lstm.keras"
+    data = bytearray(backend.get_bytes(key))
+    data[100] ^= 0x01
+    backend.put_bytes(key, bytes(data))  # written straight into storage
+    version, fetched, notes = _servable(registry, "cartservice", tmp_path / "fresh-home")
+    assert version == first and fetched.version == first
+    assert any(second in n and "refused" in n for n in notes) and notes[-1] == f"answered by {first}"
+    backend.put_bytes(f"models/cartservice/{first}/lstm.keras", bytes(data))
+    with pytest.raises(ArtifactIntegrityError):
+        _servable(registry, "cartservice", tmp_path / "home2")

@@ -11,7 +11,13 @@ from ray.serve.schema import ServeDeploySchema
 from typer.testing import CliRunner
 
 from mora_platform.cli import app
-from mora_platform.cli.serving import DEFAULT_CONFIG, env_files_for_cluster, resolve_config, settings_stamp
+from mora_platform.cli.serving import (
+    DEFAULT_CONFIG,
+    env_files_for_cluster,
+    resolve_config,
+    settings_stamp,
+    single_points_of_failure,
+)
 from mora_platform.settings import MoraSettings
 from serve.app import ServeAppArgs
 
@@ -71,3 +77,11 @@ def test_settings_stamp_follows_env_file_changes(tmp_path: Path) -> None:
     env_file.write_text("MORA_SERVE_TOKEN=second\n")
     assert settings_stamp([str(env_file)]) != first
     assert "second" not in settings_stamp([str(env_file)])
+
+
+def test_shipped_config_has_no_single_replica_deployment() -> None:
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert single_points_of_failure(config) == []
+    config["applications"][0]["deployments"][1]["autoscaling_config"]["min_replicas"] = 1
+    config["applications"][0]["deployments"][0] = {"name": "RecommendationIngress", "num_replicas": 1}
+    assert single_points_of_failure(config) == ["mora/RecommendationIngress", "mora/ServiceModels"]

@@ -82,6 +82,7 @@ def _run_child(tmp_path: Path, *args: str) -> tuple[dict[str, object], str]:
     env.update(
         {
             "MORA_HOME": str(tmp_path / "home"),
+            "MORA_SIGNING_KEY": os.environ["MORA_SIGNING_KEY"],  # the key the fixture published with
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
         }
     )

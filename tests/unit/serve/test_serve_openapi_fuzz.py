@@ -1,0 +1,32 @@
+"""A short schemathesis run against the endpoint's own OpenAPI, in process (fake backend, no Ray).
+
+Every operation gets a few dozen generated requests, valid and not, with the bearer token configured
+(schemathesis also checks that leaving it out is refused): none may get a 5xx, a status or a body the
+schema does not document. Left out: schemathesis' "schema-valid data must be accepted" check. History
+rows are judged by the data layer's rules (``serve.history``: timestamps that parse, no duplicates, a
+row's service matching the request's, ...), which JSON Schema cannot express; their refusal is a
+documented 422 naming the field. Bounded to a few seconds per operation (``max_examples``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+from schemathesis.checks import positive_data_acceptance  # noqa: E402
+from test_serve_http_api import FakeBackend  # noqa: E402
+
+from serve.http_api import create_api  # noqa: E402
+
+TOKEN = "fuzz-token"
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_api(FakeBackend(), token=TOKEN))
+
+
+@schema.parametrize()
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_endpoint_conforms_to_its_openapi(case: object) -> None:
+    case.call_and_validate(  # type: ignore[attr-defined]
+        headers={"Authorization": f"Bearer {TOKEN}"}, excluded_checks=[positive_data_acceptance]
+    )
