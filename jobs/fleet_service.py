@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from mora_platform.models.tf_runtime import cap_compute_threads
-from mora_platform.orchestration import PeakRssSampler, ServiceOutcome, cpu_seconds_used, failed_outcome
+from mora_platform.orchestration import (
+    PeakRssSampler,
+    ServiceOutcome,
+    cpu_seconds_used,
+    failed_outcome,
+    lifetime_peak_rss_mb,
+)
 from mora_platform.settings import MoraSettings
 from mora_platform.training.publish import deep_merge, directory_bytes, resolve_config_dict
 
@@ -76,6 +82,8 @@ def retrain_service(spec: RetrainSpec, service: str, settings: MoraSettings | No
     outcome.seconds = round(time.perf_counter() - started, 3)
     outcome.peak_rss_mb = sampler.peak_mb
     outcome.cpu_seconds = round(cpu_seconds_used() - cpu_started, 3)
+    outcome.worker_pid = os.getpid()
+    outcome.worker_peak_rss_mb = lifetime_peak_rss_mb()
     return outcome
 
 

@@ -3,13 +3,18 @@
 Worker death (a killed or OOM-killed process) is retried by Ray (``max_retries``); exceptions are
 not (``retry_exceptions=False``), and the per-service function returns its foreseeable failures
 as outcomes anyway. If a service exhausts its retries, it becomes a failed outcome here.
+
+Where tasks run: any node with a free CPU, unless ``MORA_TRAIN_RESOURCES`` (``MoraSettings.train_resources``)
+names custom resources each task also asks for, e.g. ``{"mora_train": 1}`` with the training nodes
+started by ``ray start --resources='{"mora_train": 4}'``. Each outcome records the node that ran it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import ray
@@ -19,7 +24,17 @@ from mora_platform.orchestration import ServiceFunction, ServiceOutcome, failed_
 
 def _run_service_task(fn: ServiceFunction, service: str) -> ServiceOutcome:
     """The body of one Ray task."""
-    return run_isolated(fn, service)
+    outcome = run_isolated(fn, service)
+    with contextlib.suppress(Exception):
+        outcome.node_id = ray.get_runtime_context().get_node_id()
+    return outcome
+
+
+def configured_train_resources() -> dict[str, float]:
+    """``MORA_TRAIN_RESOURCES`` as the settings read it (environment, stack.env, .env)."""
+    from mora_platform.settings import MoraSettings
+
+    return dict(MoraSettings().train_resources)  # type: ignore[call-arg]
 
 
 class RayTaskBackend:
@@ -35,7 +50,9 @@ class RayTaskBackend:
         heartbeat_s: float = 20.0,
         task_prefix: str = "retrain",
         on_wait: Callable[[list[str]], None] | None = None,
+        resources: Mapping[str, float] | None = None,
     ) -> None:
+        """``resources``: custom Ray resources per task (None: ``MORA_TRAIN_RESOURCES``, default none)."""
         self.num_cpus = num_cpus
         self.max_retries = max_retries
         self.memory_mb = memory_mb
@@ -43,6 +60,7 @@ class RayTaskBackend:
         self.heartbeat_s = heartbeat_s
         self.task_prefix = task_prefix
         self.on_wait = on_wait
+        self.resources = dict(resources) if resources is not None else configured_train_resources()
         self.task_ids: dict[str, str] = {}
 
     def _options(self, service: str) -> dict[str, Any]:
@@ -54,7 +72,21 @@ class RayTaskBackend:
         }
         if self.memory_mb:
             options["memory"] = int(self.memory_mb) * 2**20
+        if self.resources:
+            options["resources"] = dict(self.resources)
         return options
+
+    def _warn_if_unoffered(self) -> None:
+        """Say so when no node offers a requested custom resource (the tasks wait for one to join)."""
+        with contextlib.suppress(Exception):
+            missing = sorted(set(self.resources) - set(ray.cluster_resources()))
+            if missing:
+                print(
+                    f"warning: no node of the cluster offers the resources {missing} the tasks ask for "
+                    "(MORA_TRAIN_RESOURCES); they wait until such a node joins",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def map_services(self, fn: ServiceFunction, services: Sequence[str]) -> Iterator[ServiceOutcome]:
         # max_calls is a property of the remote function, not a per-call option.
@@ -63,6 +95,8 @@ class RayTaskBackend:
             if self.max_calls
             else ray.remote(_run_service_task)
         )
+        if self.resources:
+            self._warn_if_unoffered()
         fn_ref = ray.put(fn)
         pending: dict[ray.ObjectRef, tuple[str, float]] = {}
         for service in services:

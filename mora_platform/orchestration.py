@@ -50,6 +50,9 @@ class ServiceOutcome(BaseModel):
     attempts: int = 1
     tuned_config: bool = False
     artifact_bytes: int | None = None
+    node_id: str | None = None  # the Ray node that ran the service (None in a local loop)
+    worker_pid: int | None = None  # the process that ran it (a Ray worker is reused across services)
+    worker_peak_rss_mb: float | None = None  # that process's lifetime peak RSS when it finished
 
     @property
     def ok(self) -> bool:

@@ -137,6 +137,12 @@ class MoraSettings(BaseSettings):
 
     ray_address: str | None = Field(None, description="Ray cluster address; None starts/uses a local one")
     ray_dashboard_url: str = Field("http://127.0.0.1:8265", description="Ray dashboard / Jobs API URL")
+    train_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each training task and Tune trial asks for besides its CPUs, as "
+        "JSON (MORA_TRAIN_RESOURCES='{\"mora_train\": 1}'): the work then runs only on nodes started with "
+        "them (`ray start --resources`, a KubeRay worker group's rayStartParams); default {}: any node",
+    )
 
     prometheus_url: str | None = Field(None, description="Prometheus base URL for `mora collect`")
 
@@ -183,6 +189,21 @@ class MoraSettings(BaseSettings):
     def _absolute_home(cls, value: Path) -> Path:
         # A relative MORA_HOME would make every command depend on its working directory.
         return Path(value).expanduser().absolute()
+
+    @field_validator("train_resources")
+    @classmethod
+    def _custom_resources_only(cls, value: dict[str, float]) -> dict[str, float]:
+        # CPUs and memory have their own options (--num-cpus, --memory-mb, --cpus-per-trial).
+        builtin = sorted(
+            name for name in value if name.upper() in ("CPU", "GPU", "MEMORY", "OBJECT_STORE_MEMORY")
+        )
+        if builtin:
+            raise ValueError(
+                f"built-in resources {builtin} are set by the CPU/memory options; name custom ones"
+            )
+        if any(amount <= 0 for amount in value.values()):
+            raise ValueError("every custom resource amount must be > 0")
+        return value
 
     def signing_key_source(self) -> tuple[str, str] | None:
         """(manifest signing key, where it came from): ``signing_key`` when set, else

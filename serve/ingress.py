@@ -173,7 +173,7 @@ class ServeBackend:
 
     def _read_services(self) -> list[ServiceInfo]:
         infos = []
-        for service in self._registry.list_services():
+        for service in self._servable.services():  # the bucket listed at most once per cache age
             version = self._servable.servable(service).version  # not a refused LATEST
             info = ServiceInfo(service=service, latest_version=version)
             if version is not None:

@@ -39,6 +39,7 @@ class TuneRequest:
     save: bool = True
     grace_period: int = 1
     reduction_factor: int = 2
+    resources: dict[str, float] | None = None  # custom Ray resources per trial (None: MORA_TRAIN_RESOURCES)
 
 
 class TuneResult(BaseModel):
@@ -102,7 +103,10 @@ def tune_service(request: TuneRequest, settings: MoraSettings) -> TuneResult:
             max_epochs=request.bounds.max_epochs,
             cpu_threads=max(1, math.floor(request.cpus_per_trial)),
         ),
-        {"cpu": request.cpus_per_trial},
+        {
+            "cpu": request.cpus_per_trial,
+            **(request.resources if request.resources is not None else settings.train_resources),
+        },
     )
     rungs = len(epoch_rungs(request.bounds.max_epochs))
     scheduler = ASHAScheduler(

@@ -63,6 +63,17 @@ class StackSettings(BaseSettings):
         description="Ray's token authentication of the head (token in $MORA_HOME/ray_auth_token); "
         "'disabled' lets anyone who reaches its ports run code as you",
     )
+    prometheus: bool = Field(
+        False,
+        description="also start a Prometheus scraping Ray's metrics with `up` (as `mora stack up --prometheus`)",
+    )
+    prometheus_port: int = _port(
+        9090, "Prometheus scraping Ray's metrics (the dashboard's RAY_PROMETHEUS_HOST)"
+    )
+    prometheus_scrape_interval: int = Field(
+        10, ge=1, le=300, description="seconds between Prometheus scrapes"
+    )
+    prometheus_retention: str = Field("15d", description="how long Prometheus keeps samples (e.g. 15d, 12h)")
     start_timeout: float = Field(120.0, gt=0, description="seconds to wait for each component to be ready")
     stop_timeout: float = Field(30.0, gt=0, description="seconds to wait after SIGTERM before SIGKILL")
 

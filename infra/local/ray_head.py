@@ -350,6 +350,8 @@ class RayHead:
                 "python": interpreter(),
                 "auth": self.auth_mode,
                 "loopback_only": bool(env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"),
+                # where the dashboard's metrics views read from (Ray's default when unset)
+                "prometheus_url": env.get("RAY_PROMETHEUS_HOST"),
             },
         )
         self.record = record

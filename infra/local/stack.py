@@ -18,6 +18,13 @@ The model manifests' signing key is generated the same way on the first ``up`` i
 ``$MORA_HOME/signing_key`` (0600, never printed, never in ``stack.env`` or S3): the publisher (``mora
 train``, the retrain jobs on the head) signs with it and every reader verifies with it
 (``mora_platform.registry.signing``), so a model written straight into the S3 server is not served.
+
+An optional third component, ``prometheus`` (``mora stack up --prometheus`` or
+``MORA_STACK_PROMETHEUS=true``; off by default), is Debian's Prometheus on 127.0.0.1 scraping the
+head's metrics (``infra.local.ray_prometheus``). Its URL is known before anything starts, so a head
+started in the same ``up`` (or while it runs) gets ``RAY_PROMETHEUS_HOST`` pointing at it and its
+dashboard's metrics views read from it; a head already running without it is left alone, and ``up``
+and ``status`` say how to restart it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import httpx
 from infra.local.config import RAY_PORT_FIELDS, WEED_PORT_FIELDS, StackSettings, port_hint
 from infra.local.envfile import read_env_file, stack_env_path, update_env_file
 from infra.local.processes import ProcessRecord, ProcessStartError, stop, wait_until
+from infra.local.prometheus import PrometheusBinaryError
 from infra.local.ray_head import (
     RayHead,
     client_headers,
@@ -43,13 +51,18 @@ from infra.local.ray_head import (
     interpreter,
     token_path,
 )
+from infra.local.ray_prometheus import RayPrometheus, prometheus_ready, ray_targets
 from infra.local.sockets import beyond_loopback, listening_sockets
 from infra.local.weed import WeedServer
 from mora_platform.settings import ensure_signing_key, signing_key_path
 from mora_platform.storage.errors import StorageError
 from mora_platform.storage.object_store import ObjectStore
 
-COMPONENTS: tuple[str, ...] = ("s3", "ray")
+#: Every component, in the order they are shown; ``up`` starts DEFAULT_COMPONENTS unless asked for more.
+COMPONENTS: tuple[str, ...] = ("s3", "ray", "prometheus")
+DEFAULT_COMPONENTS: tuple[str, ...] = ("s3", "ray")
+#: How to give a running head the local Prometheus (its dashboard reads RAY_PROMETHEUS_HOST at start).
+RESTART_HEAD_HINT = "`mora stack down --component ray && mora stack up`"
 
 
 class ForeignHeadError(RuntimeError):
@@ -81,6 +94,7 @@ class LocalStack:
         self.run_dir = self.home / "run"
         self.logs_dir = self.home / "logs"
         self.s3_dir = self.home / "s3"
+        self.prometheus_dir = self.home / "prometheus"
         self.env_file = stack_env_path(self.home)
         self.ray_token_file = token_path(self.home)
         self._env_lock = threading.Lock()
@@ -138,16 +152,44 @@ class LocalStack:
             config_path=self.s3_dir / "identities.json",
         )
 
-    def ray_head(self) -> RayHead:
-        """The Ray head as configured (not started)."""
+    def default_components(self) -> tuple[str, ...]:
+        """What ``up`` starts when not told: s3 and ray, and prometheus when the settings ask for it."""
+        return COMPONENTS if self.config.prometheus else DEFAULT_COMPONENTS
+
+    def _recorded_components(self) -> tuple[str, ...]:
+        """``default_components()``, and prometheus when it has a PID record."""
+        return COMPONENTS if self.record_path("prometheus").exists() else self.default_components()
+
+    def ray_head(self, prometheus_url: str | None = None) -> RayHead:
+        """The Ray head as configured (not started); its dashboard reads metrics from ``prometheus_url``."""
+        extra_env = {"MORA_HOME": str(self.home)}
+        if prometheus_url:
+            extra_env["RAY_PROMETHEUS_HOST"] = prometheus_url
         return RayHead(
             self.config.ray_ports(),
             self.logs_dir / "ray.log",
             temp_dir=self.config.ray_temp_dir or default_temp_dir(self.home),
             num_cpus=self.config.ray_num_cpus,
             object_store_memory=self.config.ray_object_store_bytes,
-            extra_env={"MORA_HOME": str(self.home)},
+            extra_env=extra_env,
             auth_token_path=self.ray_token_file if self.config.ray_auth == "token" else None,
+        )
+
+    def prometheus(self, ray_record: ProcessRecord | None = None) -> RayPrometheus:
+        """The Prometheus as configured (not started), scraping the running head ``ray_record`` if given."""
+        temp_dir = self.config.ray_temp_dir or default_temp_dir(self.home)
+        metrics_port = self.config.ray_metrics_export_port
+        if ray_record is not None:  # the running head's session and port, whatever the settings say now
+            temp_dir = Path(ray_record.details.get("temp_dir") or temp_dir)
+            metrics_port = int(ray_record.details.get("ports", {}).get("metrics_export", metrics_port))
+        return RayPrometheus(
+            self.config.prometheus_port,
+            self.prometheus_dir,
+            self.logs_dir / "prometheus.log",
+            ray_temp_dir=temp_dir,
+            ray_metrics_port=metrics_port,
+            scrape_interval=self.config.prometheus_scrape_interval,
+            retention=self.config.prometheus_retention,
         )
 
     def check_head_environment(self, record: ProcessRecord) -> None:
@@ -175,14 +217,20 @@ class LocalStack:
     # -- up -------------------------------------------------------------------------------------
 
     def up(
-        self, components: Sequence[str] = COMPONENTS, progress: Callable[[str], None] | None = None
+        self, components: Sequence[str] | None = None, progress: Callable[[str], None] | None = None
     ) -> list[ComponentStatus]:
-        """Start what is not running; raises ``PortInUseError`` before starting anything if a port is taken."""
+        """Start what is not running (``default_components()`` unless told).
+
+        Raises ``PortInUseError`` (a port is taken) or ``PrometheusBinaryError`` (Prometheus asked
+        for but not installed) before starting anything.
+        """
         say = progress or (lambda _message: None)
-        wanted = [c for c in COMPONENTS if c in components]
+        chosen = self.default_components() if components is None else components
+        wanted = [c for c in COMPONENTS if c in chosen]
         ensure_signing_key(signing_key_path(self.home))  # before any job can publish
         to_start: list[str] = []
         results: dict[str, ComponentStatus] = {}
+        running: dict[str, ProcessRecord] = {}
         for component in wanted:
             record, stale = self.live_record(component)
             if stale:
@@ -190,27 +238,50 @@ class LocalStack:
             if record is not None:
                 if component == "ray":
                     self.check_head_environment(record)
-                results[component] = self._status_of(component, record, state="already running")
+                running[component] = record
             else:
                 to_start.append(component)
+        for component in ("ray", "prometheus"):  # not asked for, but what the others must fit
+            if component not in wanted:
+                record, _stale = self.live_record(component)
+                if record is not None:
+                    running[component] = record
+        prometheus = self.prometheus(running.get("ray")) if "prometheus" in to_start else None
+        prometheus_url = prometheus.url if prometheus is not None else None
+        if prometheus_url is None and "prometheus" in running:
+            prometheus_url = str(running["prometheus"].details.get("url") or "") or None
         weed = self.weed_server() if "s3" in to_start else None
-        ray = self.ray_head() if "ray" in to_start else None
+        ray = self.ray_head(prometheus_url) if "ray" in to_start else None
         if weed is not None:
             weed.check_ports({attr: port_hint(fld) for attr, fld in WEED_PORT_FIELDS.items()})
         if ray is not None:
             ray.check_ports({attr: port_hint(fld) for attr, fld in RAY_PORT_FIELDS.items()})
+        if prometheus is not None:
+            prometheus.check_ports(port_hint("prometheus_port"))
+            prometheus.command()  # PrometheusBinaryError, with how to install it, before anything starts
+        if prometheus_url and "ray" in running and self._head_prometheus(running["ray"]) != prometheus_url:
+            say(
+                f"ray: the running head (PID {running['ray'].pid}) was started without "
+                f"RAY_PROMETHEUS_HOST={prometheus_url}: Prometheus scrapes its metrics, but its dashboard's "
+                f"metrics views do not read them; restart the head to fix that: {RESTART_HEAD_HINT}"
+            )
+        for component in wanted:
+            if component in running:
+                results[component] = self._status_of(component, running[component], state="already running")
         starters: dict[str, Callable[[], ComponentStatus]] = {}
         if weed is not None:
             starters["s3"] = lambda: self._start_s3(weed, say)
         if ray is not None:
             starters["ray"] = lambda: self._start_ray(ray, say)
+        if prometheus is not None:
+            starters["prometheus"] = lambda: self._start_prometheus(prometheus, say)
         with ThreadPoolExecutor(max_workers=max(1, len(starters))) as pool:
             futures = {name: pool.submit(start) for name, start in starters.items()}
             errors: list[str] = []
             for name, future in futures.items():
                 try:
                     results[name] = future.result()
-                except (ProcessStartError, StorageError, OSError) as exc:
+                except (ProcessStartError, PrometheusBinaryError, StorageError, OSError) as exc:
                     errors.append(f"{name}: {exc}")
         if errors:
             raise ProcessStartError("; ".join(errors))
@@ -256,11 +327,33 @@ class LocalStack:
         status.seconds = time.monotonic() - began
         return status
 
+    def _start_prometheus(self, prometheus: RayPrometheus, say: Callable[[str], None]) -> ComponentStatus:
+        began = time.monotonic()
+        say(
+            f"prometheus: starting on {prometheus.url}, scraping Ray's metrics "
+            f"(config {prometheus.config_path}, log {prometheus.log_path})"
+        )
+        record = prometheus.start(timeout=self.config.start_timeout)
+        record.save(self.record_path("prometheus"))
+        status = self._status_of("prometheus", record, state="started")
+        status.seconds = time.monotonic() - began
+        return status
+
+    @staticmethod
+    def _head_prometheus(record: ProcessRecord) -> str | None:
+        """The RAY_PROMETHEUS_HOST a recorded head was started with (None: none, or an older ``mora``)."""
+        url = record.details.get("prometheus_url")
+        return str(url) if url else None
+
     # -- down -----------------------------------------------------------------------------------
 
-    def down(self, components: Sequence[str] = COMPONENTS) -> list[ComponentStatus]:
-        """Stop what ``up`` recorded (SIGTERM, then SIGKILL after ``stop_timeout``), in parallel."""
-        wanted = [c for c in COMPONENTS if c in components]
+    def down(self, components: Sequence[str] | None = None) -> list[ComponentStatus]:
+        """Stop what ``up`` recorded (SIGTERM, then SIGKILL after ``stop_timeout``), in parallel.
+
+        By default s3 and ray, and prometheus whenever it has a PID record (or the settings ask for it).
+        """
+        chosen = self._recorded_components() if components is None else components
+        wanted = [c for c in COMPONENTS if c in chosen]
         results: dict[str, ComponentStatus] = {}
         running: dict[str, ProcessRecord] = {}
         for component in wanted:
@@ -291,8 +384,13 @@ class LocalStack:
 
     # -- status ---------------------------------------------------------------------------------
 
-    def status(self, components: Sequence[str] = COMPONENTS) -> list[ComponentStatus]:
-        """Endpoints and health of each component (running ones are probed)."""
+    def status(self, components: Sequence[str] | None = None) -> list[ComponentStatus]:
+        """Endpoints and health of each component (running ones are probed).
+
+        By default the components ``up`` starts, and prometheus whenever it has a PID record.
+        """
+        if components is None:
+            components = self._recorded_components()
         rows = []
         for component in [c for c in COMPONENTS if c in components]:
             record, _stale = self.live_record(component)
@@ -305,6 +403,8 @@ class LocalStack:
     def _stopped_status(self, component: str) -> ComponentStatus:
         if component == "s3":
             endpoint = f"http://127.0.0.1:{self.config.s3_port}"
+        elif component == "prometheus":
+            endpoint = f"http://127.0.0.1:{self.config.prometheus_port}"
         else:
             endpoint = f"http://127.0.0.1:{self.config.ray_dashboard_port}"
         return ComponentStatus(component, "stopped", endpoint=endpoint, health="-", healthy=False)
@@ -312,13 +412,21 @@ class LocalStack:
     def _status_of(self, component: str, record: ProcessRecord, *, state: str) -> ComponentStatus:
         details = record.details
         auth_on = True
+        note = ""
         if component == "s3":
             endpoint = str(details.get("endpoint_url", ""))
             health, healthy = self._s3_health(endpoint)
+        elif component == "prometheus":
+            endpoint = str(details.get("url", ""))
+            health, healthy = self._prometheus_health(endpoint)
+            note = self._prometheus_note(record)
+            auth_on = False  # no authentication: must stay on loopback
         else:
             endpoint = f"{details.get('address', '')}, dashboard {details.get('dashboard_url', '')}"
             if details.get("metrics_url"):
                 endpoint += f", metrics {details['metrics_url']}"
+            if details.get("prometheus_url"):
+                endpoint += f", metrics views read {details['prometheus_url']}"
             dashboard_url = str(details.get("dashboard_url", ""))
             health, healthy = _ray_health(dashboard_url, client_headers(self.home, dashboard_url))
             auth_on = details.get("auth") == "token"
@@ -330,6 +438,7 @@ class LocalStack:
             health += f"; {len(exposed)} port(s) beyond loopback: {shown}"
         else:
             health += ", loopback only"
+        health += note
         healthy = healthy and (auth_on or not exposed)
         return ComponentStatus(
             component, state, pid=record.pid, endpoint=endpoint, health=health, healthy=healthy
@@ -349,6 +458,34 @@ class LocalStack:
         except StorageError:
             return f"ok: bucket {self.bucket!r} reachable with auth, anonymous refused", True
         return "open: anonymous access is allowed (auth not enforced)", False
+
+    def _prometheus_health(self, url: str) -> tuple[str, bool]:
+        if not prometheus_ready(url):
+            return "not ready", False
+        try:
+            up, total = ray_targets(url)
+            health = f"ok: ready, {up}/{total} Ray metrics targets up"
+        except (httpx.HTTPError, ValueError) as exc:
+            health = f"ok: ready (targets not listed: {exc})"
+        return health, True
+
+    def _prometheus_note(self, record: ProcessRecord) -> str:
+        """What to restart when the running head and this Prometheus do not fit each other (or "")."""
+        head, _stale = self.live_record("ray")
+        if head is None:
+            return ""
+        if self._head_prometheus(head) != record.details.get("url"):
+            return f"; the Ray dashboard does not read from it: restart the head, {RESTART_HEAD_HINT}"
+        wanted = self.prometheus(head)
+        if (str(wanted.ray_temp_dir), wanted.ray_metrics_port) != (
+            record.details.get("ray_temp_dir"),
+            record.details.get("ray_metrics_port"),
+        ):
+            return (
+                "; it scrapes another Ray session or port than the running head's: restart it, "
+                "`mora stack down --component prometheus && mora stack up --prometheus`"
+            )
+        return ""
 
 
 def _ray_health(dashboard_url: str, headers: dict[str, str] | None = None) -> tuple[str, bool]:

@@ -15,14 +15,22 @@ if TYPE_CHECKING:
     from infra.local.stack import ComponentStatus, LocalStack
 
 stack_app = typer.Typer(
-    help="The local stack: an S3 server (SeaweedFS) and a single-node Ray head, on 127.0.0.1.",
+    help="The local stack: an S3 server (SeaweedFS), a single-node Ray head and optionally Prometheus, on 127.0.0.1.",
     no_args_is_help=True,
 )
 console = Console()
 errors = Console(stderr=True)
 
-_COMPONENTS = ("s3", "ray")
-_COMPONENT_HELP = "Only these components: s3, ray (repeatable; default both)."
+_COMPONENTS = ("s3", "ray", "prometheus")
+_COMPONENT_HELP = (
+    "Only these components: s3, ray, prometheus (repeatable; default s3 and ray, and prometheus when "
+    "--prometheus or MORA_STACK_PROMETHEUS=true; `down` and `status` also take prometheus once it was started)."
+)
+_PROMETHEUS_HELP = (
+    "Also start a Prometheus (Debian's `prometheus`) on 127.0.0.1 scraping Ray's metrics, the platform's "
+    "ray_mora_* among them; a Ray head started with it reads it for the dashboard's metrics views "
+    "(also MORA_STACK_PROMETHEUS=true; port: --port prometheus=N)."
+)
 
 
 def _port_help() -> str:
@@ -33,14 +41,14 @@ def _port_help() -> str:
     return f"Override a port, NAME=N (repeatable; also MORA_STACK_<NAME>_PORT). Names and defaults: {names}."
 
 
-def _build_stack(ports: list[str]) -> LocalStack:
+def _build_stack(ports: list[str], *, prometheus: bool = False) -> LocalStack:
     """The stack for the current settings, with ``--port NAME=N`` overrides applied."""
     from pydantic import ValidationError
 
     from infra.local.envfile import load_settings
     from infra.local.stack import LocalStack
 
-    overrides: dict[str, int] = {}
+    overrides: dict[str, int | bool] = {"prometheus": True} if prometheus else {}
     names = StackSettings.port_names()
     for item in ports:
         name, sep, value = item.partition("=")
@@ -58,12 +66,12 @@ def _build_stack(ports: list[str]) -> LocalStack:
     return LocalStack(settings.home, config, bucket=settings.s3_bucket, region=settings.s3_region)
 
 
-def _components(selected: list[str] | None) -> list[str]:
-    chosen = selected or list(_COMPONENTS)
-    unknown = [c for c in chosen if c not in _COMPONENTS]
+def _components(selected: list[str] | None) -> list[str] | None:
+    """The components named with --component (None: the command's default)."""
+    unknown = [c for c in selected or [] if c not in _COMPONENTS]
     if unknown:
         raise typer.BadParameter(f"unknown component(s) {unknown}; choose from {list(_COMPONENTS)}")
-    return chosen
+    return list(selected) if selected else None
 
 
 def _table(title: str, rows: list[ComponentStatus]) -> Table:
@@ -82,18 +90,21 @@ def _table(title: str, rows: list[ComponentStatus]) -> Table:
 def up(
     port: list[str] = typer.Option([], "--port", "-p", help=_port_help(), show_default=False),
     component: list[str] = typer.Option([], "--component", "-c", help=_COMPONENT_HELP, show_default=False),
+    prometheus: bool = typer.Option(False, "--prometheus", help=_PROMETHEUS_HELP),
 ) -> None:
-    """Start the S3 server and the Ray head (only what is not already running)."""
+    """Start the S3 server and the Ray head, and Prometheus if asked (only what is not already running)."""
     from infra.local.processes import PortInUseError, ProcessStartError
+    from infra.local.prometheus import PrometheusBinaryError
     from infra.local.stack import ForeignHeadError
 
-    stack = _build_stack(port)
+    stack = _build_stack(port, prometheus=prometheus)
+    chosen = _components(component)
+    if chosen is not None and prometheus and "prometheus" not in chosen:
+        chosen.append("prometheus")
     began = time.monotonic()
     try:
-        rows = stack.up(
-            _components(component), progress=lambda message: console.print(f"[dim]{message}[/dim]")
-        )
-    except (PortInUseError, ForeignHeadError) as exc:
+        rows = stack.up(chosen, progress=lambda message: console.print(f"[dim]{message}[/dim]"))
+    except (PortInUseError, ForeignHeadError, PrometheusBinaryError) as exc:
         errors.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from exc
     except ProcessStartError as exc:

@@ -84,7 +84,7 @@ def _flags(rec: Recommendation) -> str:
     if rec.fallbacks:
         flags.append(f"{len(rec.fallbacks)} fallback{'s' if len(rec.fallbacks) > 1 else ''}")
     if rec.outside_training_range:
-        flags.append("what-if beyond data")
+        flags.append("beyond training data")
     if rec.unavailable:
         flags.append("no " + "/".join(sorted(rec.unavailable)))
     return ", ".join(flags) or "-"

@@ -133,7 +133,7 @@ class Recommendation(BaseModel):
     )
     outside_training_range: list[str] = Field(
         default_factory=list,
-        description="Context values beyond what training saw (a what-if extrapolated, not measured)",
+        description="Context values (a what-if) or history far beyond what training saw: extrapolated, not measured",
     )
     coverage_achieved: dict[str, float] = Field(
         default_factory=dict,

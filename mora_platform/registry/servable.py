@@ -8,6 +8,8 @@ that verifies. Verifying downloads every byte and checks the publisher's signatu
 written straight into storage is refused like a tampered one; each (service, version) result is
 remembered for ``max_age_s``; a repaired or newly tampered file is seen at most that long after the
 change. An unsigned version accepted by ``MORA_ACCEPT_UNSIGNED`` is served degraded, saying so.
+The service list itself (``services``, one listing of the registry prefix) is reused for
+``services_max_age_s``: a service published meanwhile is listed at most that long after.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from mora_platform.registry.model_registry import ModelRegistry
 
 #: How long a verification result (valid or refused) is reused.
 DEFAULT_VERIFY_MAX_AGE_S = 30.0
+#: How long a listing of the registry's services is reused (listing 1,000 services reads every key).
+DEFAULT_SERVICES_MAX_AGE_S = 30.0
 _MAX_ENTRIES = 4096
 _UNSIGNED = "manifest not signed, accepted because MORA_ACCEPT_UNSIGNED is set"
 
@@ -48,12 +52,25 @@ class ServableVersions:
         registry: ModelRegistry,
         max_age_s: float = DEFAULT_VERIFY_MAX_AGE_S,
         clock: Callable[[], float] = time.monotonic,
+        services_max_age_s: float = DEFAULT_SERVICES_MAX_AGE_S,
     ) -> None:
         self.registry = registry
         self.max_age_s = max_age_s
+        self.services_max_age_s = services_max_age_s
         self._clock = clock
         self._checked: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._services: tuple[float, list[str]] | None = None
         self._lock = threading.Lock()
+
+    def services(self) -> list[str]:
+        """``registry.list_services()``, listed at most once per ``services_max_age_s``."""
+        now = self._clock()
+        cached = self._services
+        if cached is not None and now - cached[0] < self.services_max_age_s:
+            return list(cached[1])
+        listed = self.registry.list_services()
+        self._services = (now, listed)
+        return list(listed)
 
     def servable(self, service: str) -> Servable:
         """The newest version at or below LATEST's that verifies (errors reaching S3 propagate)."""

@@ -9,6 +9,7 @@ Every process is stopped by its PID.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -92,6 +93,10 @@ def cycle_stack(s3_settings: MoraSettings) -> Iterator[CycleStack]:
                     "MORA_PROMETHEUS_RATE_WINDOW": RATE_WINDOW,
                 },
             )
+            # the stack's manifest signing key, as `mora stack up` keeps it: the session's key, so the head's
+            # jobs, a `--local` run reading this home and the test's own readers all agree
+            (home / "signing_key").write_text(os.environ["MORA_SIGNING_KEY"] + "\n")
+            (home / "signing_key").chmod(0o600)
             head = RayHead(
                 RayPorts.free(),
                 root / "ray.log",

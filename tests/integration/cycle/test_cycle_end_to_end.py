@@ -272,7 +272,7 @@ def test_cycle_collects_retrains_what_changed_and_serves_newer_rows(
     assert collected[api]["new_rows"] >= 3 * 12 - 2, output2[-5000:]  # ~3 h at 5 minutes
     assert collected[db]["new_rows"] == 0, collected[db]
     decisions = {d["service"]: d for d in second["decisions"]}
-    assert decisions[api]["retrain"] and decisions[api]["trained_through"] is not None
+    assert decisions[api]["retrain"] and decisions[api]["trained_through"] is not None, decisions[api]
     assert not decisions[db]["retrain"] and decisions[db]["reason"].startswith("unchanged"), decisions[db]
     assert [row["service"] for row in second["services"]] == [api]
     assert second["services"][0]["status"] == "published"
