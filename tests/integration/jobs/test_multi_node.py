@@ -258,6 +258,19 @@ def test_fleet_job_trains_on_the_second_node_and_publishes_to_s3(
         assert row["version"] == registry.latest_version(row["service"])
         manifest = registry.read_manifest(row["service"], row["version"])  # signature verified
         assert manifest.extra["run_id"] == fleet_run.run_id
+    # They landed there because they asked for the head's MORA_TRAIN_RESOURCES, not by chance.
+    from ray.util.state import list_tasks
+
+    for service in fleet_run.dataset.services:
+        tasks = list_tasks(
+            address=two_nodes.head.dashboard_url,
+            filters=[("name", "=", f"retrain:{service}")],
+            detail=True,
+            raise_on_missing_output=False,
+        )
+        assert tasks and all(task.required_resources.get(WORKER_RESOURCE) == 1 for task in tasks), tasks
+        assert {task.node_id for task in tasks} == {two_nodes.worker_node_id}
+
     # The code came to the second node as the job's package (unpacked in its own temp dir) and its
     # home stayed empty: its S3 settings and signing key came from its environment.
     packages = list(two_nodes.worker_temp.glob("session_*/runtime_resources/working_dir_files/*/jobs"))
