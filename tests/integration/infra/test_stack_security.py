@@ -83,7 +83,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ports = dict(zip(listening, free_ports(len(listening)), strict=True))
     ports["ray_min_worker_port"], ports["ray_max_worker_port"] = 32_200, 32_299
     env = _plain_env(work / "user")
-    env.update({"MORA_HOME": str(home), "COLUMNS": "250", "MORA_STACK_RAY_NUM_CPUS": "2"})  # Serve: 2 x 0.25 + 2 x 0.5 CPU
+    env.update(
+        {"MORA_HOME": str(home), "COLUMNS": "250", "MORA_STACK_RAY_NUM_CPUS": "2"}
+    )  # Serve: 2 x 0.25 + 2 x 0.5 CPU
     env.update({f"MORA_STACK_{name.upper()}": str(port) for name, port in ports.items()})
     try:
         up = _mora(["stack", "up"], env, work)
