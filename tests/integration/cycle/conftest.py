@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cycle_harness import RATE_WINDOW, STEP, Timeline, TokenProxy, services, token_proxy, write_backfills
+from cycle_harness import (
+    BACKFILL_DAYS,
+    RATE_WINDOW,
+    STEP,
+    Timeline,
+    TokenProxy,
+    services,
+    token_proxy,
+    write_backfills,
+)
 
 from infra.local.envfile import stack_env_path, update_env_file
 from infra.local.prometheus import PrometheusServer, backfill_openmetrics
@@ -67,7 +76,7 @@ def cycle_stack(s3_settings: MoraSettings) -> Iterator[CycleStack]:
     prefix = f"cyc{secrets.token_hex(3)}"
     now = int(time.time()) // 300 * 300
     boundary = now - 4 * 3600
-    timeline = Timeline(start=boundary - 2 * 86_400, boundary=boundary, end=now - 3600)
+    timeline = Timeline(start=boundary - BACKFILL_DAYS * 86_400, boundary=boundary, end=now - 3600)
     first, second = root / "first.om", root / "second.om"
     write_backfills(first, second, timeline, NAMESPACE, prefix)
     backfill_openmetrics(first, root / "tsdb")

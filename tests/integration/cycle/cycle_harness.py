@@ -1,4 +1,4 @@
-"""Two services' cluster metrics over a few days, written as OpenMetrics in two backfills.
+"""Two services' cluster metrics over a week, written as OpenMetrics in two backfills.
 
 ``shop-api`` runs through both windows and its load shifts up (CPU x2.5, memory x1.5, one more
 replica) in the second; ``shop-db`` stops reporting at the end of the first window, so a second cycle
@@ -26,6 +26,7 @@ STEP = "5m"  # the cycle's query step
 RATE_WINDOW = "5m"
 WARMUP = 900  # samples before the first collected point, so rate windows are full
 DAY = 86_400.0
+BACKFILL_DAYS = 7  # the first backfill: a week of both services' metrics
 
 
 @dataclass(frozen=True)
