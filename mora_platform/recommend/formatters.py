@@ -216,6 +216,16 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def _quantities(millicores: int | None, mib: int | None) -> dict[str, str]:
+    """Kubernetes quantities for a CPU / memory pair, leaving out what is not set."""
+    out = {}
+    if millicores is not None:
+        out["cpu"] = f"{millicores}m"
+    if mib is not None:
+        out["memory"] = f"{mib}Mi"
+    return out
+
+
 def deployment_patch(rec: Recommendation, container: str | None = None) -> dict[str, Any]:
     """The strategic-merge patch setting a Deployment's replicas and its containers' requests and limits.
 
@@ -225,31 +235,16 @@ def deployment_patch(rec: Recommendation, container: str | None = None) -> dict[
     a resource with no recommendation is left out.
     """
     containers = []
-    for index, c in enumerate(rec.containers):
+    for c in rec.containers:
         name = container if container and len(rec.containers) == 1 and c.current is None else c.name
         r = c.recommended
-        requests = {
-            k: v
-            for k, v in (
-                ("cpu", None if r.cpu_request_millicores is None else f"{r.cpu_request_millicores}m"),
-                ("memory", None if r.memory_request_mib is None else f"{r.memory_request_mib}Mi"),
-            )
-            if v is not None
-        }
-        limits = {
-            k: v
-            for k, v in (
-                ("cpu", None if r.cpu_limit_millicores is None else f"{r.cpu_limit_millicores}m"),
-                ("memory", None if r.memory_limit_mib is None else f"{r.memory_limit_mib}Mi"),
-            )
-            if v is not None
-        }
+        requests = _quantities(r.cpu_request_millicores, r.memory_request_mib)
+        limits = _quantities(r.cpu_limit_millicores, r.memory_limit_mib)
         resources: dict[str, Any] = {"requests": requests} if requests else {}
         if limits:
             resources["limits"] = limits
         if resources:
             containers.append({"name": name, "resources": resources})
-        del index
     spec: dict[str, Any] = {}
     if rec.recommendations.replicas is not None:
         spec["replicas"] = rec.recommendations.replicas

@@ -50,6 +50,19 @@ def _iso(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _s3_env(s3_settings: MoraSettings) -> dict[str, str]:
+    """The CLI's environment for the session's S3 server."""
+    key, secret = s3_settings.s3_credentials()
+    return {
+        "MORA_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url,
+        "MORA_S3_BUCKET": s3_settings.s3_bucket,
+        "MORA_S3_ACCESS_KEY": key or "",
+        "MORA_S3_SECRET_KEY": secret or "",
+        "MORA_S3_REGION": s3_settings.s3_region,
+        "COLUMNS": "200",
+    }
+
+
 def _pod_sums(service: WorkloadService, value: Callable[..., float], *args: int) -> np.ndarray:
     """Per pod, the containers summed: ``value(service, pod, container, *args)``."""
     return np.array(
@@ -63,15 +76,7 @@ def test_busiest_pod_columns_and_workload_states(
     prom = backfilled_prometheus
     timeline = prom.timeline
     dataset = f"collect-workloads-{uuid.uuid4().hex[:8]}"
-    key, secret = s3_settings.s3_credentials()
-    env = {
-        "MORA_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url,
-        "MORA_S3_BUCKET": s3_settings.s3_bucket,
-        "MORA_S3_ACCESS_KEY": key or "",
-        "MORA_S3_SECRET_KEY": secret or "",
-        "MORA_S3_REGION": s3_settings.s3_region,
-        "COLUMNS": "200",
-    }
+    env = _s3_env(s3_settings)
     result = CliRunner().invoke(
         app,
         [
@@ -185,17 +190,7 @@ def test_collected_deployment_is_recommended_per_container_against_what_is_set(
     timeline = prom.timeline
     dataset = f"collect-recommend-{uuid.uuid4().hex[:8]}"
     service = f"checkout-{uuid.uuid4().hex[:4]}"  # the registry is shared with other tests
-    key, secret = s3_settings.s3_credentials()
-    env = {
-        "MORA_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url,
-        "MORA_S3_BUCKET": s3_settings.s3_bucket,
-        "MORA_S3_ACCESS_KEY": key or "",
-        "MORA_S3_SECRET_KEY": secret or "",
-        "MORA_S3_REGION": s3_settings.s3_region,
-        "MORA_HOME": str(tmp_path / "home"),
-        "MORA_REGISTRY_DIR": "",
-        "COLUMNS": "200",
-    }
+    env = {**_s3_env(s3_settings), "MORA_HOME": str(tmp_path / "home"), "MORA_REGISTRY_DIR": ""}
     runner = CliRunner()
     collected = runner.invoke(
         app,
