@@ -489,8 +489,8 @@ def test_replica_loss_drill(serve_endpoint: Endpoint, published: dict[str, str])
         )
         assert window < DRILL_ERROR_WINDOW_S, [(a.started, a.status, a.body[:120]) for a in failed]
         assert all(a.status >= 500 and a.ended - a.started < 5 for a in failed), failed  # no hang
-        if deployment == "ServiceModels":  # the ingress sends a lost call again; what fails is JSON
-            assert all(json.loads(a.body)["detail"] for a in failed), failed
+        if deployment == "ServiceModels":  # the ingress sends a lost call again: at most a few fail
+            assert len(failed) <= in_flight, failed
         # an ingress replica's requests in flight are answered by the Serve proxy: a plain-text 500 at once
         assert all(a.status == 200 for a in after if a.started > at + DRILL_ERROR_WINDOW_S)
     # Serve replaces what was lost
