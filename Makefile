@@ -39,7 +39,7 @@ demo: install ## Start the stack, import sample data, train a small fleet, serve
 test: install system-deps ## Run the whole test suite (starts and stops its own servers)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: install ## Only the fast unit tests
+test-unit: install system-deps ## Only the fast unit tests (+ Debian's prometheus for the stack config tests)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: install ## ruff (lint + format check) and mypy

@@ -39,8 +39,8 @@ def test_the_config_scrapes_rays_discovery_file_and_its_fixed_metrics_port(tmp_p
     assert slow == {"scrape_interval": "60s", "scrape_timeout": "10s", "evaluation_interval": "60s"}
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_promtool_accepts_the_config(tmp_path: Path) -> None:
+    assert shutil.which("promtool"), "promtool is not installed: run `make system-deps`"
     server = RayPrometheus(
         9090, tmp_path / "prom", tmp_path / "p.log", ray_temp_dir=tmp_path / "ray dir", ray_metrics_port=8266
     )
@@ -53,8 +53,7 @@ def test_promtool_accepts_the_config(tmp_path: Path) -> None:
 
 
 def test_the_server_listens_on_loopback_with_its_data_under_its_dir(tmp_path: Path) -> None:
-    if shutil.which("prometheus") is None:
-        pytest.skip("prometheus is not installed")
+    assert shutil.which("prometheus"), "Debian's prometheus is not installed: run `make system-deps`"
     server = RayPrometheus(
         9191, tmp_path / "prom", tmp_path / "p.log", ray_temp_dir=tmp_path, ray_metrics_port=1
     )

@@ -10,15 +10,12 @@ documented 422 naming the field. Bounded to a few seconds per operation (``max_e
 
 from __future__ import annotations
 
-import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import positive_data_acceptance
+from test_serve_http_api import FakeBackend
 
-schemathesis = pytest.importorskip("schemathesis")
-
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import positive_data_acceptance  # noqa: E402
-from test_serve_http_api import FakeBackend  # noqa: E402
-
-from serve.http_api import create_api  # noqa: E402
+from serve.http_api import create_api
 
 TOKEN = "fuzz-token"
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_api(FakeBackend(), token=TOKEN))
