@@ -28,6 +28,16 @@ subprocess because Ray Serve reads these variables at import time.
     .venv/bin/python benchmarks/serve_load.py --services 20 --lru 8 --duration 3 --modes default  # small
 
 Writes ``benchmarks/results/serve_load-<UTC time>.json`` and prints a table.
+
+``--services-only`` measures just what ``GET /v1/services`` costs the registry, in-process (no Ray,
+no training): ``--services`` copies of a synthetic bundle shaped like the trained one (11 files,
+~350 kB) on a fresh weed server, then ``ServableVersions.catalog`` (what the ingress's refresh runs)
+first, again with nothing changed, after one service published a new version and after one file
+was tampered with; and, for comparison, the per-service verification every refresh did before
+(resolve LATEST, verify down to a servable version, read its manifest). Prints S3 requests by type
+and time per refresh; writes ``benchmarks/results/serve_services-<UTC time>.json``.
+
+    .venv/bin/python benchmarks/serve_load.py --services-only --services 1000
 """
 
 from __future__ import annotations
@@ -661,6 +671,122 @@ def aims(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def synthetic_bundle(directory: Path, files: int = 11, total_bytes: int = 350_000) -> Path:
+    """A bundle shaped like the trained one (``files`` files, ~``total_bytes``): the registry's
+    request counts depend on the file count, not on what the files hold."""
+    directory.mkdir(parents=True)
+    small = 2_000
+    (directory / "model.bin").write_bytes(secrets.token_bytes(max(1, total_bytes - small * (files - 1))))
+    for index in range(files - 1):
+        (directory / f"part-{index:02d}.json").write_text(json.dumps({"part": index, "pad": "x" * small}))
+    return directory
+
+
+def run_services_only(options: argparse.Namespace) -> None:
+    """S3 requests and time of one service-list refresh over ``--services`` services, before/after."""
+    from pydantic import SecretStr
+
+    from mora_platform.registry import (
+        ArtifactIntegrityError,
+        ModelNotFoundError,
+        ModelRegistry,
+        ServableVersions,
+    )
+    from mora_platform.settings import MoraSettings
+    from mora_platform.storage.object_store import ObjectStore
+
+    load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine
+    os.environ["MORA_SIGNING_KEY"] = secrets.token_hex(32)
+    os.environ.pop("MORA_ACCEPT_UNSIGNED", None)
+    root = Path(tempfile.mkdtemp(prefix="mora-services-bench-"))
+    access_key, secret_key = secrets.token_hex(8), secrets.token_hex(20)
+    metrics_port = free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    weed = metrics_weed(root / "weed" / "data", access_key, secret_key, metrics_port)
+    weed.start()
+    calls: list[dict[str, Any]] = []
+    try:
+        settings = MoraSettings(  # type: ignore[call-arg]
+            s3_endpoint_url=weed.endpoint_url,
+            s3_bucket="bench",
+            s3_access_key=SecretStr(access_key),
+            s3_secret_key=SecretStr(secret_key),
+        )
+        store = ObjectStore.from_settings(settings)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                store.ensure_bucket()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        registry = ModelRegistry(store, prefix="models")
+        bundle = synthetic_bundle(root / "bundle")
+        publish_seconds = publish_copies(registry, bundle, options.services)
+        print(f"published {options.services} services in {publish_seconds:.1f} s", flush=True)
+
+        def before() -> int:
+            """The refresh as it was: per service, LATEST, a full verification, the manifest again."""
+            listed = 0
+            for service in registry.list_services():
+                resolved = registry.resolve_latest(service)
+                for version in registry.serving_candidates(resolved):
+                    try:
+                        registry.verify(service, version)
+                    except (ArtifactIntegrityError, ModelNotFoundError):
+                        continue
+                    registry.read_manifest(service, version)
+                    break
+                listed += 1
+            return listed
+
+        servable = ServableVersions(registry)
+
+        def after() -> int:
+            return len(servable.catalog())
+
+        def measure(label: str, refresh: Any) -> None:
+            s3_before = s3_requests(metrics_url)
+            started = time.perf_counter()
+            count = refresh()
+            seconds = time.perf_counter() - started
+            delta = s3_delta(s3_before, s3_requests(metrics_url))
+            calls.append({"refresh": label, "ms": round(seconds * 1000, 1), "services": count, "s3": delta})
+            print(
+                f"  {label}: {seconds * 1000:.0f} ms, {count} services, S3 {delta['requests']} requests "
+                f"{delta['by_type']}",
+                flush=True,
+            )
+
+        measure("before: per-service verification (each refresh once the 30 s verdicts expired)", before)
+        measure("after: first catalog (every service verified)", after)
+        measure("after: again, nothing changed", after)
+        registry.publish(service_name(0), bundle, metadata={"metrics": {}})
+        measure("after: one service published a new version", after)
+        version = registry.latest_version(service_name(1))
+        store.put_bytes(f"models/{service_name(1)}/{version}/part-00.json", b"{}")
+        measure("after: one file tampered with (its only version refused)", after)
+        measure("after: again, nothing changed", after)
+    finally:
+        weed.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    results_dir = REPO / "benchmarks" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"serve_services-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    report = {
+        "created_at": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": load_at_start},
+        "services": options.services,
+        "bundle_files": 11,
+        "refreshes": calls,
+    }
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="Seconds per load run")
@@ -680,9 +806,17 @@ def main() -> None:
     parser.add_argument("--prefix", default="models", help=argparse.SUPPRESS)
     parser.add_argument("--s3-metrics", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--services-only",
+        action="store_true",
+        help="Only measure the service-list refresh (S3 requests, time) in-process; see the docstring",
+    )
     options = parser.parse_args()
     if options.run_mode:
         run_mode(options)
+        return
+    if options.services_only:
+        run_services_only(options)
         return
 
     modes = [m.strip() for m in options.modes.split(",") if m.strip()]

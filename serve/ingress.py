@@ -1,9 +1,12 @@
 """The ingress deployment: FastAPI (``serve.http_api``) in front of the multiplexed models.
 
 Validation, auth and errors happen here; recommendations are computed by ``ServiceModels``
-reached through a ``DeploymentHandle`` with ``multiplexed_model_id=service``. The service list
-and the registry health are read from S3 directly and cached for a few seconds; the list names the
-version the replicas serve (LATEST only when it verifies, see ``ServableVersions``).
+reached through a ``DeploymentHandle`` with ``multiplexed_model_id=service``. The registry health
+is read from S3 directly and cached for a few seconds. The service list names the version the
+replicas serve (LATEST only when it verifies, see ``ServableVersions.catalog``: one listing of
+the registry per refresh, versions verified again only when their objects changed) and is served
+stale-while-revalidate: only the very first call waits for it; afterwards callers get the cached
+list at once and, once it is older than ``services_ttl_s``, one background refresh replaces it.
 
 A model call that outlives ``request_timeout_s`` is cancelled (504), a model replica that dies under a
 call is retried once on another replica, and a full queue (``max_queued_requests``) is answered at
@@ -24,7 +27,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from mora_platform.registry import ModelNotFoundError, ModelRegistry, RegistryError, ServableVersions
+from mora_platform.registry import ModelRegistry, ServableVersions
 from mora_platform.settings import MoraSettings
 from serve.api import RecommendationRequest, ServiceInfo
 from serve.http_api import ModelOutcome, create_api
@@ -32,7 +35,7 @@ from serve.resilience import INGRESS_OPTIONS
 
 logger = logging.getLogger("ray.serve")
 
-SERVICES_TTL_S = 5.0
+SERVICES_TTL_S = 5.0  # a service list older than this is refreshed in the background
 HEALTH_TTL_S = 2.0
 MAX_CACHED_HANDLES = 4096
 UNKNOWN_TTL_S = 2.0  # how long "no such service" is remembered (a publish shows up after this)
@@ -54,13 +57,20 @@ class ServeBackend:
     """``RecommendationBackend`` over a model DeploymentHandle and the registry."""
 
     def __init__(
-        self, models: DeploymentHandle, registry: ModelRegistry, request_timeout_s: float = 30.0
+        self,
+        models: DeploymentHandle,
+        registry: ModelRegistry,
+        request_timeout_s: float = 30.0,
+        services_ttl_s: float = SERVICES_TTL_S,
     ) -> None:
         self._models = models
         self._registry = registry
         self._servable = ServableVersions(registry)  # what a replica serves: LATEST only if it verifies
         self._timeout = request_timeout_s
-        self._services: tuple[float, list[ServiceInfo]] | None = None
+        self._services_ttl_s = services_ttl_s
+        self._services: list[ServiceInfo] | None = None
+        self._services_due = 0.0  # monotonic time after which the list is refreshed
+        self._services_refresh: asyncio.Task[None] | None = None  # the one background refresh
         self._health: tuple[float, str | None] | None = None
         self._lock = asyncio.Lock()
         self._handles: dict[str, DeploymentHandle] = {}  # one routed handle per service, reused
@@ -163,32 +173,51 @@ class ServeBackend:
         )
 
     async def list_services(self) -> list[ServiceInfo]:
-        now = time.monotonic()
-        if self._services is not None and now - self._services[0] < SERVICES_TTL_S:
-            return self._services[1]
-        async with self._lock:
-            infos = await asyncio.to_thread(self._read_services)
-        self._services = (time.monotonic(), infos)
+        """The services and the versions served, stale-while-revalidate.
+
+        Reading them takes a while on a large registry (the first time: every service verified),
+        so nobody waits for it but the very first caller(s): afterwards the cached list is
+        answered at once, and a list older than ``services_ttl_s`` starts one background refresh
+        (never two at once); its callers and the next ones get the previous list until it ends.
+        """
+        infos = self._services
+        if infos is None:
+            async with self._lock:  # the first fill: concurrent first callers wait for one read
+                if self._services is None:
+                    self._services = await asyncio.to_thread(self._read_services)
+                    self._services_due = time.monotonic() + self._services_ttl_s
+                return self._services
+        if time.monotonic() >= self._services_due and self._services_refresh is None:
+            self._services_refresh = asyncio.get_running_loop().create_task(self._refresh_services())
         return infos
 
+    async def _refresh_services(self) -> None:
+        """Replace the service list; on failure keep the previous one and try again after the TTL."""
+        try:
+            self._services = await asyncio.to_thread(self._read_services)
+        except Exception:
+            logger.exception("refreshing the service list failed; answering the previous one")
+        finally:
+            self._services_due = time.monotonic() + self._services_ttl_s
+            self._services_refresh = None
+
     def _read_services(self) -> list[ServiceInfo]:
+        """One ``ServableVersions.catalog`` (one listing of the registry; the manifests come with
+        the verdicts), as the API describes the services."""
         infos = []
-        for service in self._servable.services():  # the bucket listed at most once per cache age
-            version = self._servable.servable(service).version  # not a refused LATEST
-            info = ServiceInfo(service=service, latest_version=version)
-            if version is not None:
-                try:
-                    manifest = self._registry.read_manifest(service, version)
-                except (ModelNotFoundError, RegistryError) as exc:
-                    logger.warning("manifest of %s/%s unreadable: %s", service, version, exc)
-                else:
-                    info = ServiceInfo(
-                        service=service,
-                        latest_version=version,
+        for served in self._servable.catalog():
+            manifest = served.manifest  # read while verifying the served version
+            if served.version is None or manifest is None:
+                infos.append(ServiceInfo(service=served.service, latest_version=served.version))
+            else:
+                infos.append(
+                    ServiceInfo(
+                        service=served.service,
+                        latest_version=served.version,
                         trained_at=manifest.created_at,
                         metrics=manifest.metrics,
                     )
-            infos.append(info)
+                )
         return infos
 
     async def registry_problem(self) -> str | None:

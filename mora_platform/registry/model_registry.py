@@ -23,6 +23,7 @@ falls back to a complete version and says why (``resolve_latest``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -233,6 +234,13 @@ class ModelRegistry:
             accept_unsigned=settings.accept_unsigned or None,
             home=settings.home,
         )
+
+    def with_backend(self, backend: BlobBackend) -> ModelRegistry:
+        """This registry (prefix, signing key, settings) over another backend, e.g. a read-only
+        view answering from one listing (``ServableVersions``), so its checks are reused as is."""
+        view = copy.copy(self)
+        view.backend = backend
+        return view
 
     # ---- signing --------------------------------------------------------------------------
 

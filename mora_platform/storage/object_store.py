@@ -61,11 +61,13 @@ _DELETE_BATCH = 1000  # S3's limit for one DeleteObjects request
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One listed object."""
+    """One listed object; ``etag`` (as listed, quotes included) changes whenever its bytes do,
+    so readers can tell an unchanged object without reading it (``registry.servable``)."""
 
     key: str
     size: int
     last_modified: datetime | None
+    etag: str | None = None
 
 
 class ObjectStore:
@@ -270,7 +272,14 @@ class ObjectStore:
             found: list[ObjectInfo] = []
             for page in pages:
                 for item in page.get("Contents", []):
-                    found.append(ObjectInfo(item["Key"], int(item.get("Size", 0)), item.get("LastModified")))
+                    found.append(
+                        ObjectInfo(
+                            item["Key"],
+                            int(item.get("Size", 0)),
+                            item.get("LastModified"),
+                            item.get("ETag") or None,
+                        )
+                    )
             return found
 
         return sorted(self._call("list", collect), key=lambda info: info.key)
