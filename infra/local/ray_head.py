@@ -24,6 +24,10 @@ is in no command line and no process environment. Clients get the same two varia
 (``client_env``). Without a token file the mode is set explicitly to "disabled" (Ray 2.60 would
 otherwise turn token auth on whenever ``~/.ray/auth_token`` exists, and the throw-away heads of
 the tests would depend on the machine); ``extra_env`` can still pass RAY_AUTH_MODE=token and a token.
+
+Ray Serve's proxy: ``serve_proxy="haproxy"`` (what ``mora stack up`` uses unless told otherwise) starts
+the head with Serve's HAProxy mode, its listeners on 127.0.0.1 (``infra.local.serve_proxy``); the
+default, "default", keeps Ray's Python proxy (both switches set to 0 explicitly).
 """
 
 from __future__ import annotations
@@ -50,6 +54,15 @@ from infra.local.processes import (
     stop,
     wait_until,
 )
+from infra.local.serve_proxy import (
+    WRAPPER_NAME,
+    ServeProxy,
+    default_haproxy_dir,
+    find_haproxy,
+    prepare_haproxy_dir,
+    remove_haproxy_dir,
+    serve_proxy_env,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,10 @@ class RayPorts:
     metrics_export: int = 8266
     min_worker: int = 20002
     max_worker: int = 29999
+    #: Ray Serve in HAProxy mode: the head's fallback proxy, HAProxy's Prometheus exporter and stats page.
+    serve_fallback: int = 8500
+    haproxy_metrics: int = 9101
+    haproxy_stats: int = 8404
 
     @classmethod
     def free(cls, host: str = "127.0.0.1") -> RayPorts:
@@ -73,7 +90,7 @@ class RayPorts:
         ports in 30000-32699 (chosen from its GCS port): below the OS's ephemeral range, away from
         the stack's default 20002-29999 and from Ray's own default 10002-19999.
         """
-        gcs, dashboard, client, agent, metrics = free_ports(5, host)
+        gcs, dashboard, client, agent, metrics, fallback, haproxy_metrics, stats = free_ports(8, host)
         low = 30_000 + 100 * (gcs % 27)
         return cls(
             gcs=gcs,
@@ -83,14 +100,20 @@ class RayPorts:
             metrics_export=metrics,
             min_worker=low,
             max_worker=low + 99,
+            serve_fallback=fallback,
+            haproxy_metrics=haproxy_metrics,
+            haproxy_stats=stats,
         )
 
-    def listening(self) -> dict[str, int]:
-        """The single ports that must be free before starting (not the worker range)."""
-        ports = asdict(self)
-        ports.pop("min_worker")
-        ports.pop("max_worker")
-        return ports
+    def listening(self, haproxy: bool = False) -> dict[str, int]:
+        """The single ports that must be free before starting (not the worker range; the Serve
+        proxy's only with ``haproxy``: they are opened when Serve starts, and only in HAProxy mode)."""
+        skip = {"min_worker", "max_worker", *([] if haproxy else _HAPROXY_PORTS)}
+        return {name: port for name, port in asdict(self).items() if name not in skip}
+
+
+#: RayPorts fields used only by Ray Serve's HAProxy mode.
+_HAPROXY_PORTS = ("serve_fallback", "haproxy_metrics", "haproxy_stats")
 
 
 def interpreter() -> str:
@@ -241,6 +264,8 @@ class RayHead:
         object_store_memory: int | None = None,
         extra_env: dict[str, str] | None = None,
         auth_token_path: Path | None = None,
+        serve_proxy: ServeProxy = "default",
+        haproxy_dir: Path | None = None,
     ) -> None:
         self.ports = ports
         self.log_path = log_path
@@ -255,7 +280,18 @@ class RayHead:
             else {"RAY_AUTH_MODE": "disabled"}
         )
         loopback = LOOPBACK_ENV if is_loopback_address(host) else {}
-        self.extra_env = {**loopback, **auth, **(extra_env or {})}
+        self.serve_proxy: ServeProxy = serve_proxy
+        self.haproxy_dir = (
+            (haproxy_dir or default_haproxy_dir(log_path.parent)) if serve_proxy == "haproxy" else None
+        )
+        proxy = serve_proxy_env(
+            serve_proxy,
+            self.haproxy_dir,
+            fallback_port=ports.serve_fallback,
+            metrics_port=ports.haproxy_metrics,
+            stats_port=ports.haproxy_stats,
+        )
+        self.extra_env = {**loopback, **auth, **proxy, **(extra_env or {})}
         self.record: ProcessRecord | None = None
 
     @property
@@ -321,14 +357,34 @@ class RayHead:
         hints = hint_for or {}
         check_ports(
             "Ray head",
-            self.ports.listening(),
+            self.ports.listening(haproxy=self.serve_proxy == "haproxy"),
             self.host,
             lambda name: hints.get(name, f"pass another {name} port to RayHead"),
         )
 
+    def haproxy_binary(self) -> Path | None:
+        """The real HAProxy Serve will run (None with the default proxy); ``HAProxyBinaryError`` if none."""
+        if self.serve_proxy != "haproxy":
+            return None
+        assert self.haproxy_dir is not None
+        return find_haproxy(exclude=self.haproxy_dir / WRAPPER_NAME)
+
+    def _prepare_haproxy(self) -> Path | None:
+        """HAProxy's directory, fresh and owner-only, with the wrapper that keeps it on loopback."""
+        binary = self.haproxy_binary()
+        if binary is None or self.haproxy_dir is None:
+            return None
+        ports = (self.ports.haproxy_metrics, self.ports.haproxy_stats)
+        try:
+            prepare_haproxy_dir(self.haproxy_dir, binary, ports)
+        except (OSError, ValueError) as exc:
+            raise ProcessStartError(f"HAProxy directory {self.haproxy_dir}: {exc}") from exc
+        return binary
+
     def start(self, timeout: float = 120.0) -> ProcessRecord:
         """Start the head and wait until the dashboard answers and reports the GCS healthy."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        haproxy = self._prepare_haproxy()
         env = head_environment(dict(os.environ))
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         if self.auth_token_path is not None:
@@ -350,6 +406,9 @@ class RayHead:
                 "python": interpreter(),
                 "auth": self.auth_mode,
                 "loopback_only": bool(env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"),
+                "serve_proxy": self.serve_proxy,
+                "haproxy_dir": str(self.haproxy_dir) if self.haproxy_dir else None,
+                "haproxy_binary": str(haproxy) if haproxy else None,
                 # where the dashboard's metrics views read from (Ray's default when unset)
                 "prometheus_url": env.get("RAY_PROMETHEUS_HOST"),
             },
@@ -384,11 +443,13 @@ class RayHead:
         return _auth_headers(self.extra_env)
 
     def stop(self, timeout: float = 30.0) -> list[int]:
-        """SIGTERM the ``ray start`` leader (it stops its node), SIGKILL leftovers after ``timeout``."""
+        """SIGTERM the ``ray start`` leader (it stops its node), SIGKILL leftovers after ``timeout``;
+        then remove HAProxy's directory."""
         if self.record is None:
             return []
         pids = stop(self.record, timeout)
         self.record = None
+        remove_haproxy_dir(self.haproxy_dir)
         return pids
 
 

@@ -25,6 +25,12 @@ head's metrics (``infra.local.ray_prometheus``). Its URL is known before anythin
 started in the same ``up`` (or while it runs) gets ``RAY_PROMETHEUS_HOST`` pointing at it and its
 dashboard's metrics views read from it; a head already running without it is left alone, and ``up``
 and ``status`` say how to restart it.
+
+Ray Serve's proxy: the head runs Serve's HAProxy mode unless ``--proxy default`` or
+``MORA_STACK_SERVE_PROXY=default`` (``infra.local.serve_proxy``: every listener HAProxy and the
+replicas open is on 127.0.0.1, except the replicas' inter-deployment gRPC servers, which Ray binds
+to ``[::]`` in either mode). A head already running with the other proxy is left alone; ``up`` says
+how to restart it.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from infra.local.ray_head import (
     token_path,
 )
 from infra.local.ray_prometheus import RayPrometheus, prometheus_ready, ray_targets
+from infra.local.serve_proxy import HAProxyBinaryError, default_haproxy_dir, remove_haproxy_dir
 from infra.local.sockets import beyond_loopback, listening_sockets
 from infra.local.weed import WeedServer
 from mora_platform.settings import ensure_signing_key, signing_key_path
@@ -173,6 +180,8 @@ class LocalStack:
             object_store_memory=self.config.ray_object_store_bytes,
             extra_env=extra_env,
             auth_token_path=self.ray_token_file if self.config.ray_auth == "token" else None,
+            serve_proxy=self.config.serve_proxy,
+            haproxy_dir=default_haproxy_dir(self.home),
         )
 
     def prometheus(self, ray_record: ProcessRecord | None = None) -> RayPrometheus:
@@ -221,8 +230,9 @@ class LocalStack:
     ) -> list[ComponentStatus]:
         """Start what is not running (``default_components()`` unless told).
 
-        Raises ``PortInUseError`` (a port is taken) or ``PrometheusBinaryError`` (Prometheus asked
-        for but not installed) before starting anything.
+        Raises ``PortInUseError`` (a port is taken), ``PrometheusBinaryError`` (Prometheus asked
+        for but not installed) or ``HAProxyBinaryError`` (HAProxy mode without an HAProxy) before
+        starting anything.
         """
         say = progress or (lambda _message: None)
         chosen = self.default_components() if components is None else components
@@ -256,6 +266,7 @@ class LocalStack:
             weed.check_ports({attr: port_hint(fld) for attr, fld in WEED_PORT_FIELDS.items()})
         if ray is not None:
             ray.check_ports({attr: port_hint(fld) for attr, fld in RAY_PORT_FIELDS.items()})
+            ray.haproxy_binary()  # HAProxyBinaryError, with what to do, before anything starts
         if prometheus is not None:
             prometheus.check_ports(port_hint("prometheus_port"))
             prometheus.command()  # PrometheusBinaryError, with how to install it, before anything starts
@@ -265,6 +276,14 @@ class LocalStack:
                 f"RAY_PROMETHEUS_HOST={prometheus_url}: Prometheus scrapes its metrics, but its dashboard's "
                 f"metrics views do not read them; restart the head to fix that: {RESTART_HEAD_HINT}"
             )
+        if "ray" in running and "ray" in wanted:
+            proxy = self._head_proxy(running["ray"])
+            if proxy != self.config.serve_proxy:
+                say(
+                    f"ray: the running head (PID {running['ray'].pid}) runs Ray Serve's {proxy} proxy, not "
+                    f"the {self.config.serve_proxy} proxy asked for; restart the head to switch: "
+                    f"`mora stack down --component ray && mora stack up --proxy {self.config.serve_proxy}`"
+                )
         for component in wanted:
             if component in running:
                 results[component] = self._status_of(component, running[component], state="already running")
@@ -281,7 +300,13 @@ class LocalStack:
             for name, future in futures.items():
                 try:
                     results[name] = future.result()
-                except (ProcessStartError, PrometheusBinaryError, StorageError, OSError) as exc:
+                except (
+                    ProcessStartError,
+                    PrometheusBinaryError,
+                    HAProxyBinaryError,
+                    StorageError,
+                    OSError,
+                ) as exc:
                     errors.append(f"{name}: {exc}")
         if errors:
             raise ProcessStartError("; ".join(errors))
@@ -319,7 +344,10 @@ class LocalStack:
 
     def _start_ray(self, ray: RayHead, say: Callable[[str], None]) -> ComponentStatus:
         began = time.monotonic()
-        say(f"ray: starting head, dashboard {ray.dashboard_url} (log {ray.log_path})")
+        say(
+            f"ray: starting head, dashboard {ray.dashboard_url}, Ray Serve's {ray.serve_proxy} proxy "
+            f"(log {ray.log_path})"
+        )
         record = ray.start(timeout=self.config.start_timeout)
         record.save(self.record_path("ray"))
         self._update_env({"MORA_RAY_ADDRESS": ray.address, "MORA_RAY_DASHBOARD_URL": ray.dashboard_url})
@@ -338,6 +366,11 @@ class LocalStack:
         status = self._status_of("prometheus", record, state="started")
         status.seconds = time.monotonic() - began
         return status
+
+    @staticmethod
+    def _head_proxy(record: ProcessRecord) -> str:
+        """Ray Serve's proxy a recorded head runs ("default" for a head of an older ``mora``)."""
+        return str(record.details.get("serve_proxy") or "default")
 
     @staticmethod
     def _head_prometheus(record: ProcessRecord) -> str | None:
@@ -377,6 +410,7 @@ class LocalStack:
                 if name == "ray":  # a stopped head is no address to connect to: commands start a local Ray
                     with self._env_lock:
                         update_env_file(self.env_file, {}, remove=("MORA_RAY_ADDRESS",))
+                    remove_haproxy_dir(running[name].details.get("haproxy_dir"))
                 results[name] = ComponentStatus(
                     name, "stopped", pid=running[name].pid, pids=pids, healthy=True, seconds=seconds
                 )
@@ -427,6 +461,7 @@ class LocalStack:
                 endpoint += f", metrics {details['metrics_url']}"
             if details.get("prometheus_url"):
                 endpoint += f", metrics views read {details['prometheus_url']}"
+            endpoint += f", Serve proxy: {self._head_proxy(record)}"
             dashboard_url = str(details.get("dashboard_url", ""))
             health, healthy = _ray_health(dashboard_url, client_headers(self.home, dashboard_url))
             auth_on = details.get("auth") == "token"

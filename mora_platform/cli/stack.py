@@ -33,6 +33,13 @@ _PROMETHEUS_HELP = (
 )
 
 
+_PROXY_HELP = (
+    "Ray Serve's proxy on a head this starts: haproxy (Serve's HAProxy mode, 3-5x faster; every listener "
+    "on 127.0.0.1 but the replicas' inter-deployment gRPC, as with the other) or default (Ray's Python "
+    "proxy). Default: MORA_STACK_SERVE_PROXY, else haproxy. A running head keeps its proxy until restarted."
+)
+
+
 def _port_help() -> str:
     fields = StackSettings.model_fields
     names = ", ".join(
@@ -41,14 +48,18 @@ def _port_help() -> str:
     return f"Override a port, NAME=N (repeatable; also MORA_STACK_<NAME>_PORT). Names and defaults: {names}."
 
 
-def _build_stack(ports: list[str], *, prometheus: bool = False) -> LocalStack:
-    """The stack for the current settings, with ``--port NAME=N`` overrides applied."""
+def _build_stack(ports: list[str], *, prometheus: bool = False, proxy: str | None = None) -> LocalStack:
+    """The stack for the current settings, with ``--port NAME=N`` (and ``--proxy``) overrides applied."""
     from pydantic import ValidationError
 
     from infra.local.envfile import load_settings
     from infra.local.stack import LocalStack
 
-    overrides: dict[str, int | bool] = {"prometheus": True} if prometheus else {}
+    overrides: dict[str, int | bool | str] = {"prometheus": True} if prometheus else {}
+    if proxy is not None:
+        if proxy not in ("haproxy", "default"):
+            raise typer.BadParameter(f"{proxy!r}: choose haproxy or default", param_hint="--proxy")
+        overrides["serve_proxy"] = proxy
     names = StackSettings.port_names()
     for item in ports:
         name, sep, value = item.partition("=")
@@ -91,20 +102,22 @@ def up(
     port: list[str] = typer.Option([], "--port", "-p", help=_port_help(), show_default=False),
     component: list[str] = typer.Option([], "--component", "-c", help=_COMPONENT_HELP, show_default=False),
     prometheus: bool = typer.Option(False, "--prometheus", help=_PROMETHEUS_HELP),
+    proxy: str | None = typer.Option(None, "--proxy", help=_PROXY_HELP, metavar="haproxy|default"),
 ) -> None:
     """Start the S3 server and the Ray head, and Prometheus if asked (only what is not already running)."""
     from infra.local.processes import PortInUseError, ProcessStartError
     from infra.local.prometheus import PrometheusBinaryError
+    from infra.local.serve_proxy import HAProxyBinaryError
     from infra.local.stack import ForeignHeadError
 
-    stack = _build_stack(port, prometheus=prometheus)
+    stack = _build_stack(port, prometheus=prometheus, proxy=proxy)
     chosen = _components(component)
     if chosen is not None and prometheus and "prometheus" not in chosen:
         chosen.append("prometheus")
     began = time.monotonic()
     try:
         rows = stack.up(chosen, progress=lambda message: console.print(f"[dim]{message}[/dim]"))
-    except (PortInUseError, ForeignHeadError, PrometheusBinaryError) as exc:
+    except (PortInUseError, ForeignHeadError, PrometheusBinaryError, HAProxyBinaryError) as exc:
         errors.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from exc
     except ProcessStartError as exc:

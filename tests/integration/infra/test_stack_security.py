@@ -191,9 +191,11 @@ def test_the_stack_listens_on_loopback_only_with_token_auth_on(stack: Stack) -> 
     assert "held" in output and token not in output
 
     # With the endpoint deployed (`mora serve up`: `serve deploy` through the token-checking
-    # dashboard). Ray Serve 2.60 binds each replica's inter-deployment gRPC server to [::] with no
-    # option to change it: the one kind of port beyond loopback, allowed only because token auth
-    # guards it (Ray's interceptor), which the calls below check on 127.0.0.1.
+    # dashboard), in the stack's default HAProxy mode (HAProxy and the replicas' direct-ingress HTTP
+    # servers are in the tree; test_stack_serve_proxy.py checks each of them). Ray Serve 2.60 binds
+    # each replica's inter-deployment gRPC server to [::] with no option to change it: the one kind of
+    # port beyond loopback, allowed only because token auth guards it (Ray's interceptor), which the
+    # calls below check on 127.0.0.1.
     serve_env = stack.env | {"MORA_SERVE_PORT": str(free_ports(1)[0])}
     up = _mora(["serve", "up", "--timeout", "180"], serve_env, stack.work)
     assert up.returncode == 0, up.stdout + up.stderr
