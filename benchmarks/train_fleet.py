@@ -9,8 +9,9 @@ Online Boutique fleet (the 7 shared services) can be added with ``--fleets synth
 Every (fleet, CPUs) run is its own driver process (a fresh ``ray.init(num_cpus=CPUS)``), so the
 driver's peak RSS is that run's alone. Per run it reports: wall time, services per minute per
 CPU, the peak RSS of each Ray worker process (lifetime peak of the worker, returned by each task;
-workers are reused across services, so the drift from a worker's first to its last service says
-whether memory accumulates), the driver's peak RSS (sampled during the run), and the ratio of
+a worker is recycled after ``--max-calls`` services, 3 as ``mora retrain`` does by default; with
+``--max-calls 0`` workers are reused for good, and the drift from a worker's first to its last
+service says whether memory accumulates), the driver's peak RSS (sampled during the run), and the ratio of
 wall time to the smallest synthetic fleet with the services ratio beside it: cost should grow
 linearly with services, and ``linearity`` (time ratio / services ratio) says where it does not.
 
@@ -317,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config-json", default=None, help="JSON object merged over the training config")
     parser.add_argument(
-        "--max-calls", type=int, default=0, help="recycle workers after N services (0 = reuse)"
+        "--max-calls",
+        type=int,
+        default=3,
+        help="recycle workers after N services, as `mora retrain` does by default (0 = reuse forever)",
     )
     parser.add_argument(
         "--quick",

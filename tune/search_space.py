@@ -34,7 +34,7 @@ class SearchBounds(BaseModel):
     dropout: tuple[float, float] = (0.0, 0.4)
     learning_rate: tuple[float, float] = (1e-4, 1e-2)
     seq_len: list[int] = Field(default_factory=lambda: [12, 24, 30, 48])
-    batch_size: list[int] = Field(default_factory=lambda: [16, 32, 64])
+    batch_size: list[int] = Field(default_factory=lambda: [32, 64, 128])
     fusion_weight: tuple[float, float] = Field(
         default=(0.1, 0.9), description="Prophet's weight; the LSTM gets 1 - w"
     )

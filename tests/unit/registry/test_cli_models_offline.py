@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mora_platform.cli import app
+from mora_platform.models.config import LSTMConfig
 from mora_platform.registry import LocalBlobBackend, ModelRegistry
 
 runner = CliRunner()
@@ -170,7 +171,7 @@ def test_training_config_source_precedence(tmp_path: Path) -> None:
     assert source == f"tuned config from the registry + file {explicit}"
     assert config.seq_len == 8 and config.lstm.units == [16]
     config, source = _training_config(registry, "frontend", explicit, None, False)  # --no-tuned
-    assert source == f"file {explicit}" and config.seq_len == 8 and config.lstm.units == [64, 32]
+    assert source == f"file {explicit}" and config.seq_len == 8 and config.lstm.units == LSTMConfig().units
     explicit.write_text("{seq_len: 8}")
     with pytest.raises(typer.Exit):
         _training_config(registry, "frontend", explicit, None, True)
