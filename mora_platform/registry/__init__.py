@@ -11,6 +11,7 @@ from mora_platform.registry.errors import (
     ModelNotFoundError,
     RegistryError,
 )
+from mora_platform.registry.local_bundle import FetchedBundle, verify_local_bundle
 from mora_platform.registry.manifest import (
     MANIFEST_SCHEMA_VERSION,
     CodeVersion,
@@ -18,15 +19,8 @@ from mora_platform.registry.manifest import (
     Manifest,
     ManifestSignature,
 )
-from mora_platform.registry.model_registry import (
-    FetchedBundle,
-    LatestResolution,
-    ModelRegistry,
-    new_version,
-    validate_service_name,
-    validate_version,
-    verify_local_bundle,
-)
+from mora_platform.registry.model_registry import LatestResolution, ModelRegistry
+from mora_platform.registry.names import new_version, validate_service_name, validate_version
 from mora_platform.registry.servable import Servable, ServableVersions
 from mora_platform.registry.signing import (
     ManifestSignatureError,

@@ -22,19 +22,15 @@ falls back to a complete version and says why (``resolve_latest``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
-import os
-import re
-import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -42,10 +38,13 @@ from pydantic import ValidationError
 from mora_platform.registry.backend import BlobBackend, not_found_errors
 from mora_platform.registry.errors import (
     ArtifactIntegrityError,
-    InvalidServiceNameError,
-    InvalidVersionError,
     ModelNotFoundError,
     RegistryError,
+)
+from mora_platform.registry.local_bundle import (
+    FetchedBundle,
+    matches_manifest,
+    swap_into_place,
 )
 from mora_platform.registry.manifest import (
     MANIFEST_NAME,
@@ -54,8 +53,16 @@ from mora_platform.registry.manifest import (
     code_version,
     library_versions,
     sha256_bytes,
-    sha256_file,
     split_metadata,
+)
+from mora_platform.registry.names import (
+    MAX_SERVICE_NAME_LENGTH,
+    SERVICE_NAME_PATTERN,
+    VERSION_PATTERN,
+    check_relative_name,
+    new_version,
+    validate_service_name,
+    validate_version,
 )
 from mora_platform.registry.signing import check_signature as check_signature_of
 from mora_platform.registry.signing import key_id, sign_manifest
@@ -77,41 +84,6 @@ LATEST_NAME = "LATEST"
 #: several publishes of the service keep overwriting each other).
 LATEST_REPAIR_ROUNDS = 5
 TUNED_CONFIG_NAME = "tuned_config.json"
-MAX_SERVICE_NAME_LENGTH = 63
-
-_SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_VERSION = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-
-
-def validate_service_name(service: str) -> str:
-    """Return ``service`` if it is a DNS-1123 label (what a Kubernetes Deployment may be called)."""
-    if not isinstance(service, str) or not service:
-        raise InvalidServiceNameError(service, "must be a non-empty string")
-    if len(service) > MAX_SERVICE_NAME_LENGTH:
-        raise InvalidServiceNameError(service, f"longer than {MAX_SERVICE_NAME_LENGTH} characters")
-    if not _SERVICE_NAME.match(service):
-        raise InvalidServiceNameError(
-            service, "use lowercase letters, digits and '-', starting and ending with a letter or digit"
-        )
-    return service
-
-
-def validate_version(version: str) -> str:
-    if not isinstance(version, str) or not _VERSION.match(version):
-        raise InvalidVersionError(version)
-    return version
-
-
-def new_version(now: datetime | None = None) -> str:
-    """A version string that sorts by creation time: UTC second, then microsecond (5 hex) + 1 random hex."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
-    return f"{now:%Y%m%dT%H%M%S}Z-{now.microsecond:05x}{secrets.randbelow(16):x}"
-
-
-def _check_relative_name(name: str) -> bool:
-    """True if ``name`` is a safe relative POSIX path (no traversal, no absolute path)."""
-    path = PurePosixPath(name)
-    return bool(name) and not path.is_absolute() and all(part not in ("", ".", "..") for part in path.parts)
 
 
 def _json_default(value: Any) -> Any:
@@ -142,57 +114,6 @@ class LatestResolution:
     @property
     def degraded(self) -> bool:
         return self.problem is not None
-
-
-@dataclass(frozen=True)
-class FetchedBundle:
-    """A verified local copy of one published version."""
-
-    service: str
-    version: str
-    path: Path
-    manifest: Manifest
-    cached: bool = False
-
-
-def verify_local_bundle(directory: Path, manifest: Manifest | None = None) -> Manifest:
-    """Check a local bundle against its manifest; raise ``ArtifactIntegrityError`` on any difference."""
-    directory = Path(directory)
-    if manifest is None:
-        manifest_path = directory / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise ArtifactIntegrityError("?", "?", MANIFEST_NAME, f"missing in {directory}")
-        manifest = Manifest.from_json_bytes(manifest_path.read_bytes())
-    present = {
-        path.relative_to(directory).as_posix()
-        for path in directory.rglob("*")
-        if path.is_file() and path.relative_to(directory).as_posix() != MANIFEST_NAME
-    }
-    unexpected = sorted(present - set(manifest.files))
-    if unexpected:
-        raise ArtifactIntegrityError(
-            manifest.service, manifest.version, unexpected[0], "not listed in the manifest"
-        )
-    for name, entry in sorted(manifest.files.items()):
-        if name not in present:
-            raise ArtifactIntegrityError(
-                manifest.service,
-                manifest.version,
-                name,
-                "listed in the manifest but missing",
-                expected=entry.sha256,
-            )
-        actual = sha256_file(directory / name)
-        if actual != entry.sha256:
-            raise ArtifactIntegrityError(
-                manifest.service,
-                manifest.version,
-                name,
-                "checksum mismatch",
-                expected=entry.sha256,
-                actual=actual,
-            )
-    return manifest
 
 
 class ModelRegistry:
@@ -299,7 +220,7 @@ class ModelRegistry:
         versions: dict[str, set[str]] = {}
         for key in self.backend.list_keys(base):
             version, _, name = key[len(base) :].partition("/")
-            if name and _VERSION.match(version):
+            if name and VERSION_PATTERN.match(version):
                 versions.setdefault(version, set()).add(name)
         return versions
 
@@ -389,7 +310,7 @@ class ModelRegistry:
         if raw is None:
             return None
         pointer = raw.decode("utf-8", errors="replace").strip()
-        return pointer if _VERSION.match(pointer) else None
+        return pointer if VERSION_PATTERN.match(pointer) else None
 
     def _advance_latest(self, service: str, version: str) -> str | None:
         """Point LATEST at the complete ``version`` unless it names a newer complete one; return
@@ -434,9 +355,13 @@ class ModelRegistry:
         base = f"{self.prefix}/"
         for key in self.backend.list_keys(base):
             parts = key[len(base) :].split("/")
-            if len(parts) < 2 or not _SERVICE_NAME.match(parts[0]) or len(parts[0]) > MAX_SERVICE_NAME_LENGTH:
+            if (
+                len(parts) < 2
+                or not SERVICE_NAME_PATTERN.match(parts[0])
+                or len(parts[0]) > MAX_SERVICE_NAME_LENGTH
+            ):
                 continue
-            if parts[1] == LATEST_NAME or (len(parts) > 2 and _VERSION.match(parts[1])):
+            if parts[1] == LATEST_NAME or (len(parts) > 2 and VERSION_PATTERN.match(parts[1])):
                 services.add(parts[0])
         return sorted(services)
 
@@ -451,7 +376,7 @@ class ModelRegistry:
         if raw is None:
             return None
         pointer = raw.decode("utf-8", errors="replace").strip()
-        if not _VERSION.match(pointer):
+        if not VERSION_PATTERN.match(pointer):
             log.warning(
                 "%s/%s holds %r, not a version; treating as unpublished", service, LATEST_NAME, pointer
             )
@@ -487,7 +412,7 @@ class ModelRegistry:
             )
         pointer = raw.decode("utf-8", errors="replace").strip()
         shown = pointer if len(pointer) <= 80 else pointer[:77] + "..."
-        if _VERSION.match(pointer):
+        if VERSION_PATTERN.match(pointer):
             if self.backend.exists(self._key(service, pointer, MANIFEST_NAME)):
                 return LatestResolution(service, pointer, pointer)
             complete = self.list_versions(service)
@@ -580,7 +505,7 @@ class ModelRegistry:
                 f"manifest describes {manifest.service}/{manifest.version}, not {service}/{version}",
             )
         for name in manifest.files:
-            if not _check_relative_name(name) or name == MANIFEST_NAME:
+            if not check_relative_name(name) or name == MANIFEST_NAME:
                 raise ArtifactIntegrityError(service, version, name, "unsafe file name in the manifest")
         if check_signature:
             found = self._reader_key()
@@ -611,7 +536,7 @@ class ModelRegistry:
         self._check_stored_names(service, version, manifest)
 
         dest = Path(dest)
-        if dest.is_dir() and _matches(dest, manifest):
+        if dest.is_dir() and matches_manifest(dest, manifest):
             return FetchedBundle(service, version, dest, manifest, cached=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
@@ -622,15 +547,15 @@ class ModelRegistry:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
             (staging / MANIFEST_NAME).write_bytes(manifest.to_json_bytes())
-            if dest.is_dir() and _matches(dest, manifest):
+            if dest.is_dir() and matches_manifest(dest, manifest):
                 # A concurrent fetch finished first: keep its copy.
                 shutil.rmtree(staging, ignore_errors=True)
                 return FetchedBundle(service, version, dest, manifest, cached=True)
             try:
-                _swap_into_place(staging, dest)
+                swap_into_place(staging, dest)
             except OSError:
                 # Another process sharing the cache may have put the same bundle in place first.
-                if not (dest.is_dir() and _matches(dest, manifest)):
+                if not (dest.is_dir() and matches_manifest(dest, manifest)):
                     raise
                 shutil.rmtree(staging, ignore_errors=True)
                 return FetchedBundle(service, version, dest, manifest, cached=True)
@@ -698,42 +623,3 @@ class ModelRegistry:
         if isinstance(document, dict):
             return document
         raise RegistryError(f"{self._key(service, TUNED_CONFIG_NAME)} must hold a JSON object")
-
-
-def _matches(directory: Path, manifest: Manifest) -> bool:
-    """True if ``directory`` holds exactly the bundle ``manifest`` describes, byte for byte."""
-    try:
-        return verify_local_bundle(directory) == manifest
-    except (ArtifactIntegrityError, ValidationError, OSError):
-        return False
-
-
-def _swap_into_place(staging: Path, dest: Path) -> None:
-    """Rename ``staging`` to ``dest``, replacing an existing ``dest`` directory.
-
-    Safe against other threads or processes filling the same ``dest``: whatever happens, no
-    ``.old-`` directory is left behind, and ``dest`` is either the previous complete bundle or
-    a new complete one.
-    """
-    if not dest.exists():
-        try:
-            os.rename(staging, dest)
-            return
-        except OSError:
-            if not dest.exists():
-                raise
-            # Someone else put a bundle in place between our check and our rename.
-    old = dest.with_name(f".{dest.name}.old-{secrets.token_hex(4)}")
-    with contextlib.suppress(FileNotFoundError):  # moved away by a concurrent swap
-        os.rename(dest, old)
-    try:
-        os.rename(staging, dest)
-    except OSError:
-        if old.exists():
-            try:
-                os.rename(old, dest)
-            except OSError:
-                # A concurrent fetch already installed its bundle; ours and the old one go.
-                shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

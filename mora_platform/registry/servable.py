@@ -57,7 +57,8 @@ from mora_platform.registry.errors import (
     RegistryError,
 )
 from mora_platform.registry.manifest import Manifest
-from mora_platform.registry.model_registry import LATEST_NAME, ModelRegistry, validate_service_name
+from mora_platform.registry.model_registry import LATEST_NAME, ModelRegistry
+from mora_platform.registry.names import validate_service_name
 
 #: How long a verdict is reused when no fingerprint vouches for it, and a refusal at least.
 DEFAULT_VERIFY_MAX_AGE_S = 30.0
