@@ -17,14 +17,23 @@ the replica's LRU over the requests in the order they were sent, exact with one 
 S3 requests per second; (3) ``GET /v1/services`` three times (first, at once again, after the
 ingress's 5 s cache expired) with the S3 requests (and LISTs) each call caused; (4) the fixed kinds on
 the 10 hottest services: ``single`` repeats one question per service (answered from the per-version memo
-after the first time), ``fresh`` sends a new context every time (the model runs for each request),
+after the first time, and from the ingress's answer cache when it is on), ``fresh`` sends a new context
+every time (the model runs for each request, never a cache hit),
 ``batch`` sends 10 services per call. The floor is ``ServiceModel.recommend`` called in-process.
 
 Modes: ``default``; ``throughput`` (RAY_SERVE_THROUGHPUT_OPTIMIZED=1); ``haproxy``
 (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 + RAY_SERVE_ENABLE_HA_PROXY=1). Each mode runs in its own
 subprocess because Ray Serve reads these variables at import time.
 
+The ingress's answer cache (``serve.answer_cache``) is on at the app's default TTL unless
+``--answer-cache-ttl`` says otherwise; ``--answer-cache-ttl 0,2`` measures every mode with the cache
+off and with a 2 s TTL (rows ``haproxy/ttl=0``, ``haproxy/ttl=2``). The share of answers that came from
+the cache (``X-Mora-Cache: hit``) is reported per run; a hit counts as warm (it loads no model). With
+the cache on, the LRU replay that splits warm from cold is approximate: a hit does not touch the model
+replica's LRU, the replay does.
+
     .venv/bin/python benchmarks/serve_load.py --services 1000 --lru 64 [--duration 8] [--modes default,haproxy]
+    .venv/bin/python benchmarks/serve_load.py --services 1000 --lru 64 --modes haproxy --answer-cache-ttl 0,2
     .venv/bin/python benchmarks/serve_load.py --services 20 --lru 8 --duration 3 --modes default  # small
 
 Writes ``benchmarks/results/serve_load-<UTC time>.json`` and prints a table.
@@ -104,8 +113,15 @@ def service_name(index: int) -> str:
     return f"bench-{index:04d}"
 
 
-def summarize(latencies: list[float], elapsed: float, errors: int, per_request: int) -> dict[str, Any]:
+CACHE_HEADER = "X-Mora-Cache"  # serve.answer_cache.CACHE_HEADER (not imported, as SERVICES_TTL_S)
+
+
+def summarize(
+    latencies: list[float], elapsed: float, errors: int, per_request: int, hits: int | None = None
+) -> dict[str, Any]:
+    """Latency percentiles; ``hits``: answers marked ``X-Mora-Cache: hit`` (None: the header never came)."""
     ms = [value * 1000 for value in latencies]
+    cache = {} if hits is None else {"cache_hits": hits, "cache_hit_share": round(hits / max(1, len(ms)), 3)}
     return {
         "requests": len(latencies),
         "errors": errors,
@@ -116,6 +132,7 @@ def summarize(latencies: list[float], elapsed: float, errors: int, per_request: 
         "p95_ms": round(percentile(ms, 95), 2),
         "p99_ms": round(percentile(ms, 99), 2),
         "mean_ms": round(statistics.fmean(ms), 2) if ms else float("nan"),
+        **cache,
     }
 
 
@@ -234,33 +251,38 @@ async def run_load(
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     errors = 0
+    hits: int | None = None
     headers = {"content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
         stop_at = loop.time() + duration
 
         async def client(offset: int) -> None:
-            nonlocal errors
+            nonlocal errors, hits
             turn = offset
             while loop.time() < stop_at:
                 body = bodies[turn % len(bodies)]
                 turn += concurrency
                 t0 = time.perf_counter()
+                cached = None
                 try:
                     async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = response.status == 200
+                        cached = response.headers.get(CACHE_HEADER)
                 except aiohttp.ClientError:
                     ok = False
                 if ok:
                     latencies.append(time.perf_counter() - t0)
+                    if cached is not None:
+                        hits = (hits or 0) + (cached == "hit")
                 else:
                     errors += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(client(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return summarize(latencies, elapsed, errors, per_request)
+    return summarize(latencies, elapsed, errors, per_request, hits)
 
 
 def start_ray_head(temp_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -354,6 +376,8 @@ async def run_zipf_load(url: str, traffic: ZipfTraffic, concurrency: int, durati
     loop = asyncio.get_running_loop()
     warm: list[float] = []
     cold: list[float] = []
+    hit: list[float] = []  # of the warm ones, answered from the ingress's cache
+    header_seen = False
     errors = 0
     headers = {"content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -361,31 +385,39 @@ async def run_zipf_load(url: str, traffic: ZipfTraffic, concurrency: int, durati
         stop_at = loop.time() + duration
 
         async def client() -> None:
-            nonlocal errors
+            nonlocal errors, header_seen
             while loop.time() < stop_at:
                 service, is_cold = traffic.next()
                 t0 = time.perf_counter()
+                cached = None
                 try:
                     async with session.post(url, data=traffic.bodies[service], headers=headers) as response:
                         await response.read()
                         ok = response.status == 200
+                        cached = response.headers.get(CACHE_HEADER)
                 except aiohttp.ClientError:
                     ok = False
                 traffic.answered(service)
                 if ok:
-                    (cold if is_cold else warm).append(time.perf_counter() - t0)
+                    seconds = time.perf_counter() - t0
+                    header_seen = header_seen or cached is not None
+                    if cached == "hit":  # no model call, so no model load either: warm
+                        hit.append(seconds)
+                    (cold if is_cold and cached != "hit" else warm).append(seconds)
                 else:
                     errors += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    total = summarize(warm + cold, elapsed, errors, 1)
+    hits = len(hit) if header_seen else None
+    total = summarize(warm + cold, elapsed, errors, 1, hits)
     return {
         **total,
         "cold_share": round(len(cold) / max(1, len(warm) + len(cold)), 3),
-        "warm": summarize(warm, elapsed, 0, 1),
+        "warm": summarize(warm, elapsed, 0, 1, hits),
         "cold": summarize(cold, elapsed, 0, 1),
+        **({"hit": summarize(hit, elapsed, 0, 1)} if header_seen else {}),
     }
 
 
@@ -401,6 +433,17 @@ def replica_pids(head: subprocess.Popen[bytes], name: str) -> list[int]:
         except psutil.Error:
             continue
     return pids
+
+
+def hit_text(summary: dict[str, Any]) -> str:
+    share = summary.get("cache_hit_share")
+    return "" if share is None else f"  cache hits {share * 100:.1f}%"
+
+
+def hit_cell(run: dict[str, Any]) -> str:
+    """The cache hit share for a table (-: no ``X-Mora-Cache`` header, the cache is off)."""
+    share = run.get("cache_hit_share")
+    return f"{'-':>6}" if share is None else f"{share * 100:>5.1f}%"
 
 
 def rss_mb(pids: list[int]) -> float | None:
@@ -438,6 +481,9 @@ def run_mode(options: argparse.Namespace) -> None:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = ServeAppArgs(registry_prefix=options.prefix, reload_interval_s=10.0, request_timeout_s=30.0)
+        if options.answer_cache_ttl:
+            args = args.model_copy(update={"answer_cache_ttl_s": float(options.answer_cache_ttl)})
+        results["answer_cache_ttl_s"] = args.answer_cache_ttl_s
         started = time.perf_counter()
         app = compose_app(args, settings, replicas=options.replicas)
         serve.run(app, name="mora", route_prefix="/", blocking=False)
@@ -509,7 +555,7 @@ def run_mode(options: argparse.Namespace) -> None:
                     f"  zipf   c={conc:<3} {summary['rps']:>8.1f} rps  warm p50 {warm['p50_ms']:.1f} "
                     f"p99 {warm['p99_ms']:.1f} ms ({warm['requests']})  cold p50 {cold_run['p50_ms']:.1f} "
                     f"p99 {cold_run['p99_ms']:.1f} ms ({cold_run['requests']})  "
-                    f"S3 {summary['s3'].get('per_s', 0)}/s  errors {summary['errors']}",
+                    f"S3 {summary['s3'].get('per_s', 0)}/s  errors {summary['errors']}{hit_text(summary)}",
                     flush=True,
                 )
 
@@ -559,15 +605,21 @@ def run_mode(options: argparse.Namespace) -> None:
             "fresh": ("/v1/recommendations", fresh, 1),
             "batch": ("/v1/recommendations:batch", batch, BATCH_SIZE),
         }
+        sent_fresh = 0
         for kind in fixed:
             path, bodies, per_request = table[kind]
             for conc in concurrency:
                 load_before = round(os.getloadavg()[0], 2)
+                if kind == "fresh":  # start past the bodies earlier runs sent: none is in the answer cache
+                    start = sent_fresh % len(bodies)
+                    bodies = bodies[start:] + bodies[:start]
                 summary = asyncio.run(run_load(f"{base}{path}", bodies, conc, options.duration, per_request))
+                if kind == "fresh":
+                    sent_fresh = summary["requests"] + summary["errors"]
                 runs.append({"kind": kind, "concurrency": conc, **summary, "load_avg_1m_before": load_before})
                 print(
                     f"  {kind:6} c={conc:<3} {summary['rps']:>8.1f} rps  p50 {summary['p50_ms']:.1f} ms  "
-                    f"p99 {summary['p99_ms']:.1f} ms  errors {summary['errors']}",
+                    f"p99 {summary['p99_ms']:.1f} ms  errors {summary['errors']}{hit_text(summary)}",
                     flush=True,
                 )
         results["runs"] = runs
@@ -597,24 +649,24 @@ def print_table(report: dict[str, Any]) -> None:
         f"{floor['rps']} calls/s on one thread"
     )
     header = (
-        f"{'mode':11} {'kind':6} {'conc':>4} {'req/s':>8} {'recs/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'errors':>6}"
+        f"{'mode':18} {'kind':6} {'conc':>4} {'req/s':>8} {'recs/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>6} {'hit %':>6}"
     )
     print(header)
     print("-" * len(header))
     for mode, result in report["modes"].items():
         if "error" in result:
-            print(f"{mode:11} failed: {result['error']}")
+            print(f"{mode:18} failed: {result['error']}")
             continue
         for run in result["runs"]:
             print(
-                f"{mode:11} {run['kind']:6} {run['concurrency']:>4} {run['rps']:>8.1f} "
+                f"{mode:18} {run['kind']:6} {run['concurrency']:>4} {run['rps']:>8.1f} "
                 f"{run['recommendations_per_s']:>8.1f} {run['p50_ms']:>8.2f} {run['p95_ms']:>8.2f} "
-                f"{run['p99_ms']:>8.2f} {run['errors']:>6}"
+                f"{run['p99_ms']:>8.2f} {run['errors']:>6} {hit_cell(run)}"
             )
     header = (
-        f"{'mode':11} {'conc':>4} {'req/s':>8} {'warm p50':>9} {'warm p99':>9} {'warm n':>7} "
-        f"{'cold p50':>9} {'cold p99':>9} {'cold n':>7} {'cold %':>7} {'S3 req/s':>9}"
+        f"{'mode':18} {'conc':>4} {'req/s':>8} {'warm p50':>9} {'warm p99':>9} {'warm n':>7} "
+        f"{'cold p50':>9} {'cold p99':>9} {'cold n':>7} {'cold %':>7} {'S3 req/s':>9} {'hit %':>6}"
     )
     print("\nZipf traffic, warm and cold answers (ms)")
     print(header)
@@ -625,9 +677,9 @@ def print_table(report: dict[str, Any]) -> None:
                 continue
             warm, cold = run["warm"], run["cold"]
             print(
-                f"{mode:11} {run['concurrency']:>4} {run['rps']:>8.1f} {warm['p50_ms']:>9.2f} {warm['p99_ms']:>9.2f} "
+                f"{mode:18} {run['concurrency']:>4} {run['rps']:>8.1f} {warm['p50_ms']:>9.2f} {warm['p99_ms']:>9.2f} "
                 f"{warm['requests']:>7} {cold['p50_ms']:>9.1f} {cold['p99_ms']:>9.1f} {cold['requests']:>7} "
-                f"{run['cold_share'] * 100:>6.1f}% {run['s3'].get('per_s', 0):>9.1f}"
+                f"{run['cold_share'] * 100:>6.1f}% {run['s3'].get('per_s', 0):>9.1f} {hit_cell(run)}"
             )
     print()
     for mode, result in report["modes"].items():
@@ -802,6 +854,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", default="frontend", help="The one service trained (copied to every name)")
     parser.add_argument("--floor-calls", type=int, default=500)
+    parser.add_argument(
+        "--answer-cache-ttl",
+        default="",
+        help="Comma-separated answer-cache TTLs in s to measure each mode at (0: the cache off); "
+        "default: the app's default TTL",
+    )
     parser.add_argument("--run-mode", help=argparse.SUPPRESS)  # internal: measure one mode in this process
     parser.add_argument("--prefix", default="models", help=argparse.SUPPRESS)
     parser.add_argument("--s3-metrics", help=argparse.SUPPRESS)
@@ -826,6 +884,14 @@ def main() -> None:
     unknown = [k for k in options.kinds.split(",") if k.strip() and k.strip() not in KINDS]
     if unknown:
         raise SystemExit(f"unknown kind(s) {unknown}; choose from {list(KINDS)}")
+    try:
+        ttls: list[float | None] = [float(t) for t in options.answer_cache_ttl.split(",") if t.strip()] or [
+            None
+        ]
+    except ValueError:
+        raise SystemExit(f"--answer-cache-ttl: not a list of seconds: {options.answer_cache_ttl!r}") from None
+    if any(t is not None and t < 0 for t in ttls):
+        raise SystemExit("--answer-cache-ttl: TTLs must be >= 0")
     if options.lru >= options.services:
         print(f"warning: --lru {options.lru} holds the whole fleet of {options.services}", flush=True)
 
@@ -892,6 +958,7 @@ def main() -> None:
                 "batch_size": BATCH_SIZE,
                 "duration_s": options.duration,
                 "ray_num_cpus": 2,
+                "answer_cache_ttl_s": [t for t in ttls if t is not None] or "app default",
                 "client": "aiohttp, keep-alive, closed loop, same machine",
                 "publish": {"seconds": round(publish_seconds, 1), "s3": published},
                 "bundle_bytes": sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()),
@@ -900,9 +967,10 @@ def main() -> None:
             "modes": {},
         }
         print(f"floor: {report['floor']}", flush=True)
-        for mode in modes:
-            print(f"mode {mode}", flush=True)
-            part = root / f"{mode}.json"
+        for mode, ttl in [(mode, ttl) for mode in modes for ttl in ttls]:
+            label = mode if ttl is None else f"{mode}/ttl={ttl:g}"
+            print(f"mode {label}", flush=True)
+            part = root / f"{mode}-{ttl}.json"
             # HAProxy's admin socket path must stay under 97 bytes, and Ray nests a hash dir in it.
             haproxy_dir = Path(tempfile.mkdtemp(prefix="mhp-", dir="/tmp"))
             env = {
@@ -938,12 +1006,14 @@ def main() -> None:
                 str(options.seed),
             ]
             command += ["--s3-metrics", metrics_url]
+            if ttl is not None:
+                command += ["--answer-cache-ttl", str(ttl)]
             result = subprocess.run(command, env=env, check=False)
             shutil.rmtree(haproxy_dir, ignore_errors=True)
             if result.returncode == 0 and part.is_file():
-                report["modes"][mode] = {"env": MODES[mode], **json.loads(part.read_text())}
+                report["modes"][label] = {"env": MODES[mode], **json.loads(part.read_text())}
             else:
-                report["modes"][mode] = {"env": MODES[mode], "error": f"exit code {result.returncode}"}
+                report["modes"][label] = {"env": MODES[mode], "error": f"exit code {result.returncode}"}
     finally:
         weed.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -9,10 +9,15 @@ A plain question is answered on the service's recent rows: live from Prometheus 
 (``MORA_PROMETHEUS_URL``; token and TLS from ``MORA_PROMETHEUS_*`` in the same env files, passed to the
 replicas as bound arguments like the S3 keys, never as runtime_env variables), falling back to the
 dataset's newest rows, else from the dataset alone (``MORA_SERVE_HISTORY_SOURCE``).
+
+Each ingress replica answers a question it answered moments ago from its answer cache
+(``answer_cache_ttl_s``, default 2 s, 0: off; capped by ``answer_cache_ttl`` at ``reload_interval_s``
+and ``MORA_SERVE_HISTORY_MAX_AGE_S``, see ``serve.answer_cache``).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +27,12 @@ from ray.serve import Application
 from mora_platform.collect.settings import PrometheusSettings
 from mora_platform.registry.recent_history import history_from_settings, prometheus_for_history
 from mora_platform.settings import MoraSettings
+from serve.answer_cache import DEFAULT_TTL_S as DEFAULT_ANSWER_CACHE_TTL_S
 from serve.ingress import RecommendationIngress
 from serve.model_deployment import DEFAULT_RELOAD_INTERVAL_S, ServiceModels
 from serve.model_slots import ModelFactory
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # @serve.deployment made ServiceModels a Deployment; its class is func_or_class
     _ServiceModelsClass = ServiceModels
@@ -60,6 +68,15 @@ class ServeAppArgs(BaseModel):
     request_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="Ingress wait for a model answer"
     )
+    answer_cache_ttl_s: float = Field(
+        default=DEFAULT_ANSWER_CACHE_TTL_S,
+        ge=0,
+        le=3600,
+        description="How long each ingress replica reuses a plain answer to a question without history "
+        "(serve.answer_cache; 0: off). Capped at reload_interval_s and MORA_SERVE_HISTORY_MAX_AGE_S, the "
+        "intervals at which an answer can change, so a publish or new recent rows show up at most this "
+        "much later",
+    )
 
 
 def resolve_settings(args: ServeAppArgs) -> MoraSettings:
@@ -93,6 +110,23 @@ class ServiceModelsLiveHistory(_ServiceModelsClass):
             loader.recent = history_from_settings(settings, loader.recent.store, prometheus)
 
 
+def answer_cache_ttl(args: ServeAppArgs, settings: MoraSettings) -> float:
+    """The ingress's answer-cache TTL: ``args.answer_cache_ttl_s`` capped at the model replicas' reload
+    interval and, when they read recent rows, at how long they reuse them (0 there: no cache)."""
+    ttl = min(args.answer_cache_ttl_s, args.reload_interval_s)
+    if settings.serve_history_rows > 0:
+        ttl = min(ttl, settings.serve_history_max_age_s)
+    if ttl < args.answer_cache_ttl_s:
+        logger.info(
+            "answer cache TTL %g s capped at %g s (reload_interval_s %g s, history max age %g s)",
+            args.answer_cache_ttl_s,
+            ttl,
+            args.reload_interval_s,
+            settings.serve_history_max_age_s,
+        )
+    return ttl
+
+
 def compose_app(
     args: ServeAppArgs,
     settings: MoraSettings,
@@ -118,7 +152,9 @@ def compose_app(
         models = models_deployment.options(user_config=user_config).bind(
             settings, args.registry_prefix, factory
         )
-    app: Application = ingress_deployment.bind(models, settings, args.registry_prefix, args.request_timeout_s)
+    app: Application = ingress_deployment.bind(
+        models, settings, args.registry_prefix, args.request_timeout_s, answer_cache_ttl(args, settings)
+    )
     return app
 
 

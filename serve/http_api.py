@@ -13,6 +13,13 @@ their texts truncated, a body that takes longer than ``MAX_BODY_SECONDS`` to arr
 ``max_concurrent_batches`` batches run at once per replica (more are shed with 503 + ``Retry-After``).
 Every 503 carries ``Retry-After``. The request *headers* are read by the Serve proxy (uvicorn, or HAProxy
 in Kubernetes) before this app sees anything: see ``serve/config.yaml`` for what bounds them.
+
+With an ``answer_cache`` (``serve.answer_cache``; the ingress passes one, TTL 2 s by default) a question
+answered moments ago is answered again without the backend: after the guards, a body identical byte for
+byte to one answered within the TTL is answered before FastAPI parses or validates it; any other spelling
+of the same question is found by its canonical form after validation; identical concurrent misses share
+one backend call. Such answers carry ``X-Mora-Cache: hit`` (a backend call's: ``miss``); nothing else in
+the response differs, and errors are never cached.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import asyncio
 import hmac
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +41,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from serve.answer_cache import CACHE_HEADER, AnswerCache, cache_key, encode_json
 from serve.api import (
     MAX_BATCH_REQUESTS,
     MAX_BODY_BYTES,
@@ -69,6 +76,19 @@ OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.
 BODY_PATHS = frozenset({"/v1/recommendations", "/v1/recommendations:batch"})
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 415, 422, 503)
+}
+#: The recommendation routes document the answer cache's header on their 200s.
+_ANSWER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            CACHE_HEADER: {
+                "description": "Sent when the ingress's answer cache is on: `hit` (answered from the cache) "
+                "or `miss` (answered by a model call)",
+                "schema": {"type": "string", "enum": ["hit", "miss"]},
+            }
+        }
+    },
+    **_ERROR_RESPONSES,
 }
 MAX_CONCURRENT_BATCHES = 4  # per ingress replica; a batch may carry 100 requests
 MAX_FIELD_CHARS = 200  # a field path or message in an error body is cut at this length
@@ -146,14 +166,29 @@ class BoundedJsonRequest(Request):
         return self._json
 
 
+EarlyAnswer = Callable[[Request], Awaitable[Response | None]]
+
+
 class BoundedJsonRoute(APIRoute):
-    """The routes of the API read their body through ``BoundedJsonRequest``."""
+    """The routes of the API read their body through ``BoundedJsonRequest``.
+
+    ``early_answer`` (set on a route after it is made) may answer a request before FastAPI parses and
+    validates its body (the answer cache's raw-body hits); None lets the request through as usual.
+    """
+
+    early_answer: EarlyAnswer | None = None
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def bounded(request: Request) -> Response:
-            return await handler(BoundedJsonRequest(request.scope, request.receive))
+            bounded_request = BoundedJsonRequest(request.scope, request.receive)
+            early = self.early_answer
+            if early is not None:
+                response = await early(bounded_request)
+                if response is not None:
+                    return response
+            return await handler(bounded_request)
 
         return bounded
 
@@ -216,7 +251,7 @@ class GuardMiddleware:
         whole body ``max_body_seconds`` to arrive (a slow sender gets 408, its connection is freed)."""
         seen = 0
         limit = self.max_body_bytes
-        deadline = time.monotonic() + self.max_body_seconds
+        deadline_at = asyncio.get_running_loop().time() + self.max_body_seconds
         complete = False
 
         async def wrapped() -> Message:
@@ -224,7 +259,8 @@ class GuardMiddleware:
             if complete:  # after the body only a disconnect can come: wait for it as long as it takes
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+                async with asyncio.timeout_at(deadline_at):  # no extra task per message, unlike wait_for
+                    message = await receive()
             except TimeoutError:
                 # FastAPI re-raises HTTPException from body reading as is.
                 raise HTTPException(
@@ -322,14 +358,35 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     return _error_json(status, f"invalid request: {shown}{more}", errors)
 
 
+def _cache_description(cache: AnswerCache | None) -> str:
+    if cache is None or not cache.enabled:
+        return ""
+    return (
+        f" Answers to questions without `history` are cached for {cache.ttl_s:g} s per ingress replica (only "
+        "plain 200 answers; errors and degraded answers never): a recommendation changes only when a model "
+        "version is published or the service's recent rows are read again, which the model replicas pick up "
+        "every reload interval / history max age, and the TTL is at most both, so a change shows up at most "
+        f"{cache.ttl_s:g} s later than without the cache. `{CACHE_HEADER}: hit` marks an answer from the "
+        f"cache, `{CACHE_HEADER}: miss` one from a model call (identical concurrent requests share one call)."
+    )
+
+
+def _answer_response(body: bytes, cache_state: str) -> Response:
+    """A recommendation already encoded (as ``JSONResponse`` would), marked hit or miss."""
+    return Response(body, media_type="application/json", headers={CACHE_HEADER: cache_state})
+
+
 def create_api(
     backend: RecommendationBackend,
     *,
     token: str | None = None,
     max_concurrent_batches: int = MAX_CONCURRENT_BATCHES,
     max_body_seconds: float = MAX_BODY_SECONDS,
+    answer_cache: AnswerCache | None = None,
 ) -> FastAPI:
-    """The FastAPI app of the endpoint, bound to ``backend``."""
+    """The FastAPI app of the endpoint, bound to ``backend``; ``answer_cache`` (``serve.answer_cache``)
+    answers repeated questions without asking ``backend`` (None or a zero TTL: every question is asked)."""
+    cache = answer_cache if answer_cache is not None and answer_cache.enabled else None
     api = FastAPI(
         title="MOrA recommendations",
         version="1",
@@ -337,6 +394,7 @@ def create_api(
             "CPU, memory and replica recommendations for every service of the fleet. "
             f"Limits: {MAX_BATCH_REQUESTS} requests per batch, {MAX_HISTORY_ROWS} history rows per request, "
             f"{MAX_BODY_BYTES} bytes per body. Send `Authorization: Bearer <token>` when a token is configured."
+            + _cache_description(cache)
         ),
     )
     api.router.route_class = BoundedJsonRoute
@@ -371,20 +429,51 @@ def create_api(
     @api.post(
         "/v1/recommendations",
         response_model=RecommendationResponse,
-        responses=_ERROR_RESPONSES,
+        responses=_ANSWER_RESPONSES,
         dependencies=[Security(documented_auth)],
         summary="Recommend CPU, memory and replicas for one service",
     )
-    async def recommend(body: RecommendationRequest) -> JSONResponse:
-        outcome = (await backend.recommend(body.service, [body]))[0]
+    async def recommend(body: RecommendationRequest, request: Request) -> Response:
+        key = cache_key(body) if cache is not None else None
+        if cache is None or key is None:
+            outcome = (await backend.recommend(body.service, [body]))[0]
+            if outcome.status != 200 or outcome.recommendation is None:
+                raise ApiError(outcome.status, outcome.error or "no recommendation")
+            return JSONResponse(outcome.recommendation)
+        raw = await request.body()  # already read: the alias of this spelling
+        cached = cache.get(key)
+        if cached is not None:
+            cache.alias(raw, key)
+            return _answer_response(cached, "hit")
+
+        async def ask() -> ModelOutcome:
+            return (await backend.recommend(body.service, [body]))[0]
+
+        outcome, encoded = await cache.fetch(key, ask)
         if outcome.status != 200 or outcome.recommendation is None:
             raise ApiError(outcome.status, outcome.error or "no recommendation")
-        return JSONResponse(outcome.recommendation)
+        if encoded is None:  # not stored (degraded, say): encoded here, as JSONResponse would
+            encoded = encode_json(outcome.recommendation)
+        else:
+            cache.alias(raw, key)
+        return _answer_response(encoded, "miss")
+
+    async def answer_known_body(request: Request) -> Response | None:
+        """A body seen moments ago, byte for byte, answered before it is parsed and validated."""
+        assert cache is not None
+        try:
+            raw = await request.body()
+        except HTTPException:  # 408 / 413 from the guard: reported as FastAPI would
+            raise
+        except Exception:  # anything else: FastAPI's own handling reports it
+            return None
+        cached = cache.by_body(raw)
+        return None if cached is None else _answer_response(cached, "hit")
 
     @api.post(
         "/v1/recommendations:batch",
         response_model=BatchResponse,
-        responses=_ERROR_RESPONSES,
+        responses=_ANSWER_RESPONSES,
         dependencies=[Security(documented_auth)],
         summary=f"Up to {MAX_BATCH_REQUESTS} recommendations in one call, answered in order",
     )
@@ -394,7 +483,7 @@ def create_api(
             raise ApiError(503, f"busy: {batches_running} batches are being answered, retry shortly")
         batches_running += 1
         try:
-            outcomes = await backend.recommend_batch(body.requests)
+            outcomes, hits = await batch_outcomes(body.requests)
         finally:
             batches_running -= 1
         results = [
@@ -407,7 +496,33 @@ def create_api(
             }
             for index, (request, outcome) in enumerate(zip(body.requests, outcomes, strict=True))
         ]
-        return JSONResponse({"results": results})
+        if cache is None:
+            return JSONResponse({"results": results})
+        state = "hit" if hits == len(outcomes) else "miss"  # hit: every answer came from the cache
+        return JSONResponse({"results": results}, headers={CACHE_HEADER: state})
+
+    async def batch_outcomes(requests: Sequence[RecommendationRequest]) -> tuple[list[ModelOutcome], int]:
+        """The batch's outcomes, those in the answer cache taken from it (one call for the others),
+        and how many were."""
+        if cache is None:
+            return await backend.recommend_batch(requests), 0
+        outcomes: list[ModelOutcome | None] = [None] * len(requests)
+        keys = [cache_key(request) for request in requests]
+        for index, key in enumerate(keys):
+            cached = cache.get(key) if key is not None else None
+            if cached is not None:
+                outcomes[index] = ModelOutcome(200, json.loads(cached))
+        hits = sum(outcome is not None for outcome in outcomes)
+        asked = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        if asked:
+            started = cache.now()
+            answers = await backend.recommend_batch([requests[index] for index in asked])
+            for index, answer in zip(asked, answers, strict=True):
+                outcomes[index] = answer
+                key = keys[index]
+                if key is not None:
+                    cache.put(key, answer, started)
+        return [outcome for outcome in outcomes if outcome is not None], hits
 
     @api.get(
         "/v1/services",
@@ -441,5 +556,9 @@ def create_api(
         )
         return JSONResponse(body.model_dump(), status_code=503)
 
+    if cache is not None:
+        for route in api.routes:
+            if isinstance(route, BoundedJsonRoute) and route.path == "/v1/recommendations":
+                route.early_answer = answer_known_body
     api.add_middleware(GuardMiddleware, token=token, max_body_seconds=max_body_seconds)  # type: ignore[arg-type]
     return api

@@ -11,6 +11,15 @@ list at once and, once it is older than ``services_ttl_s``, one background refre
 A model call that outlives ``request_timeout_s`` is cancelled (504), a model replica that dies under a
 call is retried once on another replica, and a full queue (``max_queued_requests``) is answered at
 once with 503 + ``Retry-After`` (``ServeBackend._ask``).
+
+Warm answers skip the model hop: each ingress replica keeps an answer cache (``serve.answer_cache``)
+of plain 200 answers to questions without client history, keyed by (service, canonical request), for
+``answer_cache_ttl_s`` (default 2 s, ``0`` turns it off). ``serve.app`` caps that TTL at the model
+replicas' reload interval (10 s) and recent-history max age (``MORA_SERVE_HISTORY_MAX_AGE_S``, 60 s),
+the only two things that change an answer, so a publish or new recent rows show up at most one TTL
+later than without the cache. Identical concurrent misses share one model call; a hit is sent as
+the JSON bytes stored, before its body is even parsed when the same bytes were answered before, and
+is marked ``X-Mora-Cache: hit`` (a model call's answer: ``miss``).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from ray.serve.handle import DeploymentHandle
 
 from mora_platform.registry import ModelRegistry, ServableVersions
 from mora_platform.settings import MoraSettings
+from serve.answer_cache import AnswerCache
 from serve.api import RecommendationRequest, ServiceInfo
 from serve.http_api import ModelOutcome, create_api
 from serve.resilience import INGRESS_OPTIONS
@@ -251,10 +261,12 @@ class RecommendationIngress:
         settings: MoraSettings,
         registry_prefix: str = "models",
         request_timeout_s: float = 30.0,
+        answer_cache_ttl_s: float = 0.0,
     ) -> None:
         registry = ModelRegistry.from_settings(settings, prefix=registry_prefix)
         self._backend = ServeBackend(models, registry, request_timeout_s)
         self._token = settings.serve_token.get_secret_value() if settings.serve_token else None
+        self._answer_cache = AnswerCache(answer_cache_ttl_s)  # per replica; TTL 0: off (serve.app sets it)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self._backend, token=self._token)
+        return create_api(self._backend, token=self._token, answer_cache=self._answer_cache)
