@@ -25,7 +25,9 @@ is marked ``X-Mora-Cache: hit`` (a model call's answer: ``miss``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -72,7 +74,11 @@ class ServeBackend:
         registry: ModelRegistry,
         request_timeout_s: float = 30.0,
         services_ttl_s: float = SERVICES_TTL_S,
+        prefill: bool = False,
     ) -> None:
+        """``prefill``: start reading the service list now, on a thread, so the first
+        ``GET /v1/services`` finds it read (the first read of a large registry verifies every
+        service: tens of seconds for 1,000) or waits only for the rest of that one read."""
         self._models = models
         self._registry = registry
         self._servable = ServableVersions(registry)  # what a replica serves: LATEST only if it verifies
@@ -85,6 +91,10 @@ class ServeBackend:
         self._lock = asyncio.Lock()
         self._handles: dict[str, DeploymentHandle] = {}  # one routed handle per service, reused
         self._unknown: dict[str, float] = {}  # service -> until when it is known to be unpublished
+        self._prefill: concurrent.futures.Future[list[ServiceInfo]] | None = None
+        if prefill:
+            self._prefill = concurrent.futures.Future()
+            threading.Thread(target=self._prefill_services, name="services-prefill", daemon=True).start()
 
     async def recommend(self, service: str, requests: Sequence[RecommendationRequest]) -> list[ModelOutcome]:
         unknown_until = self._unknown.get(service)
@@ -194,12 +204,29 @@ class ServeBackend:
         if infos is None:
             async with self._lock:  # the first fill: concurrent first callers wait for one read
                 if self._services is None:
-                    self._services = await asyncio.to_thread(self._read_services)
+                    self._services = await self._first_read()
                     self._services_due = time.monotonic() + self._services_ttl_s
                 return self._services
         if time.monotonic() >= self._services_due and self._services_refresh is None:
             self._services_refresh = asyncio.get_running_loop().create_task(self._refresh_services())
         return infos
+
+    def _prefill_services(self) -> None:
+        assert self._prefill is not None
+        try:
+            self._prefill.set_result(self._read_services())
+        except BaseException as exc:  # handed to the first caller, who reads again
+            self._prefill.set_exception(exc)
+
+    async def _first_read(self) -> list[ServiceInfo]:
+        """The prefill's list when it succeeded (waiting for it if it is still running), else a read."""
+        if self._prefill is not None:
+            prefill, self._prefill = self._prefill, None
+            try:
+                return await asyncio.wrap_future(prefill)
+            except Exception:
+                logger.exception("reading the service list at start-up failed; reading it again")
+        return await asyncio.to_thread(self._read_services)
 
     async def _refresh_services(self) -> None:
         """Replace the service list; on failure keep the previous one and try again after the TTL."""
@@ -264,7 +291,7 @@ class RecommendationIngress:
         answer_cache_ttl_s: float = 0.0,
     ) -> None:
         registry = ModelRegistry.from_settings(settings, prefix=registry_prefix)
-        self._backend = ServeBackend(models, registry, request_timeout_s)
+        self._backend = ServeBackend(models, registry, request_timeout_s, prefill=True)
         self._token = settings.serve_token.get_secret_value() if settings.serve_token else None
         self._answer_cache = AnswerCache(answer_cache_ttl_s)  # per replica; TTL 0: off (serve.app sets it)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mora_platform.registry import LocalBlobBackend, ModelRegistry, Servable
+from mora_platform.registry import LocalBlobBackend, ModelRegistry, Servable, ServableVersions
 from mora_platform.registry.backend import BlobInfo
 from serve.ingress import ServeBackend
 
@@ -201,3 +201,52 @@ def test_a_tampered_version_is_refused_at_the_next_refresh(
         await settle(serve_backend)
 
     asyncio.run(scenario())
+
+
+def _wait_for(predicate: Any, seconds: float = 10.0) -> None:
+    event = threading.Event()
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        event.wait(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_prefill_reads_the_list_before_anyone_asks_and_the_first_caller_gets_that_read(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+    real = ServableVersions.catalog
+
+    def catalog(self: ServableVersions) -> list[Servable]:
+        calls.append(1)
+        assert gate.wait(10), "the test never opened the gate"
+        return real(self)
+
+    monkeypatch.setattr(ServableVersions, "catalog", catalog)
+    serve_backend = ServeBackend(None, registry, prefill=True)  # type: ignore[arg-type]
+    _wait_for(lambda: len(calls) == 1)  # started at construction, nobody asked yet
+    gate.set()
+    infos = asyncio.run(serve_backend.list_services())
+    assert [info.service for info in infos] == ["svc-a"]
+    assert len(calls) == 1  # the first caller waited for the prefill instead of reading again
+
+
+def test_a_failed_prefill_makes_the_first_caller_read_again(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = ServableVersions.catalog
+
+    def catalog(self: ServableVersions) -> list[Servable]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("S3 unreachable at start-up")
+        return real(self)
+
+    monkeypatch.setattr(ServableVersions, "catalog", catalog)
+    serve_backend = ServeBackend(None, registry, prefill=True)  # type: ignore[arg-type]
+    _wait_for(lambda: len(calls) == 1)
+    infos = asyncio.run(serve_backend.list_services())
+    assert [info.service for info in infos] == ["svc-a"] and len(calls) == 2
