@@ -35,7 +35,11 @@ from mora_platform.features.windows import build_windows
 from mora_platform.models.base import Forecaster, ModelError, ModelLoadError, read_json, write_json
 from mora_platform.models.config import LSTMConfig
 from mora_platform.models.keras_archive import ArchiveLayer, read_keras_archive
-from mora_platform.models.tf_runtime import configure_tensorflow
+from mora_platform.models.tf_runtime import (
+    configure_tensorflow,
+    custom_gradient_names,
+    forget_custom_gradients,
+)
 from mora_platform.recommend.types import TARGETS
 
 MODEL_FILE = "lstm.keras"
@@ -140,6 +144,8 @@ class LSTMForecaster(Forecaster):
         configure_tensorflow(self.cpu_threads, self.seed)
         import keras
 
+        gradients_before = custom_gradient_names()
+
         cfg = self.config
         monitor = "val_loss" if len(x_va) else "loss"
         groups = [list(range(len(TARGETS)))] if cfg.multi_output else [[k] for k in range(len(TARGETS))]
@@ -180,6 +186,9 @@ class LSTMForecaster(Forecaster):
             epochs.append(len(history.history["loss"]))
             trained.append(net)
         self._assemble(keras, trained, groups)
+        del trained
+        # the training networks are gone (the kept one is a clean copy): drop their traced graphs
+        forget_custom_gradients(gradients_before)
         self.training = {
             "windows_train": len(x_tr),
             "windows_validation": len(x_va),
