@@ -25,8 +25,10 @@ every run found under the results directory.
 The platform is trained with ``calibration_horizon_steps`` = rows per horizon and coverage 0.99 per
 held step, and answers three ways from the same fits: ``platform`` (``--calibrate-on``, default ``auto``,
 ``ServiceModel.held_requests``: the head-room calibrated on the 1,440 rows before each origin for the
-cheaper of the fused forecast and the recent peak, unless the training-time head-room covered the rows
-seen since the fit as promised at no higher cost), ``platform-validation`` (the training-time head-room
+cheapest of the fused forecast, the recent peak and the peak-quantile forecast of the usage over the held
+steps (``models.peak``, fitted with every platform fit; ``--no-peak`` leaves it out), unless a
+training-time head-room covered the rows seen since the fit as promised at no higher cost),
+``platform-validation`` (the training-time head-room
 alone) and ``platform-1step`` (the one-step head-room, for reference). Every method's request is rounded
 up to whole millicores and MiB and raised to one floor policy (``--floors``, as ``mora backtest``'s:
 ``default`` the platform's serving floors, 10m CPU / 32 MiB, for every method; ``kubernetes`` 1m / 1 MiB;
@@ -36,7 +38,7 @@ run). ``summary.md`` says which source answered the platform's requests, as a sh
 
 Run: ``.venv/bin/python benchmarks/backtest_report.py [--quick] [--no-platform] [--ray]
 [--datasets online-boutique,synthetic,presets|preset:NAME,...] [--part development|confirmation|both]
-[--plain-fusion] [--head-room relative]
+[--plain-fusion] [--head-room relative] [--no-peak]
 [--calibrate-on auto|recent|validation] [--recent-rows N] [--floors default|kubernetes|none|CPU,MEM]
 [--results DIR]``.
 """
@@ -212,6 +214,11 @@ def main(argv: list[str] | None = None) -> None:
         "--recent-rows", type=int, default=RECENT_ROWS, help="rows the recent head-room looks at"
     )
     parser.add_argument(
+        "--no-peak",
+        action="store_true",
+        help="no peak-quantile candidate (models.peak): the platform as before issue 16",
+    )
+    parser.add_argument(
         "--floors",
         default="default",
         help="one floor for every method's requests: default (the platform's serving floors, 10m / 32 MiB), "
@@ -234,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         training["split_by"] = args.split_by
     if args.head_room != "absolute":
         training["head_room"] = args.head_room
+    if args.no_peak:
+        training["peak"] = {"enabled": False}
 
     names: tuple[str, ...] = BASELINES
     notes: list[str] = []

@@ -7,7 +7,10 @@ head-rooms can answer at each origin: the one calibrated at training time on val
 changes a validation split may never have seen. ``head_room="auto"`` (the default) keeps the first
 while it covers the rows seen since the fit as promised and switches to the second when it does
 not; ``"recent"`` and ``"validation"`` force one. ``platform-1step`` is the model's one-step
-head-room (``Calibration.next_step``), as a request re-asked every step would be.
+head-room (``Calibration.next_step``), as a request re-asked every step would be. Each fit also
+fits the peak-quantile candidate (``training.peak_candidate``, issue 16: a forecast of the usage over
+the held steps, offered beside the fused forecast and the recent peak; ``{"peak": {"enabled":
+false}}`` in ``overrides`` leaves it out).
 
 Imported only when the platform method is used; TensorFlow and Prophet load inside MODELS' code.
 The training budget is deliberately small (few epochs, one small LSTM layer, one CPU thread) so a
@@ -190,6 +193,7 @@ class ServiceModelTrainer:
     def _train(self, frame: pd.DataFrame, service: str) -> ServiceModelAdapter:
         from mora_platform.models.tf_quiet import quiet_tensorflow
         from mora_platform.training.config import TrainingConfig
+        from mora_platform.training.peak_candidate import attach_peak_candidate
         from mora_platform.training.service_trainer import train_service
 
         quiet_tensorflow(import_now=True)  # in the process that trains (a Ray worker's too)
@@ -200,6 +204,8 @@ class ServiceModelTrainer:
         directory = Path(tempfile.mkdtemp(prefix="mora-backtest-"))
         try:
             train_service(frame, service, config, directory)
+            # issue 16: the peak-quantile candidate, fitted on the same rows beside the ensemble
+            attach_peak_candidate(frame, service, config, directory)
             model = service_model.load(directory)
         finally:
             shutil.rmtree(directory, ignore_errors=True)

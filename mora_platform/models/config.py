@@ -18,9 +18,7 @@ class LSTMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    units: list[int] = Field(
-        default_factory=lambda: [32], min_length=1, description="units per LSTM layer"
-    )
+    units: list[int] = Field(default_factory=lambda: [32], min_length=1, description="units per LSTM layer")
     dense_units: int = Field(default=16, ge=0, description="relu layer before the output; 0 = none")
     dropout: float = Field(default=0.2, ge=0, lt=1)
     learning_rate: float = Field(default=3e-3, gt=0, le=1)

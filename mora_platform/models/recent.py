@@ -6,9 +6,10 @@ service's load moves between regimes (a new experiment, a new release, a traffic
 validation split saw. When the caller has the recent history, the head-room can be calibrated
 on it instead, the way adaptive conformal prediction does:
 
-- for each *candidate* forecast (the fused one, each member alone, and rules that need no fit: a
-  moving average and the recent peak, the highest usage of the last hour), take its one-step
-  predictions ``p_i`` over the recent rows and the usage over the ``H`` steps each request would
+- for each *candidate* forecast (the fused one, each member alone, the peak-quantile forecast of
+  the usage over the held steps, ``models.peak``, and rules that need no fit: a moving average and
+  the recent peak, the highest usage of the last hour), take its predictions ``p_i`` over the
+  recent rows (made before row ``i``) and the usage over the ``H`` steps each request would
   have been held, ``u_{i+k}`` for ``k < H``; the residuals ``u_{i+k} - p_i`` (every step of every
   complete holding window, in the caller's time order, so windows run across experiment
   boundaries just as a held request does) give the split-conformal quantile ``q`` at ``coverage``;
@@ -42,7 +43,11 @@ PEAK_WINDOW_SECONDS = 3_600  # the recent peak: the highest usage of the last ho
 # and the recent peak; the members alone are already weighed inside the fusion, and offering each
 # again on the same rows made a lucky pick likelier than a good one)
 RECENT_ROWS = 1_440
-RECENT_CANDIDATES: tuple[str, ...] = ("fused", RECENT_PEAK)
+# --- issue 16: the peak-quantile candidate (``models.peak``): a forecast of the usage over the held
+# steps themselves, judged on the recent rows it never trained on like every fitted candidate ---
+PEAK_QUANTILE = "peak-quantile"
+RECENT_CANDIDATES: tuple[str, ...] = ("fused", RECENT_PEAK, PEAK_QUANTILE)
+# --- end issue 16 ---
 # "auto" keeps the validation head-room only where it covered at least coverage - this on unseen rows
 KEPT_TOLERANCE = 0.01
 MIN_KEPT_WINDOWS = 40

@@ -12,8 +12,9 @@ over ``calibration_horizon_steps``, see ``models.calibration``), then the config
 rounding (``recommend.policy``). ``context`` may set ``load_users`` and ``replica_count``
 (Prophet's regressors); the LSTM forecasts from the history alone. When the caller sends a history
 long enough to judge on, the CPU and memory head-room is the *auto* one (``held_requests``): set on
-that history's last rows for the cheaper of the fused forecast and the recent peak, unless the
-training-time head-room kept its promise there at no higher cost.
+that history's last rows for the cheapest of the fused forecast, the recent peak and (issue 16) the
+peak-quantile forecast of the usage over the held steps (``peak_quantile.json``, ``models.peak``,
+when the bundle has one), unless a training-time head-room kept its promise there at no higher cost.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ from mora_platform.features.targets import (
 from mora_platform.models.base import ModelLoadError, read_json, write_json
 from mora_platform.models.calibration import FUSED, Calibration
 from mora_platform.models.ensemble import OK, EnsembleForecaster, NextForecast
+from mora_platform.models.peak import PEAK_FILE, PeakQuantileModel  # issue 16
 from mora_platform.models.recent import (
     DRIFT_WINDOWS,
     KEPT_TOLERANCE,
     MIN_KEPT_WINDOWS,
     MIN_RECENT_ORIGINS,
+    PEAK_QUANTILE,
     PEAK_WINDOW_SECONDS,
     RECENT_CANDIDATES,
     RECENT_PEAK,
@@ -77,6 +80,8 @@ CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history_tail.json"
 MOVING_AVERAGE = "moving-average"
+#: issue 16: the peak-quantile candidate with its training-time head-room, as a source of a request
+PEAK_VALIDATION = f"{PEAK_QUANTILE}-validation"
 PEAK_WINDOW = pd.Timedelta(seconds=PEAK_WINDOW_SECONDS)
 
 
@@ -213,6 +218,26 @@ def read_history_tail(directory: Path) -> pd.DataFrame:
     return frame
 
 
+# --- issue 16: the peak-quantile candidate's file -------------------------------------------------
+def read_peak_candidate(directory: Path, metrics: Mapping[str, Any]) -> PeakQuantileModel | None:
+    """``peak_quantile.json`` if the bundle has one fitted on the same data as its ensemble (its
+    ``data_end`` and ``data_rows`` match ``metrics.json``'s data window); a file left from an earlier
+    training is ignored. ``ModelLoadError`` if the file cannot be parsed."""
+    if not (directory / PEAK_FILE).is_file():
+        return None
+    model = PeakQuantileModel.load(directory)
+    window = metrics.get("data_window") or {}
+    end, rows = window.get("end"), window.get("rows")
+    if end is None or model.data_end is None or pd.Timestamp(end) != model.data_end:
+        return None
+    if rows is not None and int(rows) != model.data_rows:
+        return None
+    return model
+
+
+# --- end issue 16 ---
+
+
 @dataclass
 class ServiceModel:
     """A loaded bundle: ensemble, calibration, config and the stored history tail.
@@ -230,6 +255,9 @@ class ServiceModel:
     directory: Path | None = None
     _recent_cache: Any = field(default=None, repr=False, compare=False)
     unavailable_targets: dict[str, str] = field(default_factory=dict)
+    # issue 16: the peak-quantile candidate (``peak_quantile.json``; None in bundles without one)
+    peak: PeakQuantileModel | None = None
+    _peak_cache: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, directory: Path) -> ServiceModel:
@@ -262,6 +290,7 @@ class ServiceModel:
             metrics,
             directory,
             unavailable_targets=unavailable,
+            peak=read_peak_candidate(directory, metrics),
         )
 
     def prepare_history(self, history: pd.DataFrame) -> pd.DataFrame:
@@ -303,12 +332,15 @@ class ServiceModel:
         (``models.recent``): the cheapest candidate that covered each step of the usage held over
         ``steps`` steps (default: the calibrated horizon) with probability ``coverage``.
 
-        Candidates: the fused forecast, each member, a moving average of the last ``seq_len``
-        values and the recent peak (the highest usage over ``peak_window`` before each row; None
-        leaves it out); the last two need no fit. ``candidates`` limits the choice to those names
-        (default ``RECENT_CANDIDATES``: the fused forecast and the recent peak; None offers every
-        one). A fitted candidate is judged only on rows after ``fitted_until`` (the end of its
-        training data), where its residuals are out-of-sample, and is offered only once those rows
+        Candidates: the fused forecast, each member, the peak-quantile forecast of the usage over
+        the held steps (``models.peak``, when the bundle has one), a moving average of the last
+        ``seq_len`` values and the recent peak (the highest usage over ``peak_window`` before each
+        row; None leaves it out); the last two need no fit. ``candidates`` limits the choice to
+        those names (default ``RECENT_CANDIDATES``: the fused forecast, the recent peak and the
+        peak-quantile forecast; None offers every one). The peak-quantile forecast is judged only on
+        the rows its regression never trained on (``PeakQuantileModel.unseen``), under the same
+        half-the-windows rule. A fitted candidate is judged only on rows after ``fitted_until`` (the
+        end of its training data), where its residuals are out-of-sample, and is offered only once those rows
         hold at least half the holding windows at hand; without ``fitted_until`` every recent row
         counts. Each candidate needs ``MIN_RECENT_ORIGINS`` windows. A memory request is never below
         the last observed memory usage (what the process holds now). ``history`` is taken in the
@@ -326,6 +358,7 @@ class ServiceModel:
         # few rows since its fit it would win on luck as often as on merit
         starts = max(len(recent) - steps + 1, 0)
         fitted_ok = int(unseen[:starts].sum()) >= max(MIN_RECENT_ORIGINS, starts // 2)
+        peak_offers = self._peak_offers(history, recent, steps, rows, starts)  # issue 16
         out: dict[str, RecentChoice | None] = {}
         for t in TARGETS:
             target = recent[TARGET_COLUMNS[t]].astype("float64")
@@ -346,6 +379,8 @@ class ServiceModel:
                     offered[name] = (values, now)
                 elif fitted_ok:
                     offered[name] = (np.where(unseen, values, np.nan), now)
+            if t in peak_offers:  # issue 16
+                offered[PEAK_QUANTILE] = peak_offers[t]
             if candidates is not None:
                 offered = {name: offer for name, offer in offered.items() if name in candidates}
             choice = choose_recent(
@@ -361,6 +396,91 @@ class ServiceModel:
                 choice = replace(choice, request=float(usage[-1]))
             out[t] = choice
         return out
+
+    # --- issue 16: the peak-quantile candidate over the recent rows ------------------------------
+    def _peak_predictions(
+        self, history: pd.DataFrame, recent: pd.DataFrame, steps: int, rows: int
+    ) -> tuple[pd.DataFrame, np.ndarray, dict[str, float]] | None:
+        """The peak-quantile forecasts over ``recent`` (the rows ``_recent_predictions`` prepared),
+        from a longer tail of ``history`` so each row's features see as far back as in training, the
+        rows its regression never trained on, and its forecast now; None without a candidate (the
+        last call's result is reused for the same history)."""
+        if self.peak is None:
+            return None
+        last = str(history[TIMESTAMP].iloc[-1]) if len(history) else None
+        key = (len(history), last, steps, rows)
+        if self._peak_cache is not None and self._peak_cache[0] == key:
+            return self._peak_cache[1]
+        longer = self._prepared(history, rows + steps + self.peak.context_rows())
+        predicted = self.peak.predict(longer)
+        tail = longer.tail(len(recent))
+        same = (
+            len(tail) == len(recent)
+            and np.array_equal(tail[TIMESTAMP].to_numpy(), recent[TIMESTAMP].to_numpy())
+            and np.array_equal(tail[EXPERIMENT_ID].to_numpy(), recent[EXPERIMENT_ID].to_numpy())
+        )
+        if same:
+            aligned = predicted.tail(len(recent)).set_axis(recent.index)
+        else:  # the two tails were prepared into different orders: match rows by experiment and time
+            keys = [EXPERIMENT_ID, TIMESTAMP]
+            table = pd.concat([longer[keys], predicted], axis=1).drop_duplicates(keys, keep="last")
+            aligned = recent[keys].merge(table, on=keys, how="left").drop(columns=keys).set_axis(recent.index)
+        result = (aligned, self.peak.unseen(recent), self.peak.forecast_next(longer))
+        self._peak_cache = (key, result)
+        return result
+
+    def _peak_offers(
+        self, history: pd.DataFrame, recent: pd.DataFrame, steps: int, rows: int, starts: int
+    ) -> dict[str, tuple[np.ndarray, float]]:
+        """Per target, the peak-quantile candidate as ``choose_recent`` takes it (its forecasts on the
+        rows it never trained on, and now), when those rows hold at least half the holding windows at
+        hand (as for every fitted candidate)."""
+        found = self._peak_predictions(history, recent, steps, rows)
+        if found is None:
+            return {}
+        predicted, unseen, now = found
+        if int(unseen[:starts].sum()) < max(MIN_RECENT_ORIGINS, starts // 2):
+            return {}
+        return {
+            t: (np.where(unseen, predicted[t].to_numpy(dtype="float64"), np.nan), float(now[t]))
+            for t in predicted.columns
+            if t in now
+        }
+
+    def peak_validation_kept(
+        self,
+        history: pd.DataFrame,
+        steps: int | None = None,
+        rows: int = RECENT_ROWS,
+        fitted_until: pd.Timestamp | None = None,
+    ) -> dict[str, tuple[KeptCheck, HeldRequest]]:
+        """Per target with a peak-quantile model and a training-time head-room: how that head-room did
+        over the last ``rows`` rows after ``fitted_until`` (as ``validation_kept``), and the request it
+        gives now (source ``peak-quantile-validation``)."""
+        steps = int(steps or self.calibration.horizon_steps)
+        recent, _, _, _ = self._recent_predictions(history, steps, rows)
+        found = self._peak_predictions(history, recent, steps, rows)
+        if found is None or self.peak is None:
+            return {}
+        predicted, _, now = found
+        unseen = _after(recent, fitted_until)
+        out: dict[str, tuple[KeptCheck, HeldRequest]] = {}
+        for t in predicted.columns:
+            fitted = self.peak.targets.get(t)
+            if fitted is None or fitted.head_room is None or not np.isfinite(now.get(t, np.nan)):
+                continue
+            point = np.where(unseen, predicted[t].to_numpy(dtype="float64"), np.nan)
+            requests = np.maximum(point + fitted.head_room.head_room(point), 0.0)
+            usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
+            windows, held = holding_windows(usage, requests, steps)
+            share = float(np.mean(windows <= held[:, None])) if len(held) else float("nan")
+            level = float(np.mean(np.abs(windows))) if len(held) else 0.0
+            cost = float(np.mean(held)) / level if level > 0 else float("inf")
+            request = HeldRequest(self.peak.validation_request(t, now[t]), float(now[t]), PEAK_VALIDATION)
+            out[t] = (KeptCheck(share, len(held), cost), request)
+        return out
+
+    # --- end issue 16 ---
 
     def validation_kept(
         self,
@@ -424,8 +544,11 @@ class ServiceModel:
         The recent head-room (``recent_requests`` over ``candidates``) answers, unless the
         training-time head-room, judged on at least as many (half the chosen candidate's) holding
         windows after the fit, covered them as promised (within ``KEPT_TOLERANCE``) at no higher
-        relative cost. With too little history for any recent candidate, the training-time
-        head-room answers. ``fitted_until`` defaults to the end of the training data.
+        relative cost. The peak-quantile candidate's training-time head-room (``peak_validation_kept``,
+        source ``peak-quantile-validation``) is judged the same way when the bundle has one and
+        ``candidates`` offers it; the cheaper of the two kept ones answers. With too little history
+        for any recent candidate, the fused forecast's training-time head-room answers.
+        ``fitted_until`` defaults to the end of the training data.
         """
         steps = int(steps or self.calibration.horizon_steps)
         fitted_until = fitted_until if fitted_until is not None else self.fitted_until
@@ -433,19 +556,34 @@ class ServiceModel:
             history, steps, rows=rows, fitted_until=fitted_until, candidates=candidates
         )
         kept = self.validation_kept(history, steps, rows=rows, fitted_until=fitted_until)
+        peak_kept = self.peak_validation_kept(history, steps, rows=rows, fitted_until=fitted_until)
         _, answer, _, _ = self._recent_predictions(history, steps, rows)
         held = self.calibration.for_mode(answer.mode)
         target = self.calibration.coverage - KEPT_TOLERANCE
         out: dict[str, HeldRequest] = {}
         for t in ("cpu", "memory"):
             point = float(answer.point[t])
-            choice, check = recent.get(t), kept[t]
-            if choice is None or (
-                check.windows >= max(MIN_KEPT_WINDOWS, choice.origins // 2)
+            choice = recent.get(t)
+            validation = HeldRequest(held[t].request(point), point, VALIDATION)
+            if choice is None:
+                out[t] = validation
+                continue
+            # a training-time head-room answers when it kept its promise on as many unseen windows at
+            # no higher cost than the recent one; of two such (issue 16: the fused forecast's and the
+            # peak-quantile forecast's), the cheaper, the fused one on a tie
+            trained = [(kept[t], validation)]
+            if t in peak_kept and (candidates is None or PEAK_QUANTILE in candidates):
+                trained.append(peak_kept[t])
+            kept_promise = [
+                (check.relative_cost, k, request)
+                for k, (check, request) in enumerate(trained)
+                if check.windows >= max(MIN_KEPT_WINDOWS, choice.origins // 2)
                 and check.share >= target
                 and check.relative_cost <= choice.relative_cost
-            ):
-                out[t] = HeldRequest(held[t].request(point), point, VALIDATION)
+                and math.isfinite(request.request)
+            ]
+            if kept_promise:
+                out[t] = min(kept_promise, key=lambda item: (item[0], item[1]))[2]
             else:
                 out[t] = HeldRequest(choice.request, choice.point, choice.candidate)
         return out
@@ -512,7 +650,13 @@ class ServiceModel:
             f"{t} head-room calibrated on the {min(answer.history_rows, RECENT_ROWS)} most recent rows "
             f"({answer.sources[t]}), not on validation"
             for t in ("cpu", "memory")
-            if answer.sources[t] not in (VALIDATION, "one-step", "unavailable")
+            if answer.sources[t] not in (VALIDATION, "one-step", "unavailable", PEAK_VALIDATION)
+        ]
+        recent_reasons += [  # issue 16
+            f"{t} request from the peak-quantile forecast of the usage over the held steps with its "
+            "training-time head-room, which covered the recent rows as promised at the least cost"
+            for t in ("cpu", "memory")
+            if answer.sources[t] == PEAK_VALIDATION
         ]
         forecast = answer.forecast
         per = self.calibration.for_mode(forecast.mode)

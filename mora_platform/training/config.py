@@ -8,7 +8,9 @@ served request is held: the conformal head-room covers the peak over that many s
 ensemble member, so fusion can anchor on the current level (useful for slow-moving memory);
 it needs ``fusion="auto"`` to receive a weight. ``members`` are names in the member registry
 (``models.members``); ``member_weights`` (member -> target -> weight) overrides a member's registered
-default weight, after ``fusion_weights`` (``weights()`` resolves them). The floors are the serving policy's
+default weight, after ``fusion_weights`` (``weights()`` resolves them). ``peak`` configures the
+peak-quantile candidate (``models.peak``: a quantile regression of the usage over the held steps,
+offered beside the fused forecast and the recent peak). The floors are the serving policy's
 (``recommend.policy``): 10 millicores and 32 MiB by default, 1 / 1 is Kubernetes' smallest unit.
 """
 
@@ -24,6 +26,7 @@ from mora_platform.models.members import (
     registered_members,
     resolve_weights,
 )
+from mora_platform.models.peak import PeakQuantileConfig  # issue 16
 from mora_platform.recommend.kubernetes import ResourcePolicy
 from mora_platform.recommend.types import TARGETS
 
@@ -60,6 +63,12 @@ class TrainingConfig(BaseModel):
         default="absolute", description="conformal head-room in target units or relative to the forecast"
     )
     level_member: bool = Field(default=False, description="add the last value as a fusion member")
+    # --- issue 16: the peak-quantile candidate (models.peak), fitted beside the ensemble ---
+    peak: PeakQuantileConfig = Field(
+        default_factory=PeakQuantileConfig,
+        description="the forecast of the usage over the held steps offered as a request candidate",
+    )
+    # --- end issue 16 ---
     cpu_floor_millicores: int = Field(default=10, ge=1, description="serving policy's CPU floor")
     memory_floor_mib: int = Field(default=32, ge=1, description="serving policy's memory floor")
     resources: ResourcePolicy = Field(

@@ -44,6 +44,7 @@ from mora_platform.models.members import (
     legacy_prophet_weight,
     member_file_patterns,
 )
+from mora_platform.models.peak import PEAK_FILE, PeakQuantileModel
 from mora_platform.recommend.types import TARGETS
 from mora_platform.training.bundle import (
     CALIBRATION_FILE,
@@ -56,6 +57,7 @@ from mora_platform.training.bundle import (
     write_history_tail,
 )
 from mora_platform.training.config import TrainingConfig
+from mora_platform.training.peak_candidate import fit_peak_candidate
 from mora_platform.training.report import (
     DataWindow,
     ServiceDataError,
@@ -150,7 +152,7 @@ def _weights(config: TrainingConfig) -> dict[str, dict[str, float]]:
 
 def model_file_patterns() -> tuple[str, ...]:
     """Every registered member's files and the ensemble's: what a retrain replaces."""
-    return (*member_file_patterns(), ENSEMBLE_FILE)
+    return (*member_file_patterns(), ENSEMBLE_FILE, PEAK_FILE)
 
 
 def _actual(frame: pd.DataFrame) -> pd.DataFrame:
@@ -234,6 +236,7 @@ class FittedService:
     prepared: pd.DataFrame
     report: TrainingReport
     unavailable_targets: dict[str, str] = field(default_factory=dict)  # target -> reason
+    peak: PeakQuantileModel | None = None  # issue 16: the peak-quantile candidate
 
     def save(self, out_dir: Path) -> list[str]:
         """Write the bundle files (no manifest); returns their names, ``metrics.json`` last.
@@ -246,6 +249,8 @@ class FittedService:
             if stale.is_file() and any(stale.match(pattern) for pattern in model_file_patterns()):
                 stale.unlink()
         files = self.ensemble.save(out_dir)
+        if self.peak is not None:
+            files.append(self.peak.save(out_dir))
         files.append(write_json(out_dir / CALIBRATION_FILE, self.calibration.to_dict()))
         files.append(write_history_tail(out_dir, self.prepared, self.config.effective_seq_len))
         config = {
@@ -273,6 +278,7 @@ class FittedService:
             self.report.model_dump(mode="json"),
             None,
             unavailable_targets=dict(self.unavailable_targets),
+            peak=self.peak,
         )
 
 
@@ -345,6 +351,9 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
         horizon.fallbacks = [*calibration.fallbacks, *(f"horizon {f}" for f in horizon.fallbacks)]
         calibration = horizon
     calibration.mark_unavailable(unavailable)
+    tick = time.perf_counter()
+    peak = fit_peak_candidate(prepared, labels, config, unavailable)
+    timings["fit_peak"] = time.perf_counter() - tick
     test_metrics = (
         evaluate(prepared, test_rows, modes, members_and_naive, calibration) if test_rows.any() else {}
     )
@@ -378,7 +387,7 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
         timings={k: round(v, 3) for k, v in timings.items()},
         config=config.model_dump(),
     )
-    return FittedService(service, config, ensemble, calibration, prepared, report, unavailable)
+    return FittedService(service, config, ensemble, calibration, prepared, report, unavailable, peak)
 
 
 def _usage_scope(prepared: pd.DataFrame) -> str:

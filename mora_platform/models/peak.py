@@ -1,0 +1,576 @@
+"""The peak-quantile forecaster: what a request held ``H`` steps must cover, forecast directly.
+
+The ensemble's members forecast the *next value*; a request is held for ``H`` steps
+(``calibration_horizon_steps``) and must cover every one of them, so the point forecast needs a
+head-room calibrated for a peak, which is wide where the usage is noisy. This model forecasts the
+usage over the held steps itself: for each row ``i`` of a prepared frame, a linear quantile
+regression (pinball loss at ``quantile``) of the usage at the steps ``i .. i + H - 1`` on features
+of the rows *before* ``i`` of the same experiment, per target (CPU and memory usage per pod, the
+columns a request covers). Its forecast is then calibrated like every other candidate: by the
+recent head-room (``models.recent``, on the rows before a request) or, at training time, by a
+conformal head-room on the validation rows (``head_room``, covering the peak over the ``H`` steps,
+as the fused forecast's training-time head-room does).
+
+It is not a fusion member (``models.members``): members forecast one step and are averaged by
+weights; a horizon quantile averaged with a next-value forecast means nothing. It is a candidate of
+its own, saved as ``peak_quantile.json`` beside the bundle's other files.
+
+**Target** (``target``): ``step`` (default) samples ``draws`` steps ``k < H`` per row and fits the
+usage at ``i + k``, so the model estimates the ``quantile`` of the usage over the held period, what
+a request covering each held step with that probability needs; ``peak`` fits the highest usage over
+the ``H`` steps instead. Only complete holding windows inside one experiment are used: no window,
+of features or of targets, ever spans two experiments.
+
+**Features** (all from the usage column itself, so a request needs nothing but the recent history),
+relative to the level ``L`` = the mean of the last ``H`` values (at least ``level_floor``), so the
+coefficients carry over when the level moves: the last value, the highest of the last ``H`` and of
+the last hour, the mean of the last hour, optionally (``long_quantiles``) the median, 90th and 99th
+percentile of the last day; with ``seasonal`` and a day of history before the row, the highest
+usage over the ``H`` steps starting one day earlier (same time yesterday), as a share of ``L`` and
+of the level just before it, with a flag saying it is present; with ``time_of_day`` and at least
+``MIN_DAYS_FOR_TIME`` days of training data, the first two harmonics of the UTC time of day. The
+forecast is ``L * (x @ beta)``, never below 0. A feature needs at least ``min_rows`` earlier rows
+in the experiment; before that a row gets NaN (the candidate does not answer there).
+
+**Fit**: the rows of the training split whose holding window is complete, evenly thinned so the
+programme has at most ``max_rows`` rows (``draws`` per kept row; deterministic), solved exactly as a
+linear programme (SciPy's HiGHS) with a small L1 penalty ``l1`` on the non-intercept coefficients.
+Measured at 0.17-0.33 s of CPU per target (synthetic services of 12-30 days at 1-5 minutes, Online
+Boutique services of ~3,000 rows), against a budget of about 2 s.
+
+**Which rows count as evidence**: ``unseen`` marks the rows the regression never trained on (after
+its experiment's last training row, or of an experiment it did not see); the recent choice judges the
+candidate on those only, as it judges every fitted candidate on rows after its fit.
+
+Saved as JSON only (coefficients, feature names, window sizes, the validation head-room and each
+experiment's last training row).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from mora_platform.data.schema import EXPERIMENT_ID, TIMESTAMP
+from mora_platform.features.targets import TARGET_SOURCES
+from mora_platform.models.base import ModelError, ModelLoadError, read_json, write_json
+from mora_platform.models.calibration import TargetCalibration, confidence_score, conformal_quantile
+from mora_platform.models.recent import PEAK_QUANTILE
+
+__all__ = ["PEAK_FILE", "PEAK_QUANTILE", "PeakQuantileConfig", "PeakQuantileModel", "peak_features"]
+
+PEAK_FILE = "peak_quantile.json"
+PEAK_TARGETS: tuple[str, ...] = ("cpu", "memory")
+HOUR_SECONDS = 3_600
+DAY_SECONDS = 86_400
+MIN_DAYS_FOR_TIME = 2.0  # time-of-day terms only with this many days of training data
+MIN_SEASONAL_SHARE = 0.2  # the same-time-yesterday terms only when this share of training rows has them
+OPTIONS = ("long_quantiles", "seasonal", "time_of_day")  # optional feature groups
+MIN_FIT_ROWS = 30  # fewer complete training windows than this: no model for the target
+FORMAT = 1
+
+
+class PeakQuantileConfig(BaseModel):
+    """Settings of the peak-quantile candidate (``TrainingConfig.peak``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="fit the peak-quantile candidate with the bundle")
+    quantile: float = Field(default=0.99, gt=0.5, lt=1, description="pinball loss quantile")
+    target: Literal["step", "peak"] = Field(
+        default="step", description="usage at each held step (step) or its peak over the held steps"
+    )
+    draws: int = Field(default=4, ge=1, le=64, description="held steps sampled per row (target step)")
+    seasonal: bool = Field(default=True, description="same-time-yesterday peak as a feature")
+    time_of_day: bool = Field(default=True, description="time-of-day harmonics as features")
+    long_quantiles: bool = Field(default=False, description="the last day's percentiles as features")
+    min_rows: int = Field(default=5, ge=1, description="earlier rows a row needs in its experiment")
+    max_rows: int = Field(default=3_000, ge=100, le=100_000, description="rows the programme is solved on")
+    l1: float = Field(default=1e-4, ge=0, description="L1 penalty on the non-intercept coefficients")
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Window sizes in rows: the held steps, an hour and a day at the training data's spacing."""
+
+    horizon: int
+    hour: int
+    day: int
+
+    @classmethod
+    def for_spacing(cls, horizon_steps: int, step_seconds: float) -> Windows:
+        step = max(float(step_seconds), 1e-9)
+        return cls(
+            max(int(horizon_steps), 1),
+            max(round(HOUR_SECONDS / step), 1),
+            max(round(DAY_SECONDS / step), 1),
+        )
+
+
+def block_starts(experiments: np.ndarray) -> np.ndarray:
+    """Indices where a run of equal experiment labels begins (rows of one experiment are contiguous)."""
+    labels = np.asarray(experiments)
+    if labels.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+
+
+def _blocks(experiments: np.ndarray) -> list[tuple[int, int]]:
+    starts = block_starts(experiments)
+    ends = np.r_[starts[1:], len(experiments)]
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def _past(
+    values: np.ndarray, blocks: list[tuple[int, int]], window: int, stat: str, min_rows: int
+) -> np.ndarray:
+    """Per row, ``stat`` of the ``window`` values *before* it in its own block (NaN with fewer than
+    ``min_rows`` of them)."""
+    out = np.full(values.shape, np.nan)
+    for a, b in blocks:
+        series = pd.Series(values[a:b])
+        rolling = series.rolling(window, min_periods=max(min(min_rows, window), 1))
+        result = rolling.quantile(float(stat[1:])) if stat.startswith("q") else getattr(rolling, stat)()
+        out[a + 1 : b] = result.to_numpy()[:-1]
+    return out
+
+
+def forward_windows(values: np.ndarray, experiments: np.ndarray, steps: int) -> np.ndarray:
+    """Per row, the highest of the ``steps`` values from it on in its own block (NaN when the block
+    ends before the window does)."""
+    out = np.full(len(values), np.nan)
+    steps = max(int(steps), 1)
+    for a, b in _blocks(experiments):
+        if b - a >= steps:
+            view = np.lib.stride_tricks.sliding_window_view(values[a:b], steps)
+            with np.errstate(invalid="ignore"):
+                out[a : b - steps + 1] = np.max(view, axis=1)
+    return out
+
+
+def _seasonal_peak(values: np.ndarray, blocks: list[tuple[int, int]], windows: Windows) -> np.ndarray:
+    """Per row ``i``: the highest value over ``[i - day, i - day + H)`` of its block (NaN without a day
+    before it); every value used lies before ``i``."""
+    out = np.full(values.shape, np.nan)
+    day, steps = windows.day, windows.horizon
+    if steps > day:
+        return out
+    forward = forward_windows(values, np.zeros(len(values)), steps)
+    for a, b in blocks:
+        if b - a > day:
+            out[a + day : b] = forward[a : b - day]
+    return out
+
+
+def feature_names(options: Mapping[str, bool]) -> list[str]:
+    """The feature columns for the chosen options, in matrix order."""
+    names = ["intercept", "last", "max_h", "max_hour", "mean_hour"]
+    if options.get("long_quantiles"):
+        names += ["q50_day", "q90_day", "q99_day"]
+    if options.get("seasonal"):
+        names += ["yesterday", "yesterday_rise", "yesterday_seen"]
+    if options.get("time_of_day"):
+        names += ["sin_day", "cos_day", "sin_half_day", "cos_half_day"]
+    return names
+
+
+def peak_features(
+    values: np.ndarray,
+    experiments: np.ndarray,
+    timestamps_ns: np.ndarray,
+    windows: Windows,
+    options: Mapping[str, bool],
+    min_rows: int,
+    level_floor: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, L)``: the feature matrix (``feature_names(options)`` columns, relative to ``L``) and the
+    level of every row, from the rows before it in its own experiment (see the module docstring)."""
+    values = np.asarray(values, dtype="float64")
+    blocks = _blocks(np.asarray(experiments))
+    h, hour = windows.horizon, windows.hour
+    last = _past(values, blocks, 1, "max", 1)
+    mean_h = _past(values, blocks, h, "mean", min_rows)
+    level = np.maximum(mean_h, level_floor)
+    columns = [
+        np.ones(len(values)),
+        last,
+        _past(values, blocks, h, "max", min_rows),
+        _past(values, blocks, hour, "max", min_rows),
+        _past(values, blocks, hour, "mean", min_rows),
+    ]
+    if options.get("long_quantiles"):
+        columns += [_past(values, blocks, windows.day, f"q{q}", min_rows) for q in (0.5, 0.9, 0.99)]
+    relative = [c / level for c in columns[1:]]
+    features = [columns[0], *relative]
+    if options.get("seasonal"):
+        yesterday = _seasonal_peak(values, blocks, windows)
+        before = np.full(len(values), np.nan)
+        for a, b in blocks:
+            if b - a > windows.day:
+                before[a + windows.day : b] = mean_h[a : b - windows.day]
+        seen = np.isfinite(yesterday) & np.isfinite(before) & (before > 0)
+        features += [
+            np.where(seen, yesterday / level, 0.0),
+            np.where(seen, yesterday / np.where(seen, before, 1.0), 0.0),
+            seen.astype("float64"),
+        ]
+    if options.get("time_of_day"):
+        seconds = (np.asarray(timestamps_ns, dtype="int64") // 1_000_000_000) % DAY_SECONDS
+        angle = 2 * np.pi * seconds / DAY_SECONDS
+        features += [np.sin(angle), np.cos(angle), np.sin(2 * angle), np.cos(2 * angle)]
+    matrix = np.column_stack(features)
+    matrix[~np.isfinite(level)] = np.nan
+    return matrix, level
+
+
+def solve_quantile_regression(
+    x: np.ndarray, y: np.ndarray, quantile: float, l1: float = 0.0, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """``beta`` minimising ``mean(w * pinball_quantile(y - x @ beta)) + l1 * sum|beta[1:]|`` exactly,
+    as a linear programme (HiGHS): ``beta = b+ - b-``, residual ``y - x beta = e+ - e-``, all >= 0."""
+    from scipy.optimize import linprog
+    from scipy.sparse import csr_matrix, hstack, identity
+
+    n, p = x.shape
+    if n == 0:
+        raise ModelError("no rows to fit the quantile regression on")
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype="float64")
+    w = w / w.sum()
+    penalty = np.full(p, float(l1))
+    penalty[0] = 0.0
+    cost = np.r_[penalty, penalty, quantile * w, (1.0 - quantile) * w]
+    design = csr_matrix(x)
+    eye = identity(n, format="csr")
+    constraints = hstack([design, -design, eye, -eye], format="csr")
+    result = linprog(cost, A_eq=constraints, b_eq=y, bounds=(0, None), method="highs")
+    if result.status != 0 or result.x is None:
+        raise ModelError(f"quantile regression did not solve: {result.message}")
+    solution = np.asarray(result.x)
+    return np.asarray(solution[:p] - solution[p : 2 * p])
+
+
+def _thin(rows: np.ndarray, limit: int) -> np.ndarray:
+    """At most ``limit`` of ``rows``, evenly spaced (deterministic)."""
+    if len(rows) <= limit:
+        return rows
+    return rows[np.unique(np.linspace(0, len(rows) - 1, limit).round().astype(np.int64))]
+
+
+@dataclass
+class TargetModel:
+    """One target's fitted regression and its training-time head-room."""
+
+    coefficients: list[float]
+    level_floor: float
+    rows: int
+    head_room: TargetCalibration | None = None
+    validation_cost: float | None = None  # mean request / mean usage on the validation rows
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["head_room"] = None if self.head_room is None else asdict(self.head_room)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TargetModel:
+        head = data.get("head_room")
+        return cls(
+            coefficients=[float(c) for c in data["coefficients"]],
+            level_floor=float(data["level_floor"]),
+            rows=int(data["rows"]),
+            head_room=None if head is None else TargetCalibration(**head),
+            validation_cost=None if data.get("validation_cost") is None else float(data["validation_cost"]),
+        )
+
+
+@dataclass
+class PeakQuantileModel:
+    """The fitted candidate: per target, ``TargetModel``; see the module docstring."""
+
+    config: PeakQuantileConfig
+    windows: Windows
+    coverage: float
+    features: list[str] = field(default_factory=list)
+    targets: dict[str, TargetModel] = field(default_factory=dict)
+    fitted_until: pd.Timestamp | None = None  # the last training row the regression saw
+    data_end: pd.Timestamp | None = None  # the last row of the frame it was trained with
+    data_rows: int = 0
+    reasons: dict[str, str] = field(default_factory=dict)  # target -> why it has no model
+    seconds: float = 0.0
+    # experiment -> its last training row: rows up to it are in-sample for the regression
+    train_until: dict[str, pd.Timestamp] = field(default_factory=dict)
+
+    @property
+    def options(self) -> dict[str, bool]:
+        return {
+            "long_quantiles": "q50_day" in self.features,
+            "seasonal": "yesterday" in self.features,
+            "time_of_day": "sin_day" in self.features,
+        }
+
+    # ---- fitting --------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        prepared: pd.DataFrame,
+        train: np.ndarray,
+        validation: np.ndarray | None,
+        *,
+        horizon_steps: int,
+        coverage: float,
+        config: PeakQuantileConfig | None = None,
+        step_seconds: float | None = None,
+        targets: Iterable[str] = PEAK_TARGETS,
+        relative: bool = False,
+    ) -> PeakQuantileModel:
+        """Fit on the ``train`` rows of a prepared frame; calibrate each target's training-time
+        head-room (covering the peak over ``horizon_steps`` with probability ``coverage``) on the
+        ``validation`` rows. A target without ``MIN_FIT_ROWS`` complete training windows gets no
+        model (``reasons`` says why)."""
+        import time
+
+        from mora_platform.features.targets import median_step_seconds
+
+        started = time.process_time()
+        config = config or PeakQuantileConfig()
+        train = np.asarray(train, dtype=bool)
+        step = step_seconds if step_seconds is not None else median_step_seconds(prepared, 60.0)
+        windows = Windows.for_spacing(horizon_steps, step)
+        stamps = pd.DatetimeIndex(pd.to_datetime(prepared[TIMESTAMP], utc=True))
+        experiments = prepared[EXPERIMENT_ID].astype(str).to_numpy()
+        span_days = (
+            float((stamps[train].max() - stamps[train].min()) / pd.Timedelta(days=1)) if train.any() else 0.0
+        )
+        starts = block_starts(experiments)
+        position = np.arange(len(experiments)) - np.repeat(starts, np.diff(np.r_[starts, len(experiments)]))
+        seasonal_share = float(np.mean(position[train] > windows.day)) if train.any() else 0.0
+        options = {
+            "long_quantiles": config.long_quantiles,
+            "seasonal": config.seasonal
+            and windows.horizon <= windows.day
+            and seasonal_share >= MIN_SEASONAL_SHARE,
+            "time_of_day": config.time_of_day and span_days >= MIN_DAYS_FOR_TIME,
+        }
+        model = cls(
+            config,
+            windows,
+            float(coverage),
+            features=feature_names(options),
+            fitted_until=stamps[train].max() if train.any() else None,
+            data_end=stamps.max() if len(stamps) else None,
+            data_rows=len(prepared),
+        )
+        if train.any():
+            last = pd.Series(stamps[train]).groupby(experiments[train], sort=False).max()
+            model.train_until = {str(e): pd.Timestamp(t) for e, t in last.items()}
+        for target in targets:
+            values = prepared[TARGET_SOURCES[target][0]].to_numpy(dtype="float64")
+            model._fit_target(target, values, experiments, stamps.asi8, train, validation, options, relative)
+        model.seconds = round(time.process_time() - started, 3)
+        return model
+
+    def _fit_target(
+        self,
+        target: str,
+        values: np.ndarray,
+        experiments: np.ndarray,
+        stamps: np.ndarray,
+        train: np.ndarray,
+        validation: np.ndarray | None,
+        options: dict[str, bool],
+        relative: bool,
+    ) -> None:
+        config, windows = self.config, self.windows
+        finite = values[train & np.isfinite(values)]
+        if finite.size == 0:
+            self.reasons[target] = "no training values"
+            return
+        floor = max(1e-3 * float(np.median(np.abs(finite))), 1e-12)
+        x, level = peak_features(values, experiments, stamps, windows, options, config.min_rows, floor)
+        peak = forward_windows(values, experiments, windows.horizon)
+        usable = train & np.isfinite(peak) & np.isfinite(x).all(axis=1)
+        draws = config.draws if config.target == "step" else 1
+        rows = _thin(np.flatnonzero(usable), max(config.max_rows // draws, MIN_FIT_ROWS))
+        if len(rows) < MIN_FIT_ROWS:
+            self.reasons[target] = f"only {len(rows)} complete training windows (needs {MIN_FIT_ROWS})"
+            return
+        if config.target == "step":
+            rng = np.random.default_rng(0)
+            offsets = rng.integers(0, windows.horizon, size=(len(rows), draws))
+            design = np.repeat(x[rows], draws, axis=0)
+            y = values[(rows[:, None] + offsets).ravel()] / np.repeat(level[rows], draws)
+        else:
+            design, y = x[rows], peak[rows] / level[rows]
+        keep = np.isfinite(y)
+        design, y = design[keep], y[keep]
+        beta = solve_quantile_regression(design, y, config.quantile, config.l1)
+        fitted = TargetModel([float(b) for b in beta], floor, len(rows))
+        if validation is not None and np.asarray(validation, dtype=bool).any():
+            self._calibrate(fitted, x, level, values, peak, np.asarray(validation, dtype=bool), relative)
+        self.targets[target] = fitted
+
+    def _calibrate(
+        self,
+        fitted: TargetModel,
+        x: np.ndarray,
+        level: np.ndarray,
+        values: np.ndarray,
+        peak: np.ndarray,
+        validation: np.ndarray,
+        relative: bool,
+    ) -> None:
+        """The training-time head-room on the validation rows: the conformal quantile of (peak over
+        the held steps - forecast), in units or relative to the forecast, as ``calibrate`` does."""
+        predicted = np.maximum((x @ np.asarray(fitted.coefficients)) * level, 0.0)
+        ok = validation & np.isfinite(predicted) & np.isfinite(peak)
+        if ok.sum() < 2:
+            return
+        scale_floor = 0.1 * float(np.median(np.abs(values[ok]))) if relative else 0.0
+        scaled = relative and scale_floor > 0
+        scale = np.maximum(predicted[ok], scale_floor) if scaled else np.ones(int(ok.sum()))
+        q, _ = conformal_quantile((peak[ok] - predicted[ok]) / scale, self.coverage)
+        fitted.head_room = TargetCalibration(
+            quantile=q,
+            confidence=confidence_score(peak[ok], predicted[ok]),
+            mae=float(np.mean(np.abs(peak[ok] - predicted[ok]))),
+            n=int(ok.sum()),
+            source="validation",
+            relative=scaled,
+            scale_floor=scale_floor if scaled else 0.0,
+        )
+        requests = np.maximum(predicted[ok] + q * scale, 0.0)
+        level_used = float(np.mean(np.abs(values[ok])))
+        fitted.validation_cost = float(np.mean(requests)) / level_used if level_used > 0 else None
+
+    # ---- asking ---------------------------------------------------------------------------
+    def predict(self, prepared: pd.DataFrame) -> pd.DataFrame:
+        """Per row of a prepared frame, the forecast for the ``H`` steps from it on, made from the
+        rows before it in its own experiment (columns: the targets with a model; NaN where a row has
+        too little history)."""
+        stamps = pd.DatetimeIndex(pd.to_datetime(prepared[TIMESTAMP], utc=True)).asi8
+        experiments = prepared[EXPERIMENT_ID].astype(str).to_numpy()
+        out = pd.DataFrame(index=prepared.index)
+        for target, fitted in self.targets.items():
+            values = prepared[TARGET_SOURCES[target][0]].to_numpy(dtype="float64")
+            out[target] = self._forecast(fitted, values, experiments, stamps)
+        return out
+
+    def _forecast(
+        self, fitted: TargetModel, values: np.ndarray, experiments: np.ndarray, stamps: np.ndarray
+    ) -> np.ndarray:
+        x, level = peak_features(
+            values,
+            experiments,
+            stamps,
+            self.windows,
+            self.options,
+            self.config.min_rows,
+            fitted.level_floor,
+        )
+        with np.errstate(invalid="ignore"):
+            return np.maximum((x @ np.asarray(fitted.coefficients)) * level, 0.0)
+
+    def unseen(self, prepared: pd.DataFrame) -> np.ndarray:
+        """Rows of a prepared frame the regression never trained on: after its experiment's last
+        training row, or of an experiment it did not train on."""
+        stamps = pd.to_datetime(prepared[TIMESTAMP], utc=True)
+        until = prepared[EXPERIMENT_ID].astype(str).map(self.train_until)
+        seen = until.notna().to_numpy() & (stamps <= pd.to_datetime(until, utc=True)).to_numpy()
+        return ~seen
+
+    def context_rows(self) -> int:
+        """How many rows before the first one asked about the features read (a day and an hour)."""
+        return self.windows.day + self.windows.hour + self.windows.horizon
+
+    def forecast_next(self, history: pd.DataFrame) -> dict[str, float]:
+        """The forecast for the ``H`` steps after the last row of a prepared ``history``, from its last
+        experiment's rows (NaN for a target with too little history or no model)."""
+        if len(history) == 0:
+            return {t: float("nan") for t in self.targets}
+        experiments = history[EXPERIMENT_ID].astype(str).to_numpy()
+        start = int(block_starts(experiments)[-1])  # the last experiment's rows only
+        tail = history.iloc[max(start, len(history) - self.context_rows()) :]
+        stamps = pd.DatetimeIndex(pd.to_datetime(tail[TIMESTAMP], utc=True)).asi8
+        gap = int(np.median(np.diff(stamps))) if len(stamps) > 1 else 0
+        stamps = np.append(stamps, stamps[-1] + gap)  # the row asked about: the next one
+        labels = np.zeros(len(stamps), dtype=np.int64)
+        out = {}
+        for target, fitted in self.targets.items():
+            values = np.append(tail[TARGET_SOURCES[target][0]].to_numpy(dtype="float64"), np.nan)
+            out[target] = float(self._forecast(fitted, values, labels, stamps)[-1])
+        return out
+
+    def validation_request(self, target: str, point: float) -> float:
+        """``point`` plus the training-time head-room of ``target`` (NaN without one)."""
+        fitted = self.targets.get(target)
+        if fitted is None or fitted.head_room is None or not math.isfinite(point):
+            return float("nan")
+        return fitted.head_room.request(point)
+
+    # ---- persistence ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "kind": PEAK_QUANTILE,
+            "config": self.config.model_dump(),
+            "windows": asdict(self.windows),
+            "coverage": self.coverage,
+            "features": list(self.features),
+            "targets": {t: m.to_dict() for t, m in self.targets.items()},
+            "fitted_until": None if self.fitted_until is None else self.fitted_until.isoformat(),
+            "data_end": None if self.data_end is None else self.data_end.isoformat(),
+            "data_rows": self.data_rows,
+            "reasons": dict(self.reasons),
+            "seconds": self.seconds,
+            "train_until": {e: t.isoformat() for e, t in self.train_until.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = PEAK_FILE) -> PeakQuantileModel:
+        try:
+            if data.get("kind") != PEAK_QUANTILE or int(data.get("format", 0)) != FORMAT:
+                raise ValueError(f"not a {PEAK_QUANTILE} model of format {FORMAT}")
+            model = cls(
+                PeakQuantileConfig.model_validate(data["config"]),
+                Windows(**{k: int(v) for k, v in data["windows"].items()}),
+                float(data["coverage"]),
+                features=[str(f) for f in data["features"]],
+                targets={str(t): TargetModel.from_dict(m) for t, m in data["targets"].items()},
+                fitted_until=_timestamp(data.get("fitted_until")),
+                data_end=_timestamp(data.get("data_end")),
+                data_rows=int(data.get("data_rows", 0)),
+                reasons={str(t): str(r) for t, r in (data.get("reasons") or {}).items()},
+                seconds=float(data.get("seconds", 0.0)),
+                train_until={str(e): pd.Timestamp(t) for e, t in (data.get("train_until") or {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"{source}: malformed ({exc})") from exc
+        known = set(feature_names(dict.fromkeys(OPTIONS, True)))
+        if set(model.features) - known or feature_names(model.options) != model.features:
+            raise ModelLoadError(f"{source}: unknown feature list {model.features}")
+        for target, fitted in model.targets.items():
+            if target not in PEAK_TARGETS or len(fitted.coefficients) != len(model.features):
+                raise ModelLoadError(f"{source}: target {target!r} does not match the feature list")
+            if not all(math.isfinite(c) for c in fitted.coefficients):
+                raise ModelLoadError(f"{source}: target {target!r} has non-finite coefficients")
+        return model
+
+    def save(self, directory: Path) -> str:
+        """Write ``peak_quantile.json`` into ``directory``; returns the file name."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return write_json(Path(directory) / PEAK_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, directory: Path) -> PeakQuantileModel:
+        return cls.from_dict(read_json(Path(directory) / PEAK_FILE))
+
+
+def _timestamp(value: Any) -> pd.Timestamp | None:
+    return None if value in (None, "") else pd.Timestamp(value)

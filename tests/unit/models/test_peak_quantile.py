@@ -1,0 +1,211 @@
+"""The peak-quantile candidate: it forecasts the usage over the held steps at the asked quantile, round
+trips through JSON, never reads across experiments, and the recent choice can pick it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic_frames import synthetic_service_frame
+
+from mora_platform.data.schema import EXPERIMENT_ID, TIMESTAMP
+from mora_platform.features.split import split_frame
+from mora_platform.features.targets import POD_CPU, POD_MEMORY, prepare_frame
+from mora_platform.models.base import ModelLoadError
+from mora_platform.models.peak import (
+    PEAK_FILE,
+    PeakQuantileConfig,
+    PeakQuantileModel,
+    Windows,
+    feature_names,
+    forward_windows,
+    peak_features,
+    solve_quantile_regression,
+)
+from mora_platform.models.recent import (
+    PEAK_QUANTILE,
+    RECENT_CANDIDATES,
+    RECENT_PEAK,
+    choose_recent,
+    rolling_peak,
+)
+
+STEP_SECONDS = 300
+HORIZON = 12  # one hour at five minutes
+
+
+def spiked_frame(days: float = 10.0, seed: int = 3) -> pd.DataFrame:
+    """A prepared frame whose CPU is flat with noise except a spike from 14:00 to 14:30 every day:
+    a peak the last hour never shows, but the same time yesterday does."""
+    frame = synthetic_service_frame(days=days, step_seconds=STEP_SECONDS, seed=seed, noise=0.0)
+    rng = np.random.default_rng(seed)
+    stamps = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    minutes = stamps.dt.hour * 60 + stamps.dt.minute
+    spike = ((minutes >= 14 * 60) & (minutes < 14 * 60 + 30)).to_numpy()
+    cpu = 1.0 + 0.05 * rng.standard_normal(len(frame)) + 3.0 * spike
+    frame = frame.assign(cpu_cores_value=cpu, replica_count_value=1.0, replica_count=1)
+    return prepare_frame(frame)
+
+
+def split(prepared: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labels = split_frame(prepared, 0.15, 0.15).to_numpy()
+    return labels == "train", labels == "validation", labels == "test"
+
+
+def held_usage(values: np.ndarray, rows: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows with a complete holding window and the usage over it (``(m, steps)``)."""
+    rows = rows[rows + steps <= len(values)]
+    return rows, values[rows[:, None] + np.arange(steps)[None, :]]
+
+
+@pytest.fixture(scope="module")
+def prepared() -> pd.DataFrame:
+    return spiked_frame()
+
+
+@pytest.mark.parametrize("quantile", [0.8, 0.95])
+def test_forecast_covers_each_held_step_at_about_the_asked_quantile_out_of_sample(
+    prepared: pd.DataFrame, quantile: float
+) -> None:
+    train, validation, test = split(prepared)
+    model = PeakQuantileModel.fit(
+        prepared,
+        train,
+        validation,
+        horizon_steps=HORIZON,
+        coverage=0.95,
+        config=PeakQuantileConfig(quantile=quantile, draws=8),
+        targets=("cpu",),
+    )
+    assert model.features == feature_names({"seasonal": True, "time_of_day": True})
+    assert model.windows == Windows(HORIZON, 12, 288)
+    predicted = model.predict(prepared)["cpu"].to_numpy()
+    values = prepared[POD_CPU].to_numpy()
+    rows, usage = held_usage(values, np.flatnonzero(test), HORIZON)
+    covered = float(np.mean(usage <= predicted[rows, None]))
+    assert abs(covered - quantile) < 0.05
+    # it saw the spike coming: ahead of 14:00 it forecasts far more than at night
+    stamps = pd.to_datetime(prepared[TIMESTAMP], utc=True)
+    before_spike = (stamps.dt.hour == 13) & (stamps.dt.minute == 45)
+    night = (stamps.dt.hour == 3) & (stamps.dt.minute == 0)
+    assert predicted[(before_spike & test).to_numpy()].min() > 2 * predicted[(night & test).to_numpy()].max()
+
+
+def test_peak_target_covers_the_peak_over_the_held_steps(prepared: pd.DataFrame) -> None:
+    train, validation, test = split(prepared)
+    model = PeakQuantileModel.fit(
+        prepared,
+        train,
+        validation,
+        horizon_steps=HORIZON,
+        coverage=0.95,
+        config=PeakQuantileConfig(quantile=0.9, target="peak"),
+        targets=("cpu",),
+    )
+    predicted = model.predict(prepared)["cpu"].to_numpy()
+    peak = forward_windows(prepared[POD_CPU].to_numpy(), prepared[EXPERIMENT_ID].to_numpy(), HORIZON)
+    ok = test & np.isfinite(peak)
+    assert abs(float(np.mean(peak[ok] <= predicted[ok])) - 0.9) < 0.06
+    # the training-time head-room covers the peak on validation with the promised probability
+    head = model.targets["cpu"].head_room
+    assert head is not None and head.n > 100 and head.source == "validation"
+    requests = predicted + head.quantile
+    assert float(np.mean(peak[ok] <= requests[ok])) >= 0.9
+    assert model.validation_request("cpu", 2.0) == pytest.approx(2.0 + head.quantile)
+
+
+def test_save_and_load_give_identical_predictions(prepared: pd.DataFrame, tmp_path: Path) -> None:
+    train, validation, _ = split(prepared)
+    model = PeakQuantileModel.fit(prepared, train, validation, horizon_steps=HORIZON, coverage=0.95)
+    assert set(model.targets) == {"cpu", "memory"} and model.seconds < 10
+    assert model.save(tmp_path) == PEAK_FILE
+    assert json.loads((tmp_path / PEAK_FILE).read_text())["kind"] == PEAK_QUANTILE  # plain JSON
+    loaded = PeakQuantileModel.load(tmp_path)
+    pd.testing.assert_frame_equal(loaded.predict(prepared), model.predict(prepared))
+    assert loaded.forecast_next(prepared) == model.forecast_next(prepared)
+    assert loaded.train_until == model.train_until and loaded.data_end == model.data_end
+    np.testing.assert_array_equal(loaded.unseen(prepared), model.unseen(prepared))
+    assert not model.unseen(prepared)[train].any() and model.unseen(prepared)[~train].all()
+    # a damaged file is refused by name
+    data = json.loads((tmp_path / PEAK_FILE).read_text())
+    data["targets"]["cpu"]["coefficients"] = data["targets"]["cpu"]["coefficients"][:-1]
+    (tmp_path / PEAK_FILE).write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=PEAK_FILE):
+        PeakQuantileModel.load(tmp_path)
+
+
+def test_forecast_next_is_the_forecast_for_the_row_after_the_history(prepared: pd.DataFrame) -> None:
+    train, validation, _ = split(prepared)
+    model = PeakQuantileModel.fit(prepared, train, validation, horizon_steps=HORIZON, coverage=0.95)
+    predicted = model.predict(prepared)
+    for cut in (2_000, 2_500):
+        now = model.forecast_next(prepared.iloc[:cut])
+        for target in ("cpu", "memory"):
+            assert now[target] == pytest.approx(predicted[target].iloc[cut], rel=1e-9)
+
+
+def test_no_window_spans_two_experiments() -> None:
+    """Features read the rows before a row in its own experiment only, targets the rows after it in
+    its own experiment only: a second experiment at a hundred times the level changes nothing."""
+    frame = synthetic_service_frame(days=6.0, step_seconds=STEP_SECONDS, seed=8, experiments=2)
+    prepared = prepare_frame(frame)
+    experiments = prepared[EXPERIMENT_ID].to_numpy()
+    second = experiments == experiments[-1]
+    boundary = int(np.flatnonzero(second)[0])
+    train, validation, _ = split(prepared)
+    model = PeakQuantileModel.fit(prepared, train, validation, horizon_steps=HORIZON, coverage=0.95)
+    alone = model.predict(prepared[second].reset_index(drop=True))
+    together = model.predict(prepared)
+    np.testing.assert_allclose(together[second].to_numpy(), alone.to_numpy(), equal_nan=True)
+    # the first rows of an experiment have too little of their own history to be forecast
+    assert together.iloc[boundary : boundary + model.config.min_rows].isna().all().all()
+    # scaling the first experiment's usage by 100 leaves the second's forecasts as they were
+    louder = prepared.copy()
+    louder.loc[~second, [POD_CPU, POD_MEMORY]] *= 100
+    np.testing.assert_allclose(model.predict(louder)[second].to_numpy(), alone.to_numpy(), equal_nan=True)
+    # the held-steps target stops where its experiment stops
+    peak = forward_windows(prepared[POD_CPU].to_numpy(), experiments, HORIZON)
+    assert np.isnan(peak[boundary - HORIZON + 1 : boundary]).all() and np.isfinite(peak[boundary - HORIZON])
+    # and every feature of the second experiment's rows ignores the first one's values
+    windows = Windows(HORIZON, 12, 288)
+    options = {"seasonal": True, "time_of_day": True, "long_quantiles": True}
+    stamps = pd.DatetimeIndex(prepared[TIMESTAMP]).asi8
+    x, level = peak_features(prepared[POD_CPU].to_numpy(), experiments, stamps, windows, options, 5, 1e-9)
+    values = prepared[POD_CPU].to_numpy().copy()
+    values[~second] *= 100
+    x2, level2 = peak_features(values, experiments, stamps, windows, options, 5, 1e-9)
+    np.testing.assert_allclose(x2[second], x[second], equal_nan=True)
+    np.testing.assert_allclose(level2[second], level[second], equal_nan=True)
+
+
+def test_the_linear_programme_solves_a_quantile_regression_exactly() -> None:
+    rng = np.random.default_rng(0)
+    x = np.column_stack([np.ones(2_000), rng.uniform(0, 10, 2_000)])
+    y = 1.0 + 2.0 * x[:, 1] + rng.standard_normal(2_000)
+    beta = solve_quantile_regression(x, y, 0.9)
+    assert beta[1] == pytest.approx(2.0, abs=0.1)
+    assert float(np.mean(y <= x @ beta)) == pytest.approx(0.9, abs=0.01)
+
+
+def test_the_recent_choice_picks_it_where_it_wastes_less(prepared: pd.DataFrame) -> None:
+    """Against the recent peak, which must carry the daily spike's head-room all day, the forecast
+    that knows when the spike comes is cheaper at the same coverage, and is chosen."""
+    assert PEAK_QUANTILE in RECENT_CANDIDATES and RECENT_PEAK in RECENT_CANDIDATES
+    train, validation, _ = split(prepared)
+    model = PeakQuantileModel.fit(
+        prepared, train, validation, horizon_steps=HORIZON, coverage=0.95, targets=("cpu",)
+    )
+    usage = prepared[POD_CPU].to_numpy()
+    recent = slice(len(usage) - 1_440, len(usage))
+    unseen = model.unseen(prepared)[recent]
+    predicted = np.where(unseen, model.predict(prepared)["cpu"].to_numpy()[recent], np.nan)
+    now = model.forecast_next(prepared)["cpu"]
+    peak = rolling_peak(usage[recent], 12)
+    candidates = {RECENT_PEAK: (peak, float(usage[-12:].max())), PEAK_QUANTILE: (predicted, now)}
+    choice = choose_recent(usage[recent], candidates, HORIZON, 0.95)
+    alone = choose_recent(usage[recent], {RECENT_PEAK: candidates[RECENT_PEAK]}, HORIZON, 0.95)
+    assert choice is not None and alone is not None
+    assert choice.candidate == PEAK_QUANTILE and choice.relative_cost < alone.relative_cost
