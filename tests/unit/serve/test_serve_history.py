@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from mora_platform.data.loaders import load_path
 from mora_platform.data.schema import LOAD_USERS, METRIC_COLUMNS, REPLICA_COUNT, UNIFIED_COLUMNS
 from mora_platform.data.validation import validate_table
-from mora_platform.models.recent import MIN_RECENT_ORIGINS, PEAK_WINDOW_SECONDS
+from mora_platform.models.recent import MIN_RECENT_ORIGINS, PEAK_QUANTILE, PEAK_WINDOW_SECONDS
 from mora_platform.registry import LocalBlobBackend, ModelRegistry
 from mora_platform.training.bundle import ServiceModel
 from mora_platform.training.config import TrainingConfig
@@ -115,6 +115,11 @@ def head_room_reasons(answer: dict[str, Any]) -> list[str]:
     return [reason for reason in answer.get("reasons", []) if "head-room calibrated on the" in reason]
 
 
+def not_the_recent_peak(reason: str) -> bool:
+    """A head-room reason naming a candidate other than the recent peak: one that needs no hour of rows."""
+    return "(recent-peak)" not in reason and f"({PEAK_QUANTILE})" in reason
+
+
 def test_shipped_rows_are_accepted_and_cleaned_like_a_file(client: TestClient, model: ServiceModel) -> None:
     raw = pd.read_csv(SHIPPED)
     assert np.isinf(raw["service_stability_value"]).any()
@@ -162,9 +167,11 @@ def test_shipped_rows_with_current_get_an_answer(client: TestClient) -> None:
 
 
 def minimum_rows(model: ServiceModel, step_seconds: float) -> int:
-    """The fewest rows before the model's fit for the auto head-room: the recent peak looks back
+    """The fewest rows before the model's fit for the recent peak to be judged: it looks back
     ``PEAK_WINDOW_SECONDS`` (those rows have no peak yet), then ``MIN_RECENT_ORIGINS`` complete
-    holding windows of ``horizon_steps`` rows must follow."""
+    holding windows of ``horizon_steps`` rows must follow. The peak-quantile forecast, judged on rows it
+    never trained on, may answer from fewer; with ``horizon_steps + MIN_RECENT_ORIGINS`` or fewer rows
+    no candidate can."""
     peak_rows = round(PEAK_WINDOW_SECONDS / step_seconds)
     return peak_rows + model.calibration.horizon_steps + MIN_RECENT_ORIGINS - 1
 
@@ -193,9 +200,14 @@ def test_history_without_timestamps_gets_the_auto_head_room_from_the_minimum(
             )
             for reason in enough.json()["reasons"]
         ), enough.json()["reasons"]
+    # one row fewer: the recent peak cannot be judged; only a candidate needing no hour of look-back can
+    # answer (the peak-quantile forecast, judged on these rows it never trained on)
     short = post(client, {"service": SERVICE, "history": pooled_rows(minimum - 1)})
     assert short.status_code == 200, short.text
-    assert head_room_reasons(short.json()) == []
+    assert all(not_the_recent_peak(r) for r in head_room_reasons(short.json())), short.json()["reasons"]
+    # and with no more than H + 39 rows no candidate has 40 holding windows: the training-time head-room
+    fewest = model.calibration.horizon_steps + MIN_RECENT_ORIGINS
+    assert head_room_reasons(post(client, {"service": SERVICE, "history": pooled_rows(fewest)}).json()) == []
 
 
 def test_one_minute_history_needs_100_rows(client: TestClient, model: ServiceModel) -> None:
@@ -213,7 +225,10 @@ def test_one_minute_history_needs_100_rows(client: TestClient, model: ServiceMod
     enough = post(client, {"service": SERVICE, "history": stamped(minimum)}).json()
     assert {r.split(" head-room")[0] for r in head_room_reasons(enough)} == {"cpu", "memory"}
     assert all("(recent-peak)" in r for r in head_room_reasons(enough))
-    assert head_room_reasons(post(client, {"service": SERVICE, "history": stamped(minimum - 1)}).json()) == []
+    short = post(client, {"service": SERVICE, "history": stamped(minimum - 1)}).json()
+    assert all(not_the_recent_peak(r) for r in head_room_reasons(short)), short["reasons"]
+    fewest = model.calibration.horizon_steps + MIN_RECENT_ORIGINS
+    assert head_room_reasons(post(client, {"service": SERVICE, "history": stamped(fewest)}).json()) == []
 
 
 # --- the endpoint refuses exactly what the data layer refuses ---------------------------------------
