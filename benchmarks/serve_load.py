@@ -9,7 +9,9 @@ fresh single-node Ray head (2 CPUs) with that mode's environment, the app deploy
 models (``MORA_SERVE_MAX_MODELS_PER_REPLICA``, below the fleet size), and an aiohttp load generator
 on the same machine (keep-alive, closed loop).
 
-Phases per mode: (1) ``--lru`` sequential first requests (cold loads: S3 fetch + verify + load) with
+Phases per mode: (0) the start-up reads: each ingress replica reads the service list as it starts (the
+first read verifies every service: seconds at 1,000), measured as the S3 requests until the store has been
+quiet for 3 s, and waited for, so what follows is the steady state; (1) ``--lru`` sequential first requests (cold loads: S3 fetch + verify + load) with
 the model replica's RSS before and after, giving memory per loaded model; (2) ``zipf``: requests whose
 service follows a Zipf law (weight 1/rank^s, ``--zipf-s``) over the whole fleet, at each concurrency,
 answers split into warm and cold (cold: the replica had to load the model for it; decided by replaying
@@ -177,6 +179,30 @@ def s3_delta(before: dict[str, int], after: dict[str, int], seconds: float | Non
     if seconds:
         result["per_s"] = round(result["requests"] / seconds, 1)
     return result
+
+
+def settle_s3(metrics_url: str | None, quiet_s: float = 3.0, timeout_s: float = 180.0) -> dict[str, Any]:
+    """Wait until the S3 server has seen no request for ``quiet_s`` (at most ``timeout_s``); the
+    requests and seconds until then. The model replicas' LATEST checks (two GETs per loaded service
+    every reload interval) do not count as activity: none is loaded yet."""
+    if not metrics_url:
+        return {}
+    started = time.monotonic()
+    first = last = s3_requests(metrics_url)
+    quiet_since = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        time.sleep(0.5)
+        now = s3_requests(metrics_url)
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            break
+    seconds = max(quiet_since - started, 0.0)
+    return {
+        **s3_delta(first, last),
+        "seconds": round(seconds, 1),
+        "settled": last == s3_requests(metrics_url),
+    }
 
 
 def publish_copies(registry: Any, bundle: Path, count: int, threads: int = 8) -> float:
@@ -500,6 +526,10 @@ def run_mode(options: argparse.Namespace) -> None:
             time.sleep(0.5)
         results["deploy_seconds"] = round(time.perf_counter() - started, 1)
         url = f"{base}/v1/recommendations"
+        # (0) each ingress replica reads the service list as it starts (a first read verifies every
+        # service): measured apart, and waited for, so the phases below measure the steady state
+        results["startup_reads"] = settle_s3(metrics_url)
+        print(f"  start-up reads (service list, per ingress replica): {results['startup_reads']}", flush=True)
 
         # (1) cold loads, one after another, and the model replica's memory per loaded model
         replicas = replica_pids(process, "ServiceModels")
@@ -686,6 +716,12 @@ def print_table(report: dict[str, Any]) -> None:
         if "error" in result:
             continue
         loads, memory = result["cold_load_ms"], result["memory"]
+        startup = result.get("startup_reads") or {}
+        if startup:
+            print(
+                f"{mode}: start-up reads of the service list (every ingress replica): {startup['requests']} S3 "
+                f"requests over {startup['seconds']} s, waited for before the phases"
+            )
         print(
             f"{mode}: cold load (sequential, {loads['loads']} models) first {loads['first']} ms, then p50 "
             f"{loads['p50']} ms, p99 {loads['p99']} ms, max {loads['max']} ms, "

@@ -47,6 +47,15 @@ RECENT_ROWS = 1_440
 # steps themselves, judged on the recent rows it never trained on like every fitted candidate ---
 PEAK_QUANTILE = "peak-quantile"
 RECENT_CANDIDATES: tuple[str, ...] = ("fused", RECENT_PEAK, PEAK_QUANTILE)
+# rules over the usage itself that need no fit, each ``name -> (statistic, seconds before the row)``:
+# the statistic is "max" or a quantile in (0, 1); the recent peak is the first
+RECENT_P95 = "recent-p95"  # the 95th percentile of the last hour: a peak that ignores a lone spike
+RECENT_PEAK_SHORT = "recent-peak-15m"  # the highest usage of the last 15 minutes: a level that just moved
+RECENT_RULES: dict[str, tuple[str | float, int]] = {
+    RECENT_PEAK: ("max", PEAK_WINDOW_SECONDS),
+    RECENT_P95: (0.95, PEAK_WINDOW_SECONDS),
+    RECENT_PEAK_SHORT: ("max", 900),
+}
 # --- end issue 16 ---
 # "auto" keeps the validation head-room only where it covered at least coverage - this on unseen rows
 KEPT_TOLERANCE = 0.01
@@ -64,6 +73,29 @@ def rolling_peak(values: np.ndarray, window: int) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             out[window:] = np.max(windows, axis=1)
     return out
+
+
+def rolling_quantile(values: np.ndarray, window: int, q: float) -> np.ndarray:
+    """At each row, the ``q`` quantile of the ``window`` values before it (NaN until ``window`` are
+    seen, or where one of them is missing): the ``recent-p95`` candidate's prediction."""
+    values = np.asarray(values, dtype="float64")
+    window = max(int(window), 1)
+    out = np.full(values.shape, np.nan)
+    if len(values) > window:
+        windows = np.lib.stride_tricks.sliding_window_view(values, window)[:-1]
+        out[window:] = np.quantile(windows, q, axis=1)
+    return out
+
+
+def rule_predictions(usage: np.ndarray, statistic: str | float, window: int) -> tuple[np.ndarray, float]:
+    """A no-fit rule (``RECENT_RULES``) over ``usage``: its prediction before each row and now."""
+    usage = np.asarray(usage, dtype="float64")
+    if statistic == "max":
+        now = float(np.max(usage[-window:])) if len(usage) >= window else float("nan")
+        return rolling_peak(usage, window), now
+    q = float(statistic)
+    now = float(np.quantile(usage[-window:], q)) if len(usage) >= window else float("nan")
+    return rolling_quantile(usage, window, q), now
 
 
 @dataclass(frozen=True)

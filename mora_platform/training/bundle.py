@@ -19,6 +19,7 @@ when the bundle has one), unless a training-time head-room kept its promise ther
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -64,11 +65,12 @@ from mora_platform.models.recent import (
     RECENT_CANDIDATES,
     RECENT_PEAK,
     RECENT_ROWS,
+    RECENT_RULES,
     VALIDATION,
     RecentChoice,
     choose_recent,
     holding_windows,
-    rolling_peak,
+    rule_predictions,
 )
 from mora_platform.recommend.policy import build_recommendation
 from mora_platform.recommend.types import TARGETS, MemberContribution, Recommendation
@@ -83,6 +85,7 @@ MOVING_AVERAGE = "moving-average"
 #: issue 16: the peak-quantile candidate with its training-time head-room, as a source of a request
 PEAK_VALIDATION = f"{PEAK_QUANTILE}-validation"
 PEAK_WINDOW = pd.Timedelta(seconds=PEAK_WINDOW_SECONDS)
+PREPARED_CACHE_SIZE = 4  # prepared histories kept per model (see ``ServiceModel._prepared``)
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,10 @@ class ServiceModel:
     # issue 16: the peak-quantile candidate (``peak_quantile.json``; None in bundles without one)
     peak: PeakQuantileModel | None = None
     _peak_cache: Any = field(default=None, repr=False, compare=False)
+    _tail_basis: tuple[pd.DataFrame, dict[str, str]] | None = field(default=None, repr=False, compare=False)
+    _prepared_cache: list[tuple[tuple[Any, ...], pd.DataFrame]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     @classmethod
     def load(cls, directory: Path) -> ServiceModel:
@@ -308,10 +315,19 @@ class ServiceModel:
             history = history.assign(**{USAGE_SCOPE: self.usage_scope})
         if tail_rows is not None:
             history = history.tail(tail_rows)
+        # one answer prepares the same rows several times (the members' window, the recent candidates,
+        # the peak-quantile forecast, the reasons, a what-if's edge): the last few are kept, by content
+        key = _content_key(history)
+        for seen, prepared in self._prepared_cache if key is not None else ():
+            if seen == key:
+                return prepared.copy()
         try:
-            return prepare_frame(fill_unavailable(history, self.unavailable_targets))
+            prepared = prepare_frame(fill_unavailable(history, self.unavailable_targets))
         except FeatureError as exc:
             raise ValueError(f"history: {exc}") from exc
+        if key is not None:
+            self._prepared_cache = [(key, prepared), *self._prepared_cache][:PREPARED_CACHE_SIZE]
+        return prepared.copy()
 
     def _latest_window(self, prepared: pd.DataFrame) -> pd.DataFrame:
         """The last ``seq_len`` prepared rows of the latest experiment: what the members answer from."""
@@ -353,7 +369,15 @@ class ServiceModel:
         recent, answer, members, fused = self._recent_predictions(history, steps, rows)
         unseen = _after(recent, fitted_until)
         span = max(self.config.effective_seq_len, 1)
-        peak_rows = _rows_in(recent, peak_window)
+        # the no-fit rules offered (``RECENT_RULES``) in rows of this history; ``peak_window`` sets the
+        # recent peak's
+        gap = _median_gap(recent)
+        rule_rows: dict[str, tuple[str | float, int]] = {}
+        for name, (statistic, seconds) in RECENT_RULES.items():
+            window = peak_window if name == RECENT_PEAK else pd.Timedelta(seconds=seconds)
+            rows_of_rule = _rows_in(gap, window)
+            if rows_of_rule and (candidates is None or name in candidates):
+                rule_rows[name] = (statistic, rows_of_rule)
         # a fitted candidate is judged on at least half the holding windows at hand: judged on the
         # few rows since its fit it would win on luck as often as on merit
         starts = max(len(recent) - steps + 1, 0)
@@ -369,9 +393,8 @@ class ServiceModel:
             if fitted_ok:
                 offered[FUSED] = (np.where(unseen, fused[t].to_numpy(dtype="float64"), np.nan), now_fused)
             usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
-            if peak_rows:
-                now_peak = float(np.max(usage[-peak_rows:])) if len(usage) >= peak_rows else float("nan")
-                offered[RECENT_PEAK] = (rolling_peak(usage, peak_rows), now_peak)
+            for name, (statistic, rows_of_rule) in rule_rows.items():
+                offered[name] = rule_predictions(usage, statistic, rows_of_rule)
             for name, predicted in members.items():
                 now = answer.members.get(name, {}).get(t, float("nan"))
                 values = predicted[t].to_numpy(dtype="float64")
@@ -726,7 +749,12 @@ class ServiceModel:
 
     def _pod_reasons(self, source: pd.DataFrame) -> list[str]:
         """What a pod's usage was taken to be (the busiest pod, or the total spread evenly)."""
-        _, basis = pod_usage(source)
+        if source is self.history:  # the stored tail, asked about on every plain question: once
+            if self._tail_basis is None or self._tail_basis[0] is not source:
+                self._tail_basis = (source, pod_usage(source)[1])
+            basis = self._tail_basis[1]
+        else:
+            _, basis = pod_usage(source)
         trained = (self.metrics.get("data_window") or {}).get("pod_basis") or {}
         notes = []
         for resource in ("cpu", "memory"):
@@ -802,15 +830,29 @@ def _pod_cpu_mean(source: pd.DataFrame, pods_now: int | None) -> float | None:
 POD_MEAN_ROWS = 240
 
 
-def _rows_in(frame: pd.DataFrame, span: pd.Timedelta | None) -> int:
-    """How many rows of ``frame`` (at its median spacing) cover ``span``; 0 without a span or spacing."""
-    if span is None or len(frame) < 2:
-        return 0
+def _content_key(frame: pd.DataFrame) -> tuple[Any, ...] | None:
+    """A key that changes with any cell, column or row of ``frame`` (None when it cannot be hashed)."""
+    try:
+        digest = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    except (TypeError, ValueError):
+        return None
+    return (tuple(map(str, frame.columns)), len(frame), hashlib.sha256(digest.tobytes()).hexdigest())
+
+
+def _median_gap(frame: pd.DataFrame) -> pd.Timedelta | None:
+    """The median positive spacing of ``frame``'s timestamps; None with fewer than two distinct ones."""
+    if len(frame) < 2:
+        return None
     gaps = frame[TIMESTAMP].diff().dropna()
     gaps = gaps[gaps > pd.Timedelta(0)]
-    if gaps.empty:
+    return None if gaps.empty else pd.Timedelta(gaps.median())
+
+
+def _rows_in(gap: pd.Timedelta | None, span: pd.Timedelta | None) -> int:
+    """How many rows ``gap`` apart cover ``span``; 0 without a span or spacing."""
+    if span is None or gap is None:
         return 0
-    return max(round(float(pd.Timedelta(span) / gaps.median())), 1)
+    return max(round(float(pd.Timedelta(span) / gap)), 1)
 
 
 def _after(frame: pd.DataFrame, moment: pd.Timestamp | None) -> np.ndarray:

@@ -118,3 +118,35 @@ def test_the_recent_choice_offers_it_and_picks_it_where_it_wastes_less(
     # on the rows it trained on the candidate is no evidence for itself: not offered there
     trained_only = model.recent_requests(frame.iloc[: 5 * 288], 12, candidates=(RECENT_PEAK, PEAK_QUANTILE))
     assert all(c is None or c.candidate == RECENT_PEAK for c in trained_only.values())
+
+
+def test_an_answer_prepares_each_history_once_and_a_changed_one_again(
+    bundle: Path, frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The members' window, the recent candidates, the peak-quantile forecast and the reasons all
+    read the same rows: they are prepared once per content; one changed cell is prepared anew, and
+    the answers are those of a model that prepares every time."""
+    import mora_platform.training.bundle as bundle_module
+
+    calls: list[int] = []
+    real = bundle_module.prepare_frame
+
+    def counting(rows: pd.DataFrame) -> pd.DataFrame:
+        calls.append(len(rows))
+        return real(rows)
+
+    monkeypatch.setattr(bundle_module, "prepare_frame", counting)
+    history = frame.iloc[5 * 288 : 5 * 288 + 600]
+    model = ServiceModel.load(bundle)
+    first = model.recommend(history, {"load_users": 60, "replica_count": 1})
+    once = len(calls)
+    assert once <= 3  # the distinct tails asked for (the whole history, its last rows), not every use
+    assert model.recommend(history, {"load_users": 60, "replica_count": 1}) == first
+    assert len(calls) == once  # the same rows again: nothing prepared
+    changed = history.copy()
+    changed.iloc[-1, changed.columns.get_loc("cpu_cores_value")] = 9.0
+    model.recommend(changed, {"load_users": 60, "replica_count": 1})
+    assert len(calls) > once
+    monkeypatch.setattr(bundle_module, "PREPARED_CACHE_SIZE", 0)
+    fresh = ServiceModel.load(bundle)
+    assert fresh.recommend(history, {"load_users": 60, "replica_count": 1}) == first
