@@ -105,8 +105,8 @@ class ServiceModelAdapter:
 
     With ``head_room="recent"`` the request is ``ServiceModel.recent_requests``: the head-room
     calibrated on the last ``recent_rows`` rows before the origin, over ``horizon_steps`` steps,
-    choosing the cheaper of the fused forecast and the recent peak (``RECENT_CANDIDATES``,
-    ``models.recent``). With ``"validation"`` it takes the same steps as
+    choosing the cheapest of ``RECENT_CANDIDATES`` (the fused and peak-quantile forecasts and the
+    no-fit recent rules, ``models.recent``). With ``"validation"`` it takes the same steps as
     ``ServiceModel.recommend(head_room="validation")`` (latest experiment's tail, ensemble's
     next-step forecast, the head-room calibrated on validation at training time). ``"auto"`` (the
     default) is ``ServiceModel.held_requests``, what ``recommend`` serves for a long enough history:

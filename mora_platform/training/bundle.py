@@ -350,10 +350,11 @@ class ServiceModel:
 
         Candidates: the fused forecast, each member, the peak-quantile forecast of the usage over
         the held steps (``models.peak``, when the bundle has one), a moving average of the last
-        ``seq_len`` values and the recent peak (the highest usage over ``peak_window`` before each
-        row; None leaves it out); the last two need no fit. ``candidates`` limits the choice to
-        those names (default ``RECENT_CANDIDATES``: the fused forecast, the recent peak and the
-        peak-quantile forecast; None offers every one). The peak-quantile forecast is judged only on
+        ``seq_len`` values, the recent peak (the highest usage over ``peak_window`` before each
+        row; None leaves it out) and the other rules of ``RECENT_RULES`` (the hour's 95th percentile,
+        the peak of the last 15 minutes); these need no fit. ``candidates`` limits the choice to
+        those names (default ``RECENT_CANDIDATES``: the fused forecast, the peak-quantile forecast, the
+        recent peak, the hour's p95 and the 15 minutes' peak; None offers every one). The peak-quantile forecast is judged only on
         the rows its regression never trained on (``PeakQuantileModel.unseen``), under the same
         half-the-windows rule. A fitted candidate is judged only on rows after ``fitted_until`` (the
         end of its training data), where its residuals are out-of-sample, and is offered only once those rows

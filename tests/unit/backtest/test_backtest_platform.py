@@ -138,7 +138,7 @@ def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None
     before the origin."""
     from mora_platform.backtest.platform_training import ServiceModelTrainer
     from mora_platform.data.synthetic import generate_fleet
-    from mora_platform.models.recent import RECENT_CANDIDATES
+    from mora_platform.models.recent import RECENT_CANDIDATES, RECENT_RULES
 
     fleet = generate_fleet(n_services=1, days=3, step_seconds=300, seed=4)
     adapter = ServiceModelTrainer(
@@ -155,7 +155,7 @@ def test_recent_head_room_is_what_the_model_chooses_on_the_recent_rows() -> None
         assert choice is not None and choice.origins >= 40
         assert answer.requests[resource] == pytest.approx(choice.request)
         # every row was a training row: only what needs no fit can be judged on them
-        assert choice.candidate == "recent-peak"
+        assert choice.candidate in RECENT_RULES
     # the training-time head-room rides along, for the platform-validation variant
     assert ServiceModelTrainer().config_dict["coverage"] == 0.99  # each held step, as the peers' defaults sit
     assert answer.validation_requests is not None and set(answer.validation_requests) == {"cpu", "memory"}
@@ -170,7 +170,7 @@ def test_auto_head_room_answers_with_the_cheaper_calibration_that_keeps_its_prom
     unseen windows, kept its promise at no higher cost; with too little history, validation answers."""
     from mora_platform.backtest.platform_training import ServiceModelTrainer
     from mora_platform.data.synthetic import generate_fleet
-    from mora_platform.models.recent import KEPT_TOLERANCE, MIN_KEPT_WINDOWS, RECENT_CANDIDATES
+    from mora_platform.models.recent import KEPT_TOLERANCE, MIN_KEPT_WINDOWS, RECENT_CANDIDATES, RECENT_RULES
 
     fleet = generate_fleet(n_services=1, days=3, step_seconds=300, seed=5)
     past, later = fleet.iloc[:600], fleet
@@ -213,9 +213,9 @@ def test_auto_head_room_answers_with_the_cheaper_calibration_that_keeps_its_prom
     answer = adapter.predict(past, pd.Timedelta(hours=1))
     for resource in ("cpu", "memory"):
         choice = at_fit[resource]
-        assert choice is not None and choice.candidate == "recent-peak"
+        assert choice is not None and choice.candidate in RECENT_RULES
         assert answer.requests[resource] == pytest.approx(choice.request)
-        assert answer.sources is not None and answer.sources[resource] == "recent-peak"
+        assert answer.sources is not None and answer.sources[resource] == choice.candidate
     # too short a history for any recent rule: the training-time head-room answers
     short = fleet.iloc[:45]  # 34 holding windows of 12 steps: fewer than any rule needs
     assert (

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from mora_platform.data.loaders import load_path
 from mora_platform.data.schema import LOAD_USERS, METRIC_COLUMNS, REPLICA_COUNT, UNIFIED_COLUMNS
 from mora_platform.data.validation import validate_table
-from mora_platform.models.recent import MIN_RECENT_ORIGINS, PEAK_QUANTILE, PEAK_WINDOW_SECONDS
+from mora_platform.models.recent import MIN_RECENT_ORIGINS, PEAK_QUANTILE, PEAK_WINDOW_SECONDS, RECENT_RULES
 from mora_platform.registry import LocalBlobBackend, ModelRegistry
 from mora_platform.training.bundle import ServiceModel
 from mora_platform.training.config import TrainingConfig
@@ -115,9 +115,16 @@ def head_room_reasons(answer: dict[str, Any]) -> list[str]:
     return [reason for reason in answer.get("reasons", []) if "head-room calibrated on the" in reason]
 
 
+# the no-fit rules that look back an hour (the recent peak, the hour's p95)
+HOUR_RULES = tuple(name for name, (_, seconds) in RECENT_RULES.items() if seconds >= PEAK_WINDOW_SECONDS)
+
+
 def not_the_recent_peak(reason: str) -> bool:
-    """A head-room reason naming a candidate other than the recent peak: one that needs no hour of rows."""
-    return "(recent-peak)" not in reason and f"({PEAK_QUANTILE})" in reason
+    """A head-room reason naming a candidate that needs less than an hour of rows before its first
+    prediction: the peak-quantile forecast or a shorter rule."""
+    named = reason.rsplit("(", 1)[-1].split(")", 1)[0]
+    shorter = {PEAK_QUANTILE, *(name for name in RECENT_RULES if name not in HOUR_RULES)}
+    return bool(HOUR_RULES) and named in shorter
 
 
 def test_shipped_rows_are_accepted_and_cleaned_like_a_file(client: TestClient, model: ServiceModel) -> None:
@@ -167,11 +174,11 @@ def test_shipped_rows_with_current_get_an_answer(client: TestClient) -> None:
 
 
 def minimum_rows(model: ServiceModel, step_seconds: float) -> int:
-    """The fewest rows before the model's fit for the recent peak to be judged: it looks back
-    ``PEAK_WINDOW_SECONDS`` (those rows have no peak yet), then ``MIN_RECENT_ORIGINS`` complete
-    holding windows of ``horizon_steps`` rows must follow. The peak-quantile forecast, judged on rows it
-    never trained on, may answer from fewer; with ``horizon_steps + MIN_RECENT_ORIGINS`` or fewer rows
-    no candidate can."""
+    """The fewest rows before the model's fit for the hour's rules (the recent peak, its p95) to be
+    judged: they look back ``PEAK_WINDOW_SECONDS`` (those rows have no prediction yet), then
+    ``MIN_RECENT_ORIGINS`` complete holding windows of ``horizon_steps`` rows must follow. The 15
+    minutes' peak and the peak-quantile forecast (judged on rows it never trained on) may answer from
+    fewer; with ``horizon_steps + MIN_RECENT_ORIGINS`` or fewer rows no candidate can."""
     peak_rows = round(PEAK_WINDOW_SECONDS / step_seconds)
     return peak_rows + model.calibration.horizon_steps + MIN_RECENT_ORIGINS - 1
 
@@ -187,21 +194,19 @@ def pooled_rows(count: int) -> list[dict[str, Any]]:
 def test_history_without_timestamps_gets_the_auto_head_room_from_the_minimum(
     client: TestClient, model: ServiceModel
 ) -> None:
-    """Rows without timestamps are consecutive at the model's spacing (15 s here), so the recent
-    peak looks back 240 rows and needs 40 holding windows after them: 280 rows with a 1-step horizon."""
+    """Rows without timestamps are consecutive at the model's spacing (15 s here), so the hour's rules
+    look back 240 rows and need 40 holding windows after them: 280 rows with a 1-step horizon."""
     minimum = minimum_rows(model, model_step_seconds(model))
     assert (model_step_seconds(model), model.calibration.horizon_steps, minimum) == (15, 1, 280)
     enough = post(client, {"service": SERVICE, "history": pooled_rows(minimum)})
     assert enough.status_code == 200, enough.text
     for target in ("cpu", "memory"):
         assert any(
-            reason.startswith(
-                f"{target} head-room calibrated on the {minimum} most recent rows (recent-peak)"
-            )
+            reason.startswith(f"{target} head-room calibrated on the {minimum} most recent rows (")
             for reason in enough.json()["reasons"]
         ), enough.json()["reasons"]
-    # one row fewer: the recent peak cannot be judged; only a candidate needing no hour of look-back can
-    # answer (the peak-quantile forecast, judged on these rows it never trained on)
+    # one row fewer: the hour's rules cannot be judged; only a candidate needing less look-back can
+    # answer (the 15 minutes' peak, the peak-quantile forecast judged on rows it never trained on)
     short = post(client, {"service": SERVICE, "history": pooled_rows(minimum - 1)})
     assert short.status_code == 200, short.text
     assert all(not_the_recent_peak(r) for r in head_room_reasons(short.json())), short.json()["reasons"]
@@ -211,7 +216,7 @@ def test_history_without_timestamps_gets_the_auto_head_room_from_the_minimum(
 
 
 def test_one_minute_history_needs_100_rows(client: TestClient, model: ServiceModel) -> None:
-    """At 1 min per row the recent peak looks back 60 rows: 60 + 1 + 39 = 100 rows."""
+    """At 1 min per row the hour's rules look back 60 rows: 60 + 1 + 39 = 100 rows."""
     minimum = minimum_rows(model, 60)
     assert minimum == 100
     start = pd.Timestamp("2026-01-01T00:00:00Z")  # before the training data's end, as t_N rows are
@@ -224,7 +229,6 @@ def test_one_minute_history_needs_100_rows(client: TestClient, model: ServiceMod
 
     enough = post(client, {"service": SERVICE, "history": stamped(minimum)}).json()
     assert {r.split(" head-room")[0] for r in head_room_reasons(enough)} == {"cpu", "memory"}
-    assert all("(recent-peak)" in r for r in head_room_reasons(enough))
     short = post(client, {"service": SERVICE, "history": stamped(minimum - 1)}).json()
     assert all(not_the_recent_peak(r) for r in head_room_reasons(short)), short["reasons"]
     fewest = model.calibration.horizon_steps + MIN_RECENT_ORIGINS
