@@ -51,6 +51,8 @@ from mora_platform.training.bundle import (
     CONFIG_FILE,
     METRICS_FILE,
     ServiceModel,
+)
+from mora_platform.training.bundle_data import (
     fill_unavailable,
     history_tail,
     target_availability,

@@ -20,7 +20,7 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 from test_serve_http_api import FakeBackend
 
-from mora_platform.training.bundle import IMPLAUSIBLE_USAGE_FACTOR, history_beyond_training
+from mora_platform.training.bundle_data import IMPLAUSIBLE_USAGE_FACTOR, history_beyond_training
 from serve.api import MAX_LISTED_ERRORS, MAX_OBJECT_KEYS, RETRY_AFTER_S, RecommendationRequest
 from serve.http_api import GuardMiddleware, ModelOutcome, create_api
 from serve.ingress import RecommendationIngress, ServeBackend
