@@ -369,12 +369,8 @@ class ServiceModel:
             point = np.where(unseen, predicted[t].to_numpy(dtype="float64"), np.nan)
             requests = np.maximum(point + fitted.head_room.head_room(point), 0.0)
             usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
-            windows, held = holding_windows(usage, requests, steps)
-            share = float(np.mean(windows <= held[:, None])) if len(held) else float("nan")
-            level = float(np.mean(np.abs(windows))) if len(held) else 0.0
-            cost = float(np.mean(held)) / level if level > 0 else float("inf")
             request = HeldRequest(self.peak.validation_request(t, now[t]), float(now[t]), PEAK_VALIDATION)
-            out[t] = (KeptCheck(share, len(held), cost), request)
+            out[t] = (kept_check(usage, requests, steps), request)
         return out
 
     # --- end issue 16 ---
@@ -398,11 +394,7 @@ class ServiceModel:
             point = np.where(unseen, fused[t].to_numpy(dtype="float64"), np.nan)
             requests = np.maximum(point + self.calibration.for_mode(FUSED)[t].head_room(point), 0.0)
             usage = recent[TARGET_SOURCES[t][0]].to_numpy(dtype="float64")
-            windows, starts = holding_windows(usage, requests, steps)
-            share = float(np.mean(windows <= starts[:, None])) if len(starts) else float("nan")
-            level = float(np.mean(np.abs(windows))) if len(starts) else 0.0
-            cost = float(np.mean(starts)) / level if level > 0 else float("inf")
-            kept[t] = KeptCheck(share, len(starts), cost)
+            kept[t] = kept_check(usage, requests, steps)
         return kept
 
     def _recent_predictions(
@@ -675,6 +667,17 @@ class ServiceModel:
 
 
 COVERAGE_TOLERANCE = 0.02
+
+
+def kept_check(usage: np.ndarray, requests: np.ndarray, steps: int) -> KeptCheck:
+    """How ``requests`` (one per row, NaN where not judged) held over ``steps`` rows covered ``usage``:
+    the share of held steps covered, the complete windows judged and the mean request relative to the
+    mean usage there (comparable with ``RecentChoice.relative_cost``)."""
+    windows, held = holding_windows(usage, requests, steps)
+    share = float(np.mean(windows <= held[:, None])) if len(held) else float("nan")
+    level = float(np.mean(np.abs(windows))) if len(held) else 0.0
+    cost = float(np.mean(held)) / level if level > 0 else float("inf")
+    return KeptCheck(share, len(held), cost)
 
 
 def coverage_tolerance(target: float, n: int) -> float:
