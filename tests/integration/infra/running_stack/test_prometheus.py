@@ -1,37 +1,31 @@
 """`mora stack up --prometheus`: the platform's custom Ray metrics end up in the stack's Prometheus.
 
-A Ray head and Prometheus on free ports with a temporary MORA_HOME (and HOME); a driver records
+The folder's shared stack (``conftest.py``: `mora stack up --prometheus` on free ports with a temporary
+MORA_HOME and HOME, metrics reported every second and scraped every second); a driver records
 one fleet outcome per service through the fleet jobs' own metric code (``RayFleetMetrics``), and
 the test polls Prometheus' HTTP API until ``ray_mora_services_trained_total`` has the value. The
 head's dashboard must read from that Prometheus (``/api/prometheus_health`` and the environment of
-its dashboard process). Everything is stopped by ``mora stack down`` (by PID).
+its dashboard process). The fixture's teardown checks that ``mora stack down`` stops Prometheus with the
+rest (by PID).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
-from infra.local.config import StackSettings
-from infra.local.processes import ProcessRecord, free_ports
+from .conftest import Stack
 
 pytestmark = pytest.mark.integration  # needs Debian's prometheus: `make test` installs it
 
-MORA = [sys.executable, "-c", "from mora_platform.cli import main; main()"]
 DATASET = "probe-metrics"
-#: Ray pushes a process's metrics to its node's agent every metrics_report_interval_ms (10 s by default).
-REPORT_MS = "1000"
 
 DRIVER = textwrap.dedent(
     f"""
@@ -55,66 +49,6 @@ DRIVER = textwrap.dedent(
     sys.stdin.read()  # stay connected (so the metrics get exported) until the test closes stdin
     """
 )
-
-
-@dataclass(frozen=True)
-class Stack:
-    work: Path
-    home: Path
-    env: dict[str, str]
-    ports: dict[str, int]
-    up_output: str
-
-    @property
-    def prometheus(self) -> str:
-        return f"http://127.0.0.1:{self.ports['prometheus_port']}"
-
-    @property
-    def dashboard(self) -> str:
-        return f"http://127.0.0.1:{self.ports['ray_dashboard_port']}"
-
-    def record(self, name: str) -> ProcessRecord:
-        record = ProcessRecord.load(self.home / "run" / f"{name}.json")
-        assert record is not None and record.is_alive(), f"{name} is not running"
-        return record
-
-
-def _mora(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(MORA + args, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("prom-stack")
-    home = work / ".mora"
-    listening = [name for name in StackSettings.port_names().values() if "worker" not in name]
-    ports = dict(zip(listening, free_ports(len(listening)), strict=True))
-    ports["ray_min_worker_port"], ports["ray_max_worker_port"] = 32_300, 32_399
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MORA_", "RAY_"))}
-    env.update(
-        {
-            "HOME": str(work / "user"),
-            "MORA_HOME": str(home),
-            "COLUMNS": "300",
-            "MORA_STACK_RAY_NUM_CPUS": "1",
-            "MORA_STACK_PROMETHEUS_SCRAPE_INTERVAL": "1",
-            "RAY_metrics_report_interval_ms": REPORT_MS,
-        }
-    )
-    env.update({f"MORA_STACK_{name.upper()}": str(port) for name, port in ports.items()})
-    if os.environ.get("MORA_SIGNING_KEY"):
-        env["MORA_SIGNING_KEY"] = os.environ["MORA_SIGNING_KEY"]
-    try:
-        up = _mora(["stack", "up", "--component", "ray", "--prometheus"], env, work)
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield Stack(work, home, env, ports, up.stdout + up.stderr)
-    finally:
-        _mora(["stack", "down"], env, work)
-        for record_file in (home / "run").glob("*.json"):
-            record = ProcessRecord.load(record_file)
-            if record is not None:
-                for proc in record.family():
-                    proc.kill()
 
 
 def _query(prometheus: str, promql: str) -> list[dict[str, Any]]:
@@ -209,14 +143,8 @@ def test_custom_ray_metrics_reach_the_stack_prometheus(stack: Stack) -> None:
     assert len(addresses) == len(set(addresses)), addresses
     assert f"127.0.0.1:{stack.ports['ray_metrics_export_port']}" in addresses
 
-    status = _mora(["stack", "status", "-c", "ray", "-c", "prometheus"], stack.env, stack.work)
+    status = stack.mora(["stack", "status", "-c", "ray", "-c", "prometheus"])
     assert status.returncode == 0, status.stdout + status.stderr
     assert stack.prometheus in status.stdout and "Ray metrics targets up" in status.stdout
     assert f"metrics views read {stack.prometheus}" in status.stdout
     print(f"checks took {time.monotonic() - began:.1f} s")
-
-    family = {proc.pid for name in ("ray", "prometheus") for proc in stack.record(name).family()}
-    down = _mora(["stack", "down"], stack.env, stack.work)
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert not (stack.home / "run" / "prometheus.json").exists()
-    assert not [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]

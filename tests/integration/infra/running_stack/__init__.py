@@ -1,0 +1,1 @@
+"""Tests that share one running local stack (a package, so the stack stops after its last test)."""
