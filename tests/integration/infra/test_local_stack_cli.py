@@ -1,13 +1,15 @@
-"""`mora stack up / status / down` end to end: real weed and Ray processes, free ports, a temporary MORA_HOME."""
+"""`mora stack up / down` refusing a taken port and cleaning stale PID records: free ports, a temporary MORA_HOME.
+
+The whole life of a running stack (up, status, a second up, down) is checked on the shared stack of
+``running_stack/`` (``test_lifecycle.py`` and its ``conftest.py``).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
-import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +17,7 @@ import psutil
 import pytest
 
 from infra.local.config import StackSettings
-from infra.local.envfile import read_env_file
 from infra.local.processes import ProcessRecord, free_ports
-from mora_platform.storage.errors import StorageAuthError
-from mora_platform.storage.object_store import ObjectStore
 
 pytestmark = pytest.mark.integration
 
@@ -67,84 +66,6 @@ def stack_dir(
             if record is not None:
                 for proc in record.family():
                     proc.kill()
-
-
-def test_stack_up_status_down(stack_dir: tuple[Path, dict[str, str], dict[str, int]]) -> None:
-    work, env, ports = stack_dir
-    home = work / ".mora"
-
-    began = time.monotonic()
-    up = _run(["stack", "up"], env, work)
-    up_seconds = time.monotonic() - began
-    assert up.returncode == 0, up.stdout + up.stderr
-    print(f"`mora stack up` took {up_seconds:.1f} s")  # reported in the test log (-s)
-    assert up.stdout.count("started") >= 2
-
-    # stack.env: endpoints and credentials, owner-only; identities too
-    env_file = home / "stack.env"
-    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    assert stat.S_IMODE((home / "s3" / "identities.json").stat().st_mode) == 0o600
-    values = read_env_file(env_file)
-    assert values["MORA_S3_ENDPOINT_URL"] == f"http://127.0.0.1:{ports['s3_port']}"
-    assert values["MORA_RAY_ADDRESS"] == f"127.0.0.1:{ports['ray_port']}"
-    assert values["MORA_RAY_DASHBOARD_URL"] == f"http://127.0.0.1:{ports['ray_dashboard_port']}"
-    secret = values["MORA_S3_SECRET_KEY"]
-    assert len(secret) >= 32
-
-    # the S3 server really has auth on, with the generated credentials
-    store = ObjectStore(
-        values["MORA_S3_ENDPOINT_URL"], values["MORA_S3_BUCKET"], values["MORA_S3_ACCESS_KEY"], secret
-    )
-    store.put_bytes("probe", b"ok")
-    assert store.get_bytes("probe") == b"ok"
-    with pytest.raises(StorageAuthError):
-        ObjectStore(values["MORA_S3_ENDPOINT_URL"], values["MORA_S3_BUCKET"], None, None).get_bytes("probe")
-
-    status = _run(["stack", "status"], env, work)
-    assert status.returncode == 0, status.stdout + status.stderr
-    assert status.stdout.count("running") == 2
-    assert "anonymous refused" in status.stdout and "GCS healthy" in status.stdout
-
-    records = {name: ProcessRecord.load(home / "run" / f"{name}.json") for name in ("s3", "ray")}
-    assert all(record is not None and record.is_alive() for record in records.values())
-    ours = {proc.pid for record in records.values() if record for proc in record.family()}
-    assert len(ours) > 3  # weed + ray start + gcs_server, raylet, dashboard, ...
-
-    # a second `up` starts nothing
-    again = _run(["stack", "up"], env, work)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("already running") == 2
-    assert {name: ProcessRecord.load(home / "run" / f"{name}.json") for name in records} == records
-
-    # a taken port: a second stack on the same S3 port is refused before anything starts
-    other = work / "other"
-    other.mkdir()
-    clash = _run(["stack", "up"], _base_env(other / ".mora") | _port_env(ports), other)
-    assert clash.returncode == 2
-    message = " ".join(clash.stderr.split())
-    assert f"port {ports['s3_port']} (s3)" in message
-    assert "--port s3=N" in message and "MORA_STACK_S3_PORT" in message
-    assert not list((other / ".mora" / "run").glob("*.json"))
-
-    # no secret ever printed
-    for output in (up, status, again, clash):
-        assert secret not in output.stdout + output.stderr
-
-    down = _run(["stack", "down"], env, work)
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert down.stdout.count("│ stopped") == 2
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in ours) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [pid for pid in ours if _alive(pid)]
-    assert not list((home / "run").glob("*.json"))
-    # a stopped head is no address: later commands start a local Ray instead of dialling a dead one
-    left = read_env_file(env_file)
-    assert "MORA_RAY_ADDRESS" not in left and left["MORA_S3_SECRET_KEY"] == secret
-
-    after = _run(["stack", "status"], env, work)
-    assert after.returncode == 1
-    assert after.stdout.count("stopped") == 2
 
 
 def test_taken_ray_dashboard_port_is_named(stack_dir: tuple[Path, dict[str, str], dict[str, int]]) -> None:

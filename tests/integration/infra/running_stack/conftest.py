@@ -6,7 +6,8 @@ dashboard in Serve's HAProxy mode, and Prometheus scraping the head. Starting it
 HAProxy and Prometheus tests (instead of once each) saves two starts and two stops of a whole stack.
 The fixture is package-scoped (this folder has an ``__init__.py``), so the stack is stopped by
 `mora stack down` right after the folder's last test, and whatever survived that is killed by PID;
-the teardown then fails if any process of the stack had outlived `stack down`.
+the teardown then fails if any process of the stack had outlived `stack down`, if a PID record is
+left, if the head's address is still in ``stack.env`` or if `stack status` does not say stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import psutil
 import pytest
 
 from infra.local.config import StackSettings
+from infra.local.envfile import read_env_file
 from infra.local.processes import ProcessRecord, free_ports
 from infra.local.sockets import ListeningSocket, listening_sockets
 
@@ -128,7 +131,7 @@ def _describe(proc: psutil.Process) -> str:
 
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("running-stack")
+    work = tmp_path_factory.mktemp("shared-stack")
     home = work / ".mora"
     listening = [name for name in StackSettings.port_names().values() if "worker" not in name]
     ports = dict(zip(listening, free_ports(len(listening)), strict=True))
@@ -155,11 +158,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         families = _families(home)
         down = mora(["stack", "down"], env, work)
+        deadline = time.monotonic() + 10  # children may take a moment after their parent is gone
+        while any(_alive(p) for family in families.values() for p in family) and time.monotonic() < deadline:
+            time.sleep(0.2)
         left = [proc for family in families.values() for proc in family if _alive(proc)]
         survivors = [_describe(proc) for proc in left if _alive(proc)]
         for proc in [proc for family in _families(home).values() for proc in family] + left:
             if _alive(proc):
                 proc.kill()
     assert down.returncode == 0, down.stdout + down.stderr
-    assert not list((home / "run").glob("*.json")), "`mora stack down` left process records behind"
+    assert down.stdout.count("│ stopped") == len(COMPONENTS), down.stdout
     assert not survivors, f"outlived `mora stack down`: {survivors}"
+    assert not list((home / "run").glob("*.json")), "`mora stack down` left process records behind"
+    # a stopped head is no address: later commands start a local Ray instead of dialling a dead one
+    left = read_env_file(home / "stack.env")
+    assert "MORA_RAY_ADDRESS" not in left and left.get("MORA_S3_SECRET_KEY")
+    after = mora(["stack", "status"], env, work)
+    # (Prometheus is listed only while it runs or when asked for)
+    assert after.returncode == 1 and after.stdout.count("│ stopped") >= 2, after.stdout
+    assert "│ running" not in after.stdout, after.stdout
