@@ -36,6 +36,11 @@ import numpy as np
 from mora_platform.models.calibration import conformal_quantile
 
 MIN_RECENT_ORIGINS = 40
+# ... and never fewer than an hour of them: a coverage promise needs evidence that spans time, not only
+# rows. At a 15-second scrape 40 windows are ten minutes, short enough to have seen nothing but an idle
+# spell, and a request calibrated on it starved the load that came back (Online Boutique's frontend,
+# development part: 4.0% of its samples under-provisioned, 0.7% with the hour)
+MIN_RECENT_EVIDENCE_SECONDS = 3_600
 DRIFT_WINDOWS = 240  # the drift guard: the last holding windows calibrated on their own as well
 RECENT_PEAK = "recent-peak"
 VALIDATION = "validation"  # the training-time head-room, as a source of a request
@@ -64,6 +69,14 @@ RECENT_CANDIDATES: tuple[str, ...] = ("fused", RECENT_PEAK, PEAK_QUANTILE, RECEN
 # "auto" keeps the validation head-room only where it covered at least coverage - this on unseen rows
 KEPT_TOLERANCE = 0.01
 MIN_KEPT_WINDOWS = 40
+
+
+def min_recent_windows(gap_seconds: float | None) -> int:
+    """The complete holding windows a recent candidate needs before it may answer, for rows
+    ``gap_seconds`` apart: ``MIN_RECENT_ORIGINS``, and at least ``MIN_RECENT_EVIDENCE_SECONDS`` of them."""
+    if gap_seconds is None or not gap_seconds > 0:
+        return MIN_RECENT_ORIGINS
+    return max(MIN_RECENT_ORIGINS, round(MIN_RECENT_EVIDENCE_SECONDS / gap_seconds))
 
 
 def rolling_peak(values: np.ndarray, window: int) -> np.ndarray:

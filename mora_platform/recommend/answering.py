@@ -10,8 +10,9 @@ Head-room modes, per target (CPU and memory; replicas always take the training-t
 
 - ``auto``: ``held_requests``, the recent head-room calibrated on the history's last rows for the
   cheapest of ``RECENT_CANDIDATES`` (the fused and peak-quantile forecasts, the no-fit recent rules),
-  unless the training-time head-room kept its promise there at no higher cost; with too little history (``MIN_RECENT_ORIGINS`` holding windows),
-  or none, the training-time head-room answers.
+  unless the training-time head-room kept its promise there at no higher cost; with too little history
+  (``models.recent.min_recent_windows`` holding windows: 40, and at least an hour of them), or none, the
+  training-time head-room answers.
 - ``recent``: ``recent_requests`` alone (the training-time head-room only where it has no answer).
 - ``validation``: the head-room calibrated on validation at training time, over the held steps.
 - ``one-step``: the training-time head-room for the next step only.

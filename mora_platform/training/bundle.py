@@ -66,6 +66,7 @@ from mora_platform.models.recent import (
     RecentChoice,
     choose_recent,
     holding_windows,
+    min_recent_windows,
     rule_predictions,
 )
 from mora_platform.recommend.policy import build_recommendation
@@ -232,7 +233,8 @@ class ServiceModel:
         half-the-windows rule. A fitted candidate is judged only on rows after ``fitted_until`` (the
         end of its training data), where its residuals are out-of-sample, and is offered only once those rows
         hold at least half the holding windows at hand; without ``fitted_until`` every recent row
-        counts. Each candidate needs ``MIN_RECENT_ORIGINS`` windows. A memory request is never below
+        counts. Each candidate needs ``min_recent_windows`` windows (``MIN_RECENT_ORIGINS``, and
+        at least an hour of them at the rows' spacing). A memory request is never below
         the last observed memory usage (what the process holds now). ``history`` is taken in the
         caller's time order, so holding windows run across experiment boundaries as a held request
         does.
@@ -255,8 +257,9 @@ class ServiceModel:
         # a fitted candidate is judged on at least half the holding windows at hand: judged on the
         # few rows since its fit it would win on luck as often as on merit
         starts = max(len(recent) - steps + 1, 0)
-        fitted_ok = int(unseen[:starts].sum()) >= max(MIN_RECENT_ORIGINS, starts // 2)
-        peak_offers = self._peak_offers(history, recent, steps, rows, starts)  # issue 16
+        min_windows = min_recent_windows(gap.total_seconds() if gap is not None else None)
+        fitted_ok = int(unseen[:starts].sum()) >= max(min_windows, starts // 2)
+        peak_offers = self._peak_offers(history, recent, steps, rows, starts, min_windows)  # issue 16
         out: dict[str, RecentChoice | None] = {}
         for t in TARGETS:
             target = recent[TARGET_COLUMNS[t]].astype("float64")
@@ -285,6 +288,7 @@ class ServiceModel:
                 offered,
                 steps,
                 coverage,
+                min_origins=min_windows,
                 relative=self.config.head_room == "relative",
                 drift_windows=DRIFT_WINDOWS,
             )
@@ -327,7 +331,13 @@ class ServiceModel:
         return result
 
     def _peak_offers(
-        self, history: pd.DataFrame, recent: pd.DataFrame, steps: int, rows: int, starts: int
+        self,
+        history: pd.DataFrame,
+        recent: pd.DataFrame,
+        steps: int,
+        rows: int,
+        starts: int,
+        min_windows: int = MIN_RECENT_ORIGINS,
     ) -> dict[str, tuple[np.ndarray, float]]:
         """Per target, the peak-quantile candidate as ``choose_recent`` takes it (its forecasts on the
         rows it never trained on, and now), when those rows hold at least half the holding windows at
@@ -336,7 +346,7 @@ class ServiceModel:
         if found is None:
             return {}
         predicted, unseen, now = found
-        if int(unseen[:starts].sum()) < max(MIN_RECENT_ORIGINS, starts // 2):
+        if int(unseen[:starts].sum()) < max(min_windows, starts // 2):
             return {}
         return {
             t: (np.where(unseen, predicted[t].to_numpy(dtype="float64"), np.nan), float(now[t]))
@@ -511,7 +521,7 @@ class ServiceModel:
 
         The per-pod requests come from the answering layer (``recommend.answering.answer_request``,
         which the backtest scores too): with ``head_room="auto"`` and a history long enough to judge on
-        (at least ``MIN_RECENT_ORIGINS`` holding windows), the CPU and memory requests are
+        (``min_recent_windows`` holding windows: 40, and an hour of them), the CPU and memory requests are
         ``held_requests``' (each reason says which source set it); otherwise the head-room calibrated at
         training time. Then ``recommend.policy``: containers (``workload``, what ``mora collect``
         recorded; else one container named ``container`` or like the service), limits, the replica count,

@@ -23,7 +23,12 @@ from fastapi.testclient import TestClient
 from mora_platform.data.loaders import load_path
 from mora_platform.data.schema import LOAD_USERS, METRIC_COLUMNS, REPLICA_COUNT, UNIFIED_COLUMNS
 from mora_platform.data.validation import validate_table
-from mora_platform.models.recent import MIN_RECENT_ORIGINS, PEAK_QUANTILE, PEAK_WINDOW_SECONDS, RECENT_RULES
+from mora_platform.models.recent import (
+    PEAK_QUANTILE,
+    PEAK_WINDOW_SECONDS,
+    RECENT_RULES,
+    min_recent_windows,
+)
 from mora_platform.registry import LocalBlobBackend, ModelRegistry
 from mora_platform.training.bundle import ServiceModel
 from mora_platform.training.config import TrainingConfig
@@ -176,11 +181,12 @@ def test_shipped_rows_with_current_get_an_answer(client: TestClient) -> None:
 def minimum_rows(model: ServiceModel, step_seconds: float) -> int:
     """The fewest rows before the model's fit for the hour's rules (the recent peak, its p95) to be
     judged: they look back ``PEAK_WINDOW_SECONDS`` (those rows have no prediction yet), then
-    ``MIN_RECENT_ORIGINS`` complete holding windows of ``horizon_steps`` rows must follow. The 15
-    minutes' peak and the peak-quantile forecast (judged on rows it never trained on) may answer from
-    fewer; with ``horizon_steps + MIN_RECENT_ORIGINS`` or fewer rows no candidate can."""
+    ``min_recent_windows`` complete holding windows of ``horizon_steps`` rows must follow (40, and an
+    hour of them). The 15 minutes' peak and the peak-quantile forecast (judged on rows it never trained
+    on) may answer from fewer; with ``horizon_steps + min_recent_windows - 2`` or fewer rows (fewer
+    windows than needed) no candidate can."""
     peak_rows = round(PEAK_WINDOW_SECONDS / step_seconds)
-    return peak_rows + model.calibration.horizon_steps + MIN_RECENT_ORIGINS - 1
+    return peak_rows + model.calibration.horizon_steps + min_recent_windows(step_seconds) - 1
 
 
 def pooled_rows(count: int) -> list[dict[str, Any]]:
@@ -195,9 +201,10 @@ def test_history_without_timestamps_gets_the_auto_head_room_from_the_minimum(
     client: TestClient, model: ServiceModel
 ) -> None:
     """Rows without timestamps are consecutive at the model's spacing (15 s here), so the hour's rules
-    look back 240 rows and need 40 holding windows after them: 280 rows with a 1-step horizon."""
+    look back 240 rows and need an hour of holding windows after them (240): 480 rows with a 1-step
+    horizon."""
     minimum = minimum_rows(model, model_step_seconds(model))
-    assert (model_step_seconds(model), model.calibration.horizon_steps, minimum) == (15, 1, 280)
+    assert (model_step_seconds(model), model.calibration.horizon_steps, minimum) == (15, 1, 480)
     enough = post(client, {"service": SERVICE, "history": pooled_rows(minimum)})
     assert enough.status_code == 200, enough.text
     for target in ("cpu", "memory"):
@@ -210,15 +217,16 @@ def test_history_without_timestamps_gets_the_auto_head_room_from_the_minimum(
     short = post(client, {"service": SERVICE, "history": pooled_rows(minimum - 1)})
     assert short.status_code == 200, short.text
     assert all(not_the_recent_peak(r) for r in head_room_reasons(short.json())), short.json()["reasons"]
-    # and with no more than H + 39 rows no candidate has 40 holding windows: the training-time head-room
-    fewest = model.calibration.horizon_steps + MIN_RECENT_ORIGINS
+    # and with H + 238 rows (239 holding windows) no candidate has an hour of holding windows: the
+    # training-time head-room
+    fewest = model.calibration.horizon_steps + min_recent_windows(model_step_seconds(model)) - 2
     assert head_room_reasons(post(client, {"service": SERVICE, "history": pooled_rows(fewest)}).json()) == []
 
 
-def test_one_minute_history_needs_100_rows(client: TestClient, model: ServiceModel) -> None:
-    """At 1 min per row the hour's rules look back 60 rows: 60 + 1 + 39 = 100 rows."""
+def test_one_minute_history_needs_120_rows(client: TestClient, model: ServiceModel) -> None:
+    """At 1 min per row the hour's rules look back 60 rows, then need 60 holding windows: 60 + 1 + 59."""
     minimum = minimum_rows(model, 60)
-    assert minimum == 100
+    assert minimum == 120
     start = pd.Timestamp("2026-01-01T00:00:00Z")  # before the training data's end, as t_N rows are
 
     def stamped(count: int) -> list[dict[str, Any]]:
@@ -231,7 +239,7 @@ def test_one_minute_history_needs_100_rows(client: TestClient, model: ServiceMod
     assert {r.split(" head-room")[0] for r in head_room_reasons(enough)} == {"cpu", "memory"}
     short = post(client, {"service": SERVICE, "history": stamped(minimum - 1)}).json()
     assert all(not_the_recent_peak(r) for r in head_room_reasons(short)), short["reasons"]
-    fewest = model.calibration.horizon_steps + MIN_RECENT_ORIGINS
+    fewest = model.calibration.horizon_steps + min_recent_windows(60) - 2
     assert head_room_reasons(post(client, {"service": SERVICE, "history": stamped(fewest)}).json()) == []
 
 
