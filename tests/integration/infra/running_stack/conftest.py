@@ -33,6 +33,7 @@ MORA = [sys.executable, "-c", "from mora_platform.cli import main; main()"]
 COMPONENTS = ("s3", "ray", "prometheus")
 #: Ray pushes a process's metrics to its node's agent every metrics_report_interval_ms (10 s by default).
 REPORT_MS = "1000"
+DRAINING_S = "2"
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "MORA_STACK_RAY_NUM_CPUS": "2",  # Serve: 2 x 0.25 + 2 x 0.5 CPU
             "MORA_STACK_PROMETHEUS_SCRAPE_INTERVAL": "1",
             "RAY_metrics_report_interval_ms": REPORT_MS,
+            # In HAProxy mode an ingress replica being stopped waits at least this long (30 s by default)
+            # so an external load balancer can stop sending to it; `serve down` here has none to wait for.
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": DRAINING_S,
         }
     )
     env.update({f"MORA_STACK_{name.upper()}": str(port) for name, port in ports.items()})
