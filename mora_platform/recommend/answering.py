@@ -12,7 +12,7 @@ Head-room modes, per target (CPU and memory; replicas always take the training-t
   cheapest of ``RECENT_CANDIDATES`` (the fused and peak-quantile forecasts, the no-fit recent rules),
   unless the training-time head-room kept its promise there at no higher cost; with too little history
   (``models.recent.min_recent_windows`` holding windows: 40, and at least an hour of them), or none, the
-  training-time head-room answers.
+  training-time head-room answers; a history shorter than ``recent_rows_needed`` is not even judged.
 - ``recent``: ``recent_requests`` alone (the training-time head-room only where it has no answer).
 - ``validation``: the head-room calibrated on validation at training time, over the held steps.
 - ``one-step``: the training-time head-room for the next step only.
@@ -30,8 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mora_platform.data.schema import LOAD_USERS, REPLICA_COUNT
-from mora_platform.models.recent import MIN_RECENT_ORIGINS, RECENT_CANDIDATES, RECENT_ROWS, VALIDATION
+import numpy as np
+
+from mora_platform.data.schema import LOAD_USERS, REPLICA_COUNT, TIMESTAMP
+from mora_platform.models.recent import RECENT_CANDIDATES, RECENT_ROWS, VALIDATION, min_recent_windows
 from mora_platform.recommend.types import TARGETS
 
 if TYPE_CHECKING:
@@ -81,6 +83,23 @@ def check_context(context: Mapping[str, float | str] | None) -> dict[str, float]
     return checked
 
 
+def recent_rows_needed(history: pd.DataFrame, steps: int, rows: int = RECENT_ROWS) -> int:
+    """The fewest rows of ``history`` with which any recent candidate could answer: ``steps`` held
+    rows after ``min_recent_windows`` holding windows at the spacing of its last ``rows + steps`` rows
+    (an hour of windows, 40 at least). Below it the recent head-room is not even prepared: every
+    candidate would be refused and the training-time head-room answers anyway."""
+    import pandas as pd
+
+    tail = history[TIMESTAMP].tail(rows + steps) if TIMESTAMP in history.columns else None
+    gap_seconds = None
+    if tail is not None and len(tail) > 1:
+        stamps = pd.to_datetime(tail, utc=True, errors="coerce").dropna().sort_values()
+        gaps = stamps.diff().dt.total_seconds().to_numpy()[1:]
+        gaps = gaps[gaps > 0]
+        gap_seconds = float(np.median(gaps)) if gaps.size else None
+    return steps + min_recent_windows(gap_seconds) - 1
+
+
 def answer_request(
     model: ServiceModel,
     history: pd.DataFrame | None = None,
@@ -113,7 +132,7 @@ def answer_request(
     else:
         requests, sources = dict(validation), dict.fromkeys(TARGETS, VALIDATION)
     rows_seen = 0 if history is None else len(history)
-    recent_possible = history is not None and rows_seen > steps + MIN_RECENT_ORIGINS
+    recent_possible = history is not None and rows_seen >= recent_rows_needed(history, steps, rows)
     if head_room == AUTO and recent_possible:
         assert history is not None
         for t, chosen in model.held_requests(history, steps, rows=rows, fitted_until=fitted_until).items():

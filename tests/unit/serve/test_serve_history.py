@@ -243,6 +243,30 @@ def test_one_minute_history_needs_120_rows(client: TestClient, model: ServiceMod
     assert head_room_reasons(post(client, {"service": SERVICE, "history": stamped(fewest)}).json()) == []
 
 
+def test_a_history_too_short_for_any_candidate_is_not_judged(
+    client: TestClient, model: ServiceModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below ``recent_rows_needed`` (H + an hour of holding windows - 1 rows) no candidate could answer,
+    so the request path does not prepare and judge them (the training-time head-room answers at once);
+    from that many rows on it does. At 15 s a row: 240 rows is the first history judged."""
+    judged: list[int] = []
+    original = ServiceModel.held_requests
+
+    def spy(self: ServiceModel, history: pd.DataFrame, *args: Any, **kwargs: Any) -> Any:
+        judged.append(len(history))
+        return original(self, history, *args, **kwargs)
+
+    monkeypatch.setattr(ServiceModel, "held_requests", spy)
+    needed = model.calibration.horizon_steps + min_recent_windows(model_step_seconds(model)) - 1
+    assert needed == 240
+    short = post(client, {"service": SERVICE, "history": pooled_rows(needed - 1)})
+    assert short.status_code == 200, short.text
+    assert judged == [] and head_room_reasons(short.json()) == []
+    enough = post(client, {"service": SERVICE, "history": pooled_rows(needed)})
+    assert enough.status_code == 200, enough.text
+    assert judged == [needed]
+
+
 # --- the endpoint refuses exactly what the data layer refuses ---------------------------------------
 
 CELL_VALUES: tuple[Any, ...] = (
