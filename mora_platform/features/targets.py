@@ -134,7 +134,8 @@ def prepare_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise FeatureError(f"frame lacks required column(s): {', '.join(missing)}")
     out = frame.copy()
-    out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP], utc=True)
+    # one resolution whatever the source (pandas 3 parses text at microseconds, files load at nanoseconds)
+    out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP], utc=True).dt.as_unit("ns")
     out[EXPERIMENT_ID] = out[EXPERIMENT_ID].astype(str)
     out = out.sort_values([EXPERIMENT_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
     # Experiments in time order of their first row, so "latest experiment" is the last block.

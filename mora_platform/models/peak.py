@@ -27,10 +27,17 @@ coefficients carry over when the level moves: the last value, the highest of the
 the last hour, the mean of the last hour, optionally (``long_quantiles``) the median, 90th and 99th
 percentile of the last day; with ``seasonal`` and a day of history before the row, the highest
 usage over the ``H`` steps starting one day earlier (same time yesterday), as a share of ``L`` and
-of the level just before it, with a flag saying it is present; with ``time_of_day`` and at least
+of the level just before it (at most ``RISE_CAP``: out of an idle spell that share runs into the
+hundreds), with a flag saying it is present; with ``time_of_day`` and at least
 ``MIN_DAYS_FOR_TIME`` days of training data, the first two harmonics of the UTC time of day. The
 forecast is ``L * (x @ beta)``, never below 0. A feature needs at least ``min_rows`` earlier rows
 in the experiment; before that a row gets NaN (the candidate does not answer there).
+
+**Inside what it learned**: each target keeps the range of every feature over its training rows
+(``bounds``), and a row asked about later has its features clipped into it before ``x @ beta``. A
+linear model extrapolates without limit; one feature far outside anything it was fitted on (a ratio
+of hundreds where training saw two) once took the forecast to 0 while the usage held at 0.5 cores,
+and the request calibrated on it starved the service for the next hour.
 
 **Fit**: the rows of the training split whose holding window is complete, evenly thinned so the
 programme has at most ``max_rows`` rows (``draws`` per kept row; deterministic), solved exactly as a
@@ -74,6 +81,7 @@ MIN_DAYS_FOR_TIME = 2.0  # time-of-day terms only with this many days of trainin
 MIN_SEASONAL_SHARE = 0.2  # the same-time-yesterday terms only when this share of training rows has them
 OPTIONS = ("long_quantiles", "seasonal", "time_of_day")  # optional feature groups
 MIN_FIT_ROWS = 30  # fewer complete training windows than this: no model for the target
+RISE_CAP = 10.0  # the same-time-yesterday peak over the level before it is read up to this share
 FORMAT = 1
 
 
@@ -112,6 +120,14 @@ class Windows:
             max(round(HOUR_SECONDS / step), 1),
             max(round(DAY_SECONDS / step), 1),
         )
+
+
+def epoch_index(timestamps: pd.Series) -> pd.DatetimeIndex:
+    """UTC timestamps at nanosecond resolution, whatever resolution they were parsed at: the features
+    read ``asi8`` as nanoseconds since the epoch. (pandas 3 parses text at microseconds, a loaded
+    file is at nanoseconds; read as nanoseconds, microseconds put the time of day a thousand times
+    too slow, and a history sent as JSON would have been forecast with features unlike training's.)"""
+    return pd.DatetimeIndex(pd.to_datetime(timestamps, utc=True)).as_unit("ns")
 
 
 def block_starts(experiments: np.ndarray) -> np.ndarray:
@@ -218,7 +234,7 @@ def peak_features(
         seen = np.isfinite(yesterday) & np.isfinite(before) & (before > 0)
         features += [
             np.where(seen, yesterday / level, 0.0),
-            np.where(seen, yesterday / np.where(seen, before, 1.0), 0.0),
+            np.where(seen, np.minimum(yesterday / np.where(seen, before, 1.0), RISE_CAP), 0.0),
             seen.astype("float64"),
         ]
     if options.get("time_of_day"):
@@ -272,6 +288,17 @@ class TargetModel:
     rows: int
     head_room: TargetCalibration | None = None
     validation_cost: float | None = None  # mean request / mean usage on the validation rows
+    # per feature, [lowest, highest] over the training rows: rows asked about are clipped into it
+    # (None in files written before it was kept: no clipping)
+    bounds: list[list[float]] | None = None
+
+    def clip(self, x: np.ndarray) -> np.ndarray:
+        """``x`` with every feature clipped into its training range (NaN stays NaN)."""
+        if self.bounds is None:
+            return x
+        low, high = np.asarray(self.bounds, dtype="float64").T
+        with np.errstate(invalid="ignore"):
+            return np.clip(x, low, high)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -287,6 +314,9 @@ class TargetModel:
             rows=int(data["rows"]),
             head_room=None if head is None else TargetCalibration(**head),
             validation_cost=None if data.get("validation_cost") is None else float(data["validation_cost"]),
+            bounds=None
+            if data.get("bounds") is None
+            else [[float(low), float(high)] for low, high in data["bounds"]],
         )
 
 
@@ -343,7 +373,7 @@ class PeakQuantileModel:
         train = np.asarray(train, dtype=bool)
         step = step_seconds if step_seconds is not None else median_step_seconds(prepared, 60.0)
         windows = Windows.for_spacing(horizon_steps, step)
-        stamps = pd.DatetimeIndex(pd.to_datetime(prepared[TIMESTAMP], utc=True))
+        stamps = epoch_index(prepared[TIMESTAMP])
         experiments = prepared[EXPERIMENT_ID].astype(str).to_numpy()
         span_days = (
             float((stamps[train].max() - stamps[train].min()) / pd.Timedelta(days=1)) if train.any() else 0.0
@@ -411,7 +441,11 @@ class PeakQuantileModel:
         keep = np.isfinite(y)
         design, y = design[keep], y[keep]
         beta = solve_quantile_regression(design, y, config.quantile, config.l1)
-        fitted = TargetModel([float(b) for b in beta], floor, len(rows))
+        seen = x[np.flatnonzero(usable)]
+        bounds = [
+            [float(low), float(high)] for low, high in zip(seen.min(axis=0), seen.max(axis=0), strict=True)
+        ]
+        fitted = TargetModel([float(b) for b in beta], floor, len(rows), bounds=bounds)
         if validation is not None and np.asarray(validation, dtype=bool).any():
             self._calibrate(fitted, x, level, values, peak, np.asarray(validation, dtype=bool), relative)
         self.targets[target] = fitted
@@ -428,7 +462,8 @@ class PeakQuantileModel:
     ) -> None:
         """The training-time head-room on the validation rows: the conformal quantile of (peak over
         the held steps - forecast), in units or relative to the forecast, as ``calibrate`` does."""
-        predicted = np.maximum((x @ np.asarray(fitted.coefficients)) * level, 0.0)
+        with np.errstate(invalid="ignore"):
+            predicted = np.maximum((fitted.clip(x) @ np.asarray(fitted.coefficients)) * level, 0.0)
         ok = validation & np.isfinite(predicted) & np.isfinite(peak)
         if ok.sum() < 2:
             return
@@ -454,7 +489,7 @@ class PeakQuantileModel:
         """Per row of a prepared frame, the forecast for the ``H`` steps from it on, made from the
         rows before it in its own experiment (columns: the targets with a model; NaN where a row has
         too little history)."""
-        stamps = pd.DatetimeIndex(pd.to_datetime(prepared[TIMESTAMP], utc=True)).asi8
+        stamps = epoch_index(prepared[TIMESTAMP]).asi8
         experiments = prepared[EXPERIMENT_ID].astype(str).to_numpy()
         out = pd.DataFrame(index=prepared.index)
         for target, fitted in self.targets.items():
@@ -475,7 +510,7 @@ class PeakQuantileModel:
             fitted.level_floor,
         )
         with np.errstate(invalid="ignore"):
-            return np.maximum((x @ np.asarray(fitted.coefficients)) * level, 0.0)
+            return np.maximum((fitted.clip(x) @ np.asarray(fitted.coefficients)) * level, 0.0)
 
     def unseen(self, prepared: pd.DataFrame) -> np.ndarray:
         """Rows of a prepared frame the regression never trained on: after its experiment's last
@@ -497,7 +532,7 @@ class PeakQuantileModel:
         experiments = history[EXPERIMENT_ID].astype(str).to_numpy()
         start = int(block_starts(experiments)[-1])  # the last experiment's rows only
         tail = history.iloc[max(start, len(history) - self.context_rows()) :]
-        stamps = pd.DatetimeIndex(pd.to_datetime(tail[TIMESTAMP], utc=True)).asi8
+        stamps = epoch_index(tail[TIMESTAMP]).asi8
         gap = int(np.median(np.diff(stamps))) if len(stamps) > 1 else 0
         stamps = np.append(stamps, stamps[-1] + gap)  # the row asked about: the next one
         labels = np.zeros(len(stamps), dtype=np.int64)
@@ -560,6 +595,12 @@ class PeakQuantileModel:
                 raise ModelLoadError(f"{source}: target {target!r} does not match the feature list")
             if not all(math.isfinite(c) for c in fitted.coefficients):
                 raise ModelLoadError(f"{source}: target {target!r} has non-finite coefficients")
+            if fitted.bounds is not None and (
+                len(fitted.bounds) != len(model.features)
+                or not all(math.isfinite(v) for pair in fitted.bounds for v in pair)
+                or any(low > high for low, high in fitted.bounds)
+            ):
+                raise ModelLoadError(f"{source}: target {target!r} has malformed feature bounds")
         return model
 
     def save(self, directory: Path) -> str:

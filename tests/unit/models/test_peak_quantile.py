@@ -20,6 +20,7 @@ from mora_platform.models.peak import (
     PeakQuantileConfig,
     PeakQuantileModel,
     Windows,
+    epoch_index,
     feature_names,
     forward_windows,
     peak_features,
@@ -209,3 +210,85 @@ def test_the_recent_choice_picks_it_where_it_wastes_less(prepared: pd.DataFrame)
     alone = choose_recent(usage[recent], {RECENT_PEAK: candidates[RECENT_PEAK]}, HORIZON, 0.95)
     assert choice is not None and alone is not None
     assert choice.candidate == PEAK_QUANTILE and choice.relative_cost < alone.relative_cost
+
+
+def idle_then_back_frame() -> pd.DataFrame:
+    """Flat CPU at 0.5 cores for ten days at five minutes, except an idle spell (2 millicores) from
+    day 8.0 to 8.4: a day after it, the same-time-yesterday peak is hundreds of times the level
+    before it, a ratio the training rows (the first eight days) never had."""
+    frame = synthetic_service_frame(days=10.0, step_seconds=STEP_SECONDS, seed=4, noise=0.0)
+    stamps = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    day = ((stamps - stamps.iloc[0]) / pd.Timedelta(days=1)).to_numpy()
+    cpu = 0.5 + 0.03 * np.random.default_rng(4).standard_normal(len(frame))
+    cpu[(day >= 8.0) & (day < 8.4)] = 0.002
+    frame = frame.assign(cpu_cores_value=cpu, replica_count_value=1.0, replica_count=1)
+    return prepare_frame(frame)
+
+
+def test_a_feature_outside_its_training_range_is_read_at_the_edge_of_it() -> None:
+    """The failure this guards against, as it happened on the idle-periods preset: the ratio of
+    yesterday's peak to the idle level before it (416) times a small negative coefficient took the
+    forecast to 0 while the usage held at 0.5 cores. Every feature is now clipped into the range its
+    training rows had (and the ratio read up to ``RISE_CAP``), so the forecast stays near the level."""
+    prepared = idle_then_back_frame()
+    labels = split_frame(prepared, 0.1, 0.1).to_numpy()
+    model = PeakQuantileModel.fit(
+        prepared, labels == "train", labels == "validation", horizon_steps=HORIZON, coverage=0.99
+    )
+    fitted = model.targets["cpu"]
+    assert fitted.bounds is not None and len(fitted.bounds) == len(model.features)
+    rise = model.features.index("yesterday_rise")
+    assert fitted.bounds[rise][1] < 2.0  # no idle spell in training: yesterday looked like today
+    # the coefficient the failing model had on the ratio
+    fitted.coefficients = [*fitted.coefficients[:rise], -0.16, *fitted.coefficients[rise + 1 :]]
+    day = (pd.DatetimeIndex(prepared[TIMESTAMP]) - prepared[TIMESTAMP].iloc[0]) / pd.Timedelta(days=1)
+    history = prepared.iloc[: int(np.searchsorted(day, 9.4))]  # a day after the load came back
+    level = float(history[POD_CPU].tail(HORIZON).mean())
+    clipped = model.forecast_next(history)["cpu"]
+    assert 0.8 * level < clipped < 2.0 * level
+    fitted.bounds = None  # as a file written before the bounds were kept reads: the ratio counts in full
+    assert model.forecast_next(history)["cpu"] < 0.5 * clipped
+
+
+def test_feature_bounds_round_trip_and_malformed_ones_are_refused(
+    prepared: pd.DataFrame, tmp_path: Path
+) -> None:
+    train, validation, _ = split(prepared)
+    model = PeakQuantileModel.fit(prepared, train, validation, horizon_steps=HORIZON, coverage=0.95)
+    model.save(tmp_path)
+    loaded = PeakQuantileModel.load(tmp_path)
+    assert loaded.targets["cpu"].bounds == model.targets["cpu"].bounds is not None
+    data = json.loads((tmp_path / PEAK_FILE).read_text())
+    data["targets"]["cpu"]["bounds"][1] = [2.0, 1.0]
+    (tmp_path / PEAK_FILE).write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="feature bounds"):
+        PeakQuantileModel.load(tmp_path)
+    del data["targets"]["cpu"]["bounds"]  # a file written before they were kept: loaded, no clipping
+    (tmp_path / PEAK_FILE).write_text(json.dumps(data))
+    assert PeakQuantileModel.load(tmp_path).targets["cpu"].bounds is None
+
+
+def test_timestamps_at_any_resolution_give_the_same_forecast(prepared: pd.DataFrame) -> None:
+    """pandas 3 parses text (a history sent as JSON) at microseconds and loads files at nanoseconds;
+    the features read the time of day the same from both, so the endpoint forecasts as training did."""
+    train, validation, _ = split(prepared)
+    model = PeakQuantileModel.fit(prepared, train, validation, horizon_steps=HORIZON, coverage=0.95)
+    assert "sin_day" in model.features
+    micro = prepared.assign(**{TIMESTAMP: prepared[TIMESTAMP].dt.as_unit("us")})
+    assert str(micro[TIMESTAMP].dtype) == "datetime64[us, UTC]" != str(prepared[TIMESTAMP].dtype)
+    pd.testing.assert_frame_equal(model.predict(micro), model.predict(prepared))
+    assert model.forecast_next(micro.iloc[:2_000]) == model.forecast_next(prepared.iloc[:2_000])
+    # the time-of-day harmonic goes once round the circle in a day of rows (288 at five minutes)
+    day = micro.iloc[:288]
+    stamps = epoch_index(day[TIMESTAMP]).asi8
+    x, _ = peak_features(
+        day[POD_CPU].to_numpy(),
+        day[EXPERIMENT_ID].to_numpy(),
+        stamps,
+        Windows(HORIZON, 12, 288),
+        {"time_of_day": True},
+        5,
+        1e-9,
+    )
+    sin_day = x[:, feature_names({"time_of_day": True}).index("sin_day")]
+    assert np.nanmax(sin_day) > 0.99 and np.nanmin(sin_day) < -0.99
