@@ -54,6 +54,7 @@ from mora_platform.models.peak import PeakQuantileModel  # issue 16
 from mora_platform.models.recent import (
     DRIFT_WINDOWS,
     KEPT_TOLERANCE,
+    LEVEL_BAND,
     MIN_KEPT_WINDOWS,
     MIN_RECENT_ORIGINS,
     PEAK_QUANTILE,
@@ -291,6 +292,7 @@ class ServiceModel:
                 min_origins=min_windows,
                 relative=self.config.head_room == "relative",
                 drift_windows=DRIFT_WINDOWS,
+                level_band=LEVEL_BAND,
             )
             if choice is not None and t == "memory" and np.isfinite(usage[-1]) and choice.request < usage[-1]:
                 # memory is not given back while the process runs: never ask for less than it holds now

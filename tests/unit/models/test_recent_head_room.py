@@ -11,6 +11,8 @@ from mora_platform.models.recent import (
     RECENT_RULES,
     choose_recent,
     holding_windows,
+    levels_before,
+    like_now,
     rolling_peak,
     rolling_quantile,
     rule_predictions,
@@ -144,3 +146,43 @@ def test_a_percentile_rule_beats_the_peak_when_lone_spikes_would_set_the_peak() 
     peak = choose_recent(usage, {RECENT_PEAK: offered[RECENT_PEAK]}, steps=4, coverage=0.99)
     assert both is not None and peak is not None
     assert both.candidate == RECENT_P95 and both.relative_cost < peak.relative_cost
+
+
+def idle_and_busy(seed: int = 0) -> np.ndarray:
+    """Six cycles of 200 idle rows (0.01) then 200 busy ones (1.0 with noise): each return from idle is
+    a jump the rows before it never showed."""
+    rng = np.random.default_rng(seed)
+    cycle = np.r_[np.full(200, 0.01), 1.0 + 0.05 * rng.standard_normal(200)]
+    return np.concatenate([cycle + 0.001 * rng.standard_normal(400) for _ in range(6)])
+
+
+def test_levels_before_and_like_now_read_only_the_rows_before_each_window() -> None:
+    usage = np.r_[np.full(8, 1.0), np.full(8, 10.0)]
+    before = levels_before(usage, 4)
+    assert np.isnan(before[:4]).all() and before[4:9].tolist() == [1.0] * 5 and before[12] == 10.0
+    # now (the last four rows) is at 10: windows starting after four rows at 10 are like it, ones
+    # starting at 1 are not, and one straddling the step (level 5.5) not within a factor 1.5 either
+    like = like_now(usage, np.array([4, 10, 12]), steps=2, band=1.5)
+    assert like.tolist() == [False, False, True]
+
+
+def test_level_band_calibrates_on_windows_that_started_like_now() -> None:
+    """Calibrated on every window, the head-room of a busy service carries the jumps out of idle spells
+    (the residuals of windows that started idle); on the windows that started busy, like now, it does
+    not, and it still covers the busy steps as promised. Asked while idle, the same band keeps those
+    jumps: the request covers the load coming back."""
+    usage = idle_and_busy()
+    busy_now = usage[: 400 * 5 + 300]  # ends 100 rows into a busy stretch
+    candidate = {"last": (np.r_[np.nan, busy_now[:-1]], float(busy_now[-1]))}
+    plain = choose_recent(busy_now, candidate, steps=10, coverage=0.99)
+    banded = choose_recent(busy_now, candidate, steps=10, coverage=0.99, level_band=3.0)
+    assert plain is not None and banded is not None
+    assert banded.quantile < 0.3 * plain.quantile  # the idle jumps no longer widen it
+    # and it still covers the busy steps: the last cycle's busy rows, held 10 steps from the last value
+    rows = np.arange(2_201, 2_390)
+    held = usage[rows[:, None] + np.arange(10)[None, :]]
+    assert np.mean(held <= (usage[rows - 1] + banded.quantile)[:, None]) >= 0.98
+    idle_now = usage[: 400 * 5 + 150]  # 150 rows into an idle stretch
+    asked_idle = {"last": (np.r_[np.nan, idle_now[:-1]], float(idle_now[-1]))}
+    banded_idle = choose_recent(idle_now, asked_idle, steps=10, coverage=0.99, level_band=3.0)
+    assert banded_idle is not None and banded_idle.request >= 0.9  # the return from idle is covered
