@@ -17,8 +17,9 @@ import pytest
 from pydantic import SecretStr
 from serve_harness import DRILL_REPLICAS, RELOAD_INTERVAL_S, Endpoint, RayHead, wait_until
 
-from mora_platform.models.recent import PEAK_QUANTILE, RECENT_RULES
+from mora_platform.models.recent import PEAK_QUANTILE, RECENT_ROWS, RECENT_RULES
 from mora_platform.registry import ModelRegistry
+from mora_platform.training.held import PEAK_VALIDATION
 from serve.malformed import MALFORMED_CASES
 
 pytestmark = pytest.mark.integration
@@ -174,9 +175,17 @@ def test_a_plain_request_is_answered_on_the_newest_rows_as_the_backtest_measures
     ).recommendations
     assert served["recommendations"]["cpu_millicores"] == same.cpu_millicores
     assert served["recommendations"]["memory_bytes"] == same.memory_bytes
+    # and each reason names the source the backtest's row had (the peak-quantile forecast with its
+    # training-time head-room has its own wording)
     for target in ("cpu", "memory"):
-        if backtest.sources[target] != "validation":
-            assert any(r.startswith(f"{target} head-room calibrated") for r in served["reasons"])
+        source = backtest.sources[target]
+        if source == PEAK_VALIDATION:
+            said = f"{target} request from the peak-quantile forecast of the usage over the held steps"
+        elif source != "validation":
+            said = f"{target} head-room calibrated on the {min(len(rows), RECENT_ROWS)} most recent rows ({source})"
+        else:
+            continue
+        assert any(r.startswith(said) for r in served["reasons"]), (said, served["reasons"])
 
     # a what-if question is answered from the model, not from the recent rows, and says so
     what_if = post(serve_endpoint, "/v1/recommendations", {"service": service, "context": CONTEXT}).json()
