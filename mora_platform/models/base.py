@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import pandas as pd
 
-from mora_platform.data.schema import EXPERIMENT_ID, TIMESTAMP
+from mora_platform.data.schema import EXPERIMENT_ID, LOAD_USERS, REPLICA_COUNT, TIMESTAMP
 from mora_platform.features.targets import TARGET_COLUMNS
 from mora_platform.recommend.types import TARGETS
 
@@ -69,10 +69,26 @@ def check_prepared(frame: pd.DataFrame, *, need_rows: bool = True) -> None:
         raise ValueError("frame has no rows")
 
 
+def known_context(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the load regressors (``load_users``, ``replica_count``) of each row replaced by the
+    previous row's in the same experiment (the first row of an experiment keeps its own): what a request
+    without a ``context`` knows when it forecasts that row, since ``forecast_next`` reads the last row's."""
+    columns = [c for c in (LOAD_USERS, REPLICA_COUNT) if c in frame.columns]
+    if not columns or len(frame) == 0:
+        return frame
+    out = frame.copy()
+    previous = out.groupby(EXPERIMENT_ID, sort=False)[columns].shift(1)
+    out[columns] = previous.fillna(out[columns])
+    return out
+
+
 class Forecaster(ABC):
     """Base class: public methods validate, subclasses implement the underscored ones."""
 
     name: ClassVar[str] = "forecaster"
+    #: its prediction for a row reads that row's own load regressors (Prophet): a request knows only the
+    #: rows before it, so ``EnsembleForecaster.member_predictions(as_asked=True)`` gives it the last ones
+    reads_row_context: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.fitted = False

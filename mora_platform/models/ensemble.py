@@ -20,7 +20,14 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from mora_platform.models.base import Forecaster, ModelError, ModelLoadError, read_json, write_json
+from mora_platform.models.base import (
+    Forecaster,
+    ModelError,
+    ModelLoadError,
+    known_context,
+    read_json,
+    write_json,
+)
 from mora_platform.models.calibration import FUSED
 from mora_platform.models.members import LEGACY_PAIR, registered_members, resolve_weights
 from mora_platform.recommend.types import TARGETS
@@ -129,9 +136,13 @@ class EnsembleForecaster(Forecaster):
         self.fallbacks += [f"ensemble: degraded, {r}" for r in self.reasons.values()]
 
     # ---- fusion --------------------------------------------------------------------------
-    def member_predictions(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    def member_predictions(self, frame: pd.DataFrame, *, as_asked: bool = False) -> dict[str, pd.DataFrame]:
+        """Each member's one-step predictions over ``frame``. With ``as_asked``, a member that reads a
+        row's own load regressors (``reads_row_context``) gets the previous row's instead, as a request
+        without a ``context`` would: its residuals over past rows are then the ones its answer now has."""
         self._require_fitted()
-        return {name: m.predict(frame) for name, m in self.members.items()}
+        asked = known_context(frame) if as_asked else frame
+        return {name: m.predict(asked if m.reads_row_context else frame) for name, m in self.members.items()}
 
     def fuse(self, predictions: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         """Row-wise weighted mean over the members that answered each row."""

@@ -86,6 +86,7 @@ class ProphetForecaster(Forecaster):
     """Prophet per target (``prophet_{target}.json``) or its percentile fallback (``percentile_{target}.json``)."""
 
     name = "prophet"
+    reads_row_context = True  # a row's forecast reads that row's load_users / replica_count
 
     def __init__(self, config: ProphetConfig | None = None) -> None:
         super().__init__()

@@ -307,7 +307,8 @@ class HeldRequests:
             return self._recent_cache[1]
         recent = self._prepared(history, rows + steps)
         answer = self.ensemble.explain_next(self._latest_window(recent), {})
-        members = self.ensemble.member_predictions(recent)
+        # as a request without a context has them: Prophet reads the last row's load, not the row's own
+        members = self.ensemble.member_predictions(recent, as_asked=True)
         fused = self.ensemble.mode_predictions(members)[FUSED]
         result = (recent, answer, members, fused)
         self._recent_cache = (key, result)
