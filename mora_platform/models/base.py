@@ -70,16 +70,20 @@ def check_prepared(frame: pd.DataFrame, *, need_rows: bool = True) -> None:
 
 
 def known_context(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with the load regressors (``load_users``, ``replica_count``) of each row replaced by the
-    previous row's in the same experiment (the first row of an experiment keeps its own): what a request
-    without a ``context`` knows when it forecasts that row, since ``forecast_next`` reads the last row's."""
+    """A prepared ``frame`` (each experiment's rows together, in time order) with the load regressors
+    (``load_users``, ``replica_count``) of each row replaced by the previous row's in the same experiment
+    (the first row of an experiment keeps its own): what a request without a ``context`` knows when it
+    forecasts that row, since ``forecast_next`` reads the last row's."""
     columns = [c for c in (LOAD_USERS, REPLICA_COUNT) if c in frame.columns]
     if not columns or len(frame) == 0:
         return frame
-    out = frame.copy()
-    previous = out.groupby(EXPERIMENT_ID, sort=False)[columns].shift(1)
-    out[columns] = previous.fillna(out[columns])
-    return out
+    labels = frame[EXPERIMENT_ID].to_numpy()
+    first = np.r_[True, labels[1:] != labels[:-1]]
+    lagged = {}
+    for column in columns:
+        values = frame[column].to_numpy()
+        lagged[column] = np.where(first, values, np.r_[values[:1], values[:-1]])
+    return frame.assign(**lagged)
 
 
 class Forecaster(ABC):

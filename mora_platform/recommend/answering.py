@@ -93,8 +93,8 @@ def recent_rows_needed(history: pd.DataFrame, steps: int, rows: int = RECENT_ROW
     tail = history[TIMESTAMP].tail(rows + steps) if TIMESTAMP in history.columns else None
     gap_seconds = None
     if tail is not None and len(tail) > 1:
-        stamps = pd.to_datetime(tail, utc=True, errors="coerce").dropna().sort_values()
-        gaps = stamps.diff().dt.total_seconds().to_numpy()[1:]
+        stamps = pd.DatetimeIndex(pd.to_datetime(tail, utc=True, errors="coerce")).dropna().as_unit("ns")
+        gaps = np.diff(np.sort(stamps.asi8)) / 1e9
         gaps = gaps[gaps > 0]
         gap_seconds = float(np.median(gaps)) if gaps.size else None
     return steps + min_recent_windows(gap_seconds) - 1
