@@ -11,9 +11,16 @@ recent head-room (``models.recent``, on the rows before a request) or, at traini
 conformal head-room on the validation rows (``head_room``, covering the peak over the ``H`` steps,
 as the fused forecast's training-time head-room does).
 
-It is not a fusion member (``models.members``): members forecast one step and are averaged by
-weights; a horizon quantile averaged with a next-value forecast means nothing. It is a candidate of
-its own, saved as ``peak_quantile.json`` beside the bundle's other files.
+It is not a member of the one-step ensemble (``models.members``): members forecast the next value
+and are averaged by weights; a horizon quantile averaged with a next-value forecast means nothing.
+It is a candidate of its own, with its own fusion: per target, the regression and a **sequence
+head** (``models.peak_lstm``: a small LSTM over the shape of the recent usage and of the same hours
+yesterday, trained with the same pinball loss on the same targets) are averaged by a weight chosen
+on the validation rows (of ``HEAD_WEIGHTS``, the least pinball loss of the fused forecast; 0 keeps
+the regression alone). The head is trained only with ``lstm_min_days`` of training data (the
+seasonal case it is for) and ``MIN_HEAD_ROWS`` rows with a whole input. Saved as
+``peak_quantile.json`` (and ``peak_lstm_<target>.keras`` for a head with a weight) beside the
+bundle's other files.
 
 **Target** (``target``): ``step`` (default) samples ``draws`` steps ``k < H`` per row and fits the
 usage at ``i + k``, so the model estimates the ``quantile`` of the usage over the held period, what
@@ -69,6 +76,7 @@ from mora_platform.data.schema import EXPERIMENT_ID, TIMESTAMP
 from mora_platform.features.targets import TARGET_SOURCES
 from mora_platform.models.base import ModelError, ModelLoadError, read_json, write_json
 from mora_platform.models.calibration import TargetCalibration, confidence_score, conformal_quantile
+from mora_platform.models.peak_lstm import SEQUENCE_PAST, PeakHead, chunk_rows, head_file, sequence_inputs
 from mora_platform.models.recent import PEAK_QUANTILE
 
 __all__ = ["PEAK_FILE", "PEAK_QUANTILE", "PeakQuantileConfig", "PeakQuantileModel", "peak_features"]
@@ -82,6 +90,8 @@ MIN_SEASONAL_SHARE = 0.2  # the same-time-yesterday terms only when this share o
 OPTIONS = ("long_quantiles", "seasonal", "time_of_day")  # optional feature groups
 MIN_FIT_ROWS = 30  # fewer complete training windows than this: no model for the target
 RISE_CAP = 10.0  # the same-time-yesterday peak over the level before it is read up to this share
+MIN_HEAD_ROWS = 500  # fewer training rows with a whole sequence than this: no sequence head
+HEAD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the sequence head's weights tried on the validation rows
 FORMAT = 1
 
 
@@ -102,6 +112,14 @@ class PeakQuantileConfig(BaseModel):
     min_rows: int = Field(default=5, ge=1, description="earlier rows a row needs in its experiment")
     max_rows: int = Field(default=3_000, ge=100, le=100_000, description="rows the programme is solved on")
     l1: float = Field(default=1e-4, ge=0, description="L1 penalty on the non-intercept coefficients")
+    lstm: bool = Field(default=True, description="train the sequence head (models.peak_lstm) and fuse it")
+    lstm_units: int = Field(default=32, ge=2, le=256, description="the sequence head's LSTM units")
+    lstm_learning_rate: float = Field(default=1e-3, gt=0, le=1, description="the sequence head's Adam rate")
+    lstm_epochs: int = Field(default=40, ge=1, le=500, description="the sequence head's epochs at most")
+    lstm_rows: int = Field(default=6_000, ge=100, le=200_000, description="rows the head trains on at most")
+    lstm_min_days: float = Field(
+        default=2.0, ge=0, description="days of training data the head needs (shorter: the regression alone)"
+    )
 
 
 @dataclass(frozen=True)
@@ -291,6 +309,11 @@ class TargetModel:
     # per feature, [lowest, highest] over the training rows: rows asked about are clipped into it
     # (None in files written before it was kept: no clipping)
     bounds: list[list[float]] | None = None
+    # the sequence head (``models.peak_lstm``) and its weight in the fused forecast (0: the
+    # regression alone); ``fusion`` records the validation pinball loss at every weight tried
+    lstm_weight: float = 0.0
+    fusion: dict[str, Any] | None = None
+    head: PeakHead | None = field(default=None, repr=False, compare=False)
 
     def clip(self, x: np.ndarray) -> np.ndarray:
         """``x`` with every feature clipped into its training range (NaN stays NaN)."""
@@ -301,9 +324,16 @@ class TargetModel:
             return np.clip(x, low, high)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["head_room"] = None if self.head_room is None else asdict(self.head_room)
-        return data
+        return {
+            "coefficients": list(self.coefficients),
+            "level_floor": self.level_floor,
+            "rows": self.rows,
+            "head_room": None if self.head_room is None else asdict(self.head_room),
+            "validation_cost": self.validation_cost,
+            "bounds": self.bounds,
+            "lstm_weight": self.lstm_weight,
+            "fusion": self.fusion,
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> TargetModel:
@@ -317,6 +347,8 @@ class TargetModel:
             bounds=None
             if data.get("bounds") is None
             else [[float(low), float(high)] for low, high in data["bounds"]],
+            lstm_weight=float(data.get("lstm_weight") or 0.0),
+            fusion=data.get("fusion"),
         )
 
 
@@ -359,6 +391,8 @@ class PeakQuantileModel:
         step_seconds: float | None = None,
         targets: Iterable[str] = PEAK_TARGETS,
         relative: bool = False,
+        cpu_threads: int = 1,
+        seed: int = 0,
     ) -> PeakQuantileModel:
         """Fit on the ``train`` rows of a prepared frame; calibrate each target's training-time
         head-room (covering the peak over ``horizon_steps`` with probability ``coverage``) on the
@@ -400,9 +434,17 @@ class PeakQuantileModel:
         if train.any():
             last = pd.Series(stamps[train]).groupby(experiments[train], sort=False).max()
             model.train_until = {str(e): pd.Timestamp(t) for e, t in last.items()}
+        head = config.lstm and span_days >= config.lstm_min_days
         for target in targets:
             values = prepared[TARGET_SOURCES[target][0]].to_numpy(dtype="float64")
-            model._fit_target(target, values, experiments, stamps.asi8, train, validation, options, relative)
+            model._fit_target(target, values, experiments, stamps.asi8, train, options)
+            if head and target in model.targets:
+                model._fit_head(
+                    target, values, experiments, stamps.asi8, train, validation, options, (cpu_threads, seed)
+                )
+            fitted = model.targets.get(target)
+            if fitted is not None and validation is not None and np.asarray(validation, dtype=bool).any():
+                model._calibrate(fitted, target, values, experiments, stamps.asi8, validation, relative)
         model.seconds = round(time.process_time() - started, 3)
         return model
 
@@ -413,9 +455,7 @@ class PeakQuantileModel:
         experiments: np.ndarray,
         stamps: np.ndarray,
         train: np.ndarray,
-        validation: np.ndarray | None,
         options: dict[str, bool],
-        relative: bool,
     ) -> None:
         config, windows = self.config, self.windows
         finite = values[train & np.isfinite(values)]
@@ -445,25 +485,114 @@ class PeakQuantileModel:
         bounds = [
             [float(low), float(high)] for low, high in zip(seen.min(axis=0), seen.max(axis=0), strict=True)
         ]
-        fitted = TargetModel([float(b) for b in beta], floor, len(rows), bounds=bounds)
-        if validation is not None and np.asarray(validation, dtype=bool).any():
-            self._calibrate(fitted, x, level, values, peak, np.asarray(validation, dtype=bool), relative)
-        self.targets[target] = fitted
+        self.targets[target] = TargetModel([float(b) for b in beta], floor, len(rows), bounds=bounds)
+
+    def _targets(
+        self, values: np.ndarray, experiments: np.ndarray, level: np.ndarray, rows: np.ndarray, seed: int = 0
+    ) -> np.ndarray:
+        """``(rows, draws)``: what the quantile is fitted on at ``rows`` (complete holding windows),
+        relative to the level: ``draws`` sampled held steps (``step``) or the peak over them."""
+        steps = self.windows.horizon
+        if self.config.target == "peak":
+            peak = forward_windows(values, experiments, steps)
+            return (peak[rows] / level[rows])[:, None]
+        rng = np.random.default_rng(seed)
+        offsets = rng.integers(0, steps, size=(len(rows), self.config.draws))
+        return values[rows[:, None] + offsets] / level[rows][:, None]
+
+    def _fit_head(
+        self,
+        target: str,
+        values: np.ndarray,
+        experiments: np.ndarray,
+        stamps: np.ndarray,
+        train: np.ndarray,
+        validation: np.ndarray | None,
+        options: dict[str, bool],
+        runtime: tuple[int, int],
+    ) -> None:
+        """Train the sequence head on the training rows and weigh it against the regression on the
+        validation rows: the weight (of ``HEAD_WEIGHTS``) with the least pinball loss of the fused
+        forecast. Too few rows for either: no head (``fusion`` says why)."""
+        fitted = self.targets[target]
+        x, level = self._features(fitted, values, experiments, stamps)
+        seq = sequence_inputs(
+            values,
+            experiments,
+            stamps,
+            level,
+            horizon=self.windows.horizon,
+            day=self.windows.day,
+            time_of_day=options["time_of_day"],
+        )
+        peak = forward_windows(values, experiments, self.windows.horizon)
+        complete = np.isfinite(peak) & np.isfinite(seq).all(axis=(1, 2)) & np.isfinite(x).all(axis=1)
+        rows = _thin(np.flatnonzero(train & complete), self.config.lstm_rows)
+        checked = (
+            np.flatnonzero(np.asarray(validation, dtype=bool) & complete)
+            if validation is not None
+            else np.zeros(0, dtype=np.int64)
+        )
+        if len(rows) < MIN_HEAD_ROWS or len(checked) < MIN_FIT_ROWS:
+            fitted.fusion = {
+                "reason": f"{len(rows)} training and {len(checked)} validation rows with a whole sequence "
+                f"(needs {MIN_HEAD_ROWS} and {MIN_FIT_ROWS})"
+            }
+            return
+        y = self._targets(values, experiments, level, rows)
+        keep = np.isfinite(y).all(axis=1)
+        cpu_threads, seed = runtime
+        head = PeakHead.fit(
+            seq[rows[keep]],
+            y[keep],
+            self.config.quantile,
+            units=self.config.lstm_units,
+            epochs=self.config.lstm_epochs,
+            learning_rate=self.config.lstm_learning_rate,
+            seed=seed,
+            cpu_threads=cpu_threads,
+        )
+        linear = fitted.clip(x[checked]) @ np.asarray(fitted.coefficients)
+        learned = head.forward(seq[checked])
+        truth = self._targets(values, experiments, level, checked, seed=1)
+        losses = {}
+        for weight in HEAD_WEIGHTS:
+            fused = (1 - weight) * linear + weight * learned
+            error = truth - fused[:, None]
+            losses[weight] = float(
+                np.nanmean(np.maximum(self.config.quantile * error, (self.config.quantile - 1) * error))
+            )
+        best = min(HEAD_WEIGHTS, key=lambda w: (round(losses[w], 12), w))
+        fitted.fusion = {
+            "pinball": {f"{w:g}": round(v, 6) for w, v in losses.items()},
+            "validation_rows": len(checked),
+            "training": head.training,
+        }
+        fitted.lstm_weight = float(best)
+        fitted.head = head  # kept in memory at any weight; saved (and loaded) only with a weight
+
+    def _features(
+        self, fitted: TargetModel, values: np.ndarray, experiments: np.ndarray, stamps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return peak_features(
+            values, experiments, stamps, self.windows, self.options, self.config.min_rows, fitted.level_floor
+        )
 
     def _calibrate(
         self,
         fitted: TargetModel,
-        x: np.ndarray,
-        level: np.ndarray,
+        target: str,
         values: np.ndarray,
-        peak: np.ndarray,
-        validation: np.ndarray,
+        experiments: np.ndarray,
+        stamps: np.ndarray,
+        validation: np.ndarray | None,
         relative: bool,
     ) -> None:
         """The training-time head-room on the validation rows: the conformal quantile of (peak over
-        the held steps - forecast), in units or relative to the forecast, as ``calibrate`` does."""
-        with np.errstate(invalid="ignore"):
-            predicted = np.maximum((fitted.clip(x) @ np.asarray(fitted.coefficients)) * level, 0.0)
+        the held steps - fused forecast), in units or relative to the forecast, as ``calibrate`` does."""
+        validation = np.asarray(validation, dtype=bool)
+        predicted = self._forecast(fitted, values, experiments, stamps)
+        peak = forward_windows(values, experiments, self.windows.horizon)
         ok = validation & np.isfinite(predicted) & np.isfinite(peak)
         if ok.sum() < 2:
             return
@@ -498,19 +627,37 @@ class PeakQuantileModel:
         return out
 
     def _forecast(
-        self, fitted: TargetModel, values: np.ndarray, experiments: np.ndarray, stamps: np.ndarray
+        self,
+        fitted: TargetModel,
+        values: np.ndarray,
+        experiments: np.ndarray,
+        stamps: np.ndarray,
+        rows: np.ndarray | None = None,
     ) -> np.ndarray:
-        x, level = peak_features(
-            values,
-            experiments,
-            stamps,
-            self.windows,
-            self.options,
-            self.config.min_rows,
-            fitted.level_floor,
-        )
+        """The fused forecast (regression, and the sequence head by its weight where it has an input)
+        at ``rows`` (every row when None)."""
+        x, level = self._features(fitted, values, experiments, stamps)
+        rows = np.arange(len(values)) if rows is None else np.asarray(rows, dtype=np.int64)
         with np.errstate(invalid="ignore"):
-            return np.maximum((fitted.clip(x) @ np.asarray(fitted.coefficients)) * level, 0.0)
+            relative = fitted.clip(x[rows]) @ np.asarray(fitted.coefficients)
+        if fitted.head is not None and fitted.lstm_weight > 0:
+            asked = rows[np.isfinite(relative)]
+            seq = sequence_inputs(
+                values,
+                experiments,
+                stamps,
+                level,
+                horizon=self.windows.horizon,
+                day=self.windows.day,
+                time_of_day=self.options["time_of_day"],
+                rows=asked,
+            )
+            learned = np.full(len(rows), np.nan)
+            learned[np.isfinite(relative)] = fitted.head.forward(seq)
+            w = fitted.lstm_weight
+            relative = np.where(np.isfinite(learned), (1 - w) * relative + w * learned, relative)
+        with np.errstate(invalid="ignore"):
+            return np.maximum(relative * level[rows], 0.0)
 
     def unseen(self, prepared: pd.DataFrame) -> np.ndarray:
         """Rows of a prepared frame the regression never trained on: after its experiment's last
@@ -521,8 +668,10 @@ class PeakQuantileModel:
         return ~seen
 
     def context_rows(self) -> int:
-        """How many rows before the first one asked about the features read (a day and an hour)."""
-        return self.windows.day + self.windows.hour + self.windows.horizon
+        """How many rows before the first one asked about the features read (a day and an hour, or
+        the sequence head's past chunks when they reach further back)."""
+        past = SEQUENCE_PAST * chunk_rows(self.windows.horizon)
+        return self.windows.day + max(self.windows.hour, past) + self.windows.horizon
 
     def forecast_next(self, history: pd.DataFrame) -> dict[str, float]:
         """The forecast for the ``H`` steps after the last row of a prepared ``history``, from its last
@@ -539,8 +688,26 @@ class PeakQuantileModel:
         out = {}
         for target, fitted in self.targets.items():
             values = np.append(tail[TARGET_SOURCES[target][0]].to_numpy(dtype="float64"), np.nan)
-            out[target] = float(self._forecast(fitted, values, labels, stamps)[-1])
+            out[target] = float(
+                self._forecast(fitted, values, labels, stamps, rows=np.array([len(values) - 1]))[0]
+            )
         return out
+
+    def describe_fusion(self, target: str) -> str:
+        """How ``target``'s forecast is made, for an answer's reasons."""
+        fitted = self.targets[target]
+        if fitted.head is None or fitted.lstm_weight <= 0:
+            why = (
+                "no sequence head"
+                if fitted.fusion is None
+                else "the sequence head earned no weight on validation"
+            )
+            return f"the quantile regression alone ({why})"
+        w = fitted.lstm_weight
+        return (
+            f"the quantile regression at {1 - w:.0%} and the sequence head at {w:.0%} "
+            "(the weight of least pinball loss on the validation rows)"
+        )
 
     def validation_request(self, target: str, point: float) -> float:
         """``point`` plus the training-time head-room of ``target`` (NaN without one)."""
@@ -601,16 +768,33 @@ class PeakQuantileModel:
                 or any(low > high for low, high in fitted.bounds)
             ):
                 raise ModelLoadError(f"{source}: target {target!r} has malformed feature bounds")
+            if not 0.0 <= fitted.lstm_weight <= 1.0:
+                raise ModelLoadError(
+                    f"{source}: target {target!r} has lstm_weight {fitted.lstm_weight} (0 to 1)"
+                )
         return model
 
+    def file_names(self) -> list[str]:
+        """The files ``save`` writes: ``peak_quantile.json`` and a sequence head per target using one."""
+        heads = [head_file(t) for t, m in self.targets.items() if m.head is not None and m.lstm_weight > 0]
+        return [PEAK_FILE, *heads]
+
     def save(self, directory: Path) -> str:
-        """Write ``peak_quantile.json`` into ``directory``; returns the file name."""
+        """Write ``peak_quantile.json`` (and the sequence heads in use) into ``directory``; returns the
+        JSON's file name (``file_names`` lists them all)."""
         Path(directory).mkdir(parents=True, exist_ok=True)
+        for target, fitted in self.targets.items():
+            if fitted.head is not None and fitted.lstm_weight > 0:
+                fitted.head.save(Path(directory), target)
         return write_json(Path(directory) / PEAK_FILE, self.to_dict())
 
     @classmethod
     def load(cls, directory: Path) -> PeakQuantileModel:
-        return cls.from_dict(read_json(Path(directory) / PEAK_FILE))
+        model = cls.from_dict(read_json(Path(directory) / PEAK_FILE))
+        for target, fitted in model.targets.items():
+            if fitted.lstm_weight > 0:
+                fitted.head = PeakHead.load(Path(directory), target)
+        return model
 
 
 def _timestamp(value: Any) -> pd.Timestamp | None:

@@ -50,6 +50,7 @@ from mora_platform.models.calibration import FUSED, Calibration
 from mora_platform.models.ensemble import OK, EnsembleForecaster
 from mora_platform.models.peak import PeakQuantileModel  # issue 16
 from mora_platform.models.recent import (
+    PEAK_QUANTILE,
     RECENT_ROWS,
     VALIDATION,
 )
@@ -237,6 +238,12 @@ class ServiceModel(HeldRequests):
             for t in ("cpu", "memory")
             if answer.sources[t] == PEAK_VALIDATION
         ]
+        if self.peak is not None:
+            recent_reasons += [
+                f"{t} peak-quantile forecast: {self.peak.describe_fusion(t)}"
+                for t in ("cpu", "memory")
+                if answer.sources[t] in (PEAK_QUANTILE, PEAK_VALIDATION) and t in self.peak.targets
+            ]
         forecast = answer.forecast
         per = self.calibration.for_mode(forecast.mode)
         unavailable = dict(self.unavailable_targets)

@@ -25,6 +25,7 @@ from mora_platform.features.split import Split, split_frame
 from mora_platform.features.targets import prepare_frame
 from mora_platform.models.base import ModelError
 from mora_platform.models.peak import PEAK_FILE, PEAK_TARGETS, PeakQuantileModel
+from mora_platform.models.peak_lstm import HEAD_PATTERN
 from mora_platform.training.config import TrainingConfig
 
 
@@ -52,6 +53,8 @@ def fit_peak_candidate(
             config=config.peak,
             targets=targets,
             relative=config.head_room == "relative",
+            cpu_threads=config.cpu_threads,
+            seed=config.seed,
         )
     except ModelError:
         return None
@@ -74,6 +77,8 @@ def attach_peak_candidate(
         if isinstance(metrics, dict) and read_peak_candidate(Path(directory), metrics) is not None:
             return PEAK_FILE  # training wrote it already, on these rows
     path.unlink(missing_ok=True)
+    for stale in Path(directory).glob(HEAD_PATTERN):
+        stale.unlink()
     if not config.peak.enabled:
         return None
     selected, unavailable = check_service_frame(frame, service, config)

@@ -45,6 +45,7 @@ from mora_platform.models.members import (
     member_file_patterns,
 )
 from mora_platform.models.peak import PEAK_FILE, PeakQuantileModel
+from mora_platform.models.peak_lstm import HEAD_PATTERN
 from mora_platform.recommend.types import TARGETS
 from mora_platform.training.bundle import (
     CALIBRATION_FILE,
@@ -154,7 +155,7 @@ def _weights(config: TrainingConfig) -> dict[str, dict[str, float]]:
 
 def model_file_patterns() -> tuple[str, ...]:
     """Every registered member's files and the ensemble's: what a retrain replaces."""
-    return (*member_file_patterns(), ENSEMBLE_FILE, PEAK_FILE)
+    return (*member_file_patterns(), ENSEMBLE_FILE, PEAK_FILE, HEAD_PATTERN)
 
 
 def _actual(frame: pd.DataFrame) -> pd.DataFrame:
@@ -252,7 +253,8 @@ class FittedService:
                 stale.unlink()
         files = self.ensemble.save(out_dir)
         if self.peak is not None:
-            files.append(self.peak.save(out_dir))
+            self.peak.save(out_dir)
+            files.extend(self.peak.file_names())
         files.append(write_json(out_dir / CALIBRATION_FILE, self.calibration.to_dict()))
         files.append(write_history_tail(out_dir, self.prepared, self.config.effective_seq_len))
         config = {

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from peak_frames import HORIZON, STEP_SECONDS, held_usage, spiked_frame, split
 from synthetic_frames import synthetic_service_frame
 
 from mora_platform.data.schema import EXPERIMENT_ID, TIMESTAMP
@@ -34,37 +35,32 @@ from mora_platform.models.recent import (
     rolling_peak,
 )
 
-STEP_SECONDS = 300
-HORIZON = 12  # one hour at five minutes
-
-
-def spiked_frame(days: float = 10.0, seed: int = 3) -> pd.DataFrame:
-    """A prepared frame whose CPU is flat with noise except a spike from 14:00 to 14:30 every day:
-    a peak the last hour never shows, but the same time yesterday does."""
-    frame = synthetic_service_frame(days=days, step_seconds=STEP_SECONDS, seed=seed, noise=0.0)
-    rng = np.random.default_rng(seed)
-    stamps = pd.to_datetime(frame[TIMESTAMP], utc=True)
-    minutes = stamps.dt.hour * 60 + stamps.dt.minute
-    spike = ((minutes >= 14 * 60) & (minutes < 14 * 60 + 30)).to_numpy()
-    cpu = 1.0 + 0.05 * rng.standard_normal(len(frame)) + 3.0 * spike
-    frame = frame.assign(cpu_cores_value=cpu, replica_count_value=1.0, replica_count=1)
-    return prepare_frame(frame)
-
-
-def split(prepared: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    labels = split_frame(prepared, 0.15, 0.15).to_numpy()
-    return labels == "train", labels == "validation", labels == "test"
-
-
-def held_usage(values: np.ndarray, rows: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rows with a complete holding window and the usage over it (``(m, steps)``)."""
-    rows = rows[rows + steps <= len(values)]
-    return rows, values[rows[:, None] + np.arange(steps)[None, :]]
-
 
 @pytest.fixture(scope="module")
 def prepared() -> pd.DataFrame:
     return spiked_frame()
+
+
+REGRESSION = PeakQuantileConfig(lstm=False)  # the linear regression alone
+
+
+@pytest.fixture(scope="module")
+def fused(prepared: pd.DataFrame) -> PeakQuantileModel:
+    """The regression and its sequence head, fused at half each whatever weight validation gave the
+    head (a few epochs: these tests are about what the fused forecast reads and keeps)."""
+    train, validation, _ = split(prepared)
+    model = PeakQuantileModel.fit(
+        prepared,
+        train,
+        validation,
+        horizon_steps=HORIZON,
+        coverage=0.95,
+        config=PeakQuantileConfig(lstm_epochs=4),
+    )
+    for fitted in model.targets.values():
+        assert fitted.head is not None
+        fitted.lstm_weight = 0.5
+    return model
 
 
 @pytest.mark.parametrize("quantile", [0.8, 0.95])
@@ -78,7 +74,7 @@ def test_forecast_covers_each_held_step_at_about_the_asked_quantile_out_of_sampl
         validation,
         horizon_steps=HORIZON,
         coverage=0.95,
-        config=PeakQuantileConfig(quantile=quantile, draws=8),
+        config=PeakQuantileConfig(quantile=quantile, draws=8, lstm=False),
         targets=("cpu",),
     )
     assert model.features == feature_names({"seasonal": True, "time_of_day": True})
@@ -103,7 +99,7 @@ def test_peak_target_covers_the_peak_over_the_held_steps(prepared: pd.DataFrame)
         validation,
         horizon_steps=HORIZON,
         coverage=0.95,
-        config=PeakQuantileConfig(quantile=0.9, target="peak"),
+        config=PeakQuantileConfig(quantile=0.9, target="peak", lstm=False),
         targets=("cpu",),
     )
     predicted = model.predict(prepared)["cpu"].to_numpy()
@@ -118,11 +114,16 @@ def test_peak_target_covers_the_peak_over_the_held_steps(prepared: pd.DataFrame)
     assert model.validation_request("cpu", 2.0) == pytest.approx(2.0 + head.quantile)
 
 
-def test_save_and_load_give_identical_predictions(prepared: pd.DataFrame, tmp_path: Path) -> None:
-    train, validation, _ = split(prepared)
-    model = PeakQuantileModel.fit(prepared, train, validation, horizon_steps=HORIZON, coverage=0.95)
-    assert set(model.targets) == {"cpu", "memory"} and model.seconds < 10
+def test_save_and_load_give_identical_predictions(
+    prepared: pd.DataFrame, fused: PeakQuantileModel, tmp_path: Path
+) -> None:
+    train = split(prepared)[0]
+    model = fused
+    assert set(model.targets) == {"cpu", "memory"}
     assert model.save(tmp_path) == PEAK_FILE
+    heads = [f"peak_lstm_{t}.keras" for t, m in model.targets.items() if m.lstm_weight > 0]
+    assert heads and model.file_names() == [PEAK_FILE, *heads]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(model.file_names())
     assert json.loads((tmp_path / PEAK_FILE).read_text())["kind"] == PEAK_QUANTILE  # plain JSON
     loaded = PeakQuantileModel.load(tmp_path)
     pd.testing.assert_frame_equal(loaded.predict(prepared), model.predict(prepared))
@@ -138,9 +139,10 @@ def test_save_and_load_give_identical_predictions(prepared: pd.DataFrame, tmp_pa
         PeakQuantileModel.load(tmp_path)
 
 
-def test_forecast_next_is_the_forecast_for_the_row_after_the_history(prepared: pd.DataFrame) -> None:
-    train, validation, _ = split(prepared)
-    model = PeakQuantileModel.fit(prepared, train, validation, horizon_steps=HORIZON, coverage=0.95)
+def test_forecast_next_is_the_forecast_for_the_row_after_the_history(
+    prepared: pd.DataFrame, fused: PeakQuantileModel
+) -> None:
+    model = fused
     predicted = model.predict(prepared)
     for cut in (2_000, 2_500):
         now = model.forecast_next(prepared.iloc[:cut])
@@ -157,7 +159,14 @@ def test_no_window_spans_two_experiments() -> None:
     second = experiments == experiments[-1]
     boundary = int(np.flatnonzero(second)[0])
     train, validation, _ = split(prepared)
-    model = PeakQuantileModel.fit(prepared, train, validation, horizon_steps=HORIZON, coverage=0.95)
+    model = PeakQuantileModel.fit(
+        prepared,
+        train,
+        validation,
+        horizon_steps=HORIZON,
+        coverage=0.95,
+        config=PeakQuantileConfig(lstm_epochs=3),
+    )
     alone = model.predict(prepared[second].reset_index(drop=True))
     together = model.predict(prepared)
     np.testing.assert_allclose(together[second].to_numpy(), alone.to_numpy(), equal_nan=True)
@@ -197,7 +206,7 @@ def test_the_recent_choice_picks_it_where_it_wastes_less(prepared: pd.DataFrame)
     assert PEAK_QUANTILE in RECENT_CANDIDATES and RECENT_PEAK in RECENT_CANDIDATES
     train, validation, _ = split(prepared)
     model = PeakQuantileModel.fit(
-        prepared, train, validation, horizon_steps=HORIZON, coverage=0.95, targets=("cpu",)
+        prepared, train, validation, horizon_steps=HORIZON, coverage=0.95, targets=("cpu",), config=REGRESSION
     )
     usage = prepared[POD_CPU].to_numpy()
     recent = slice(len(usage) - 1_440, len(usage))
@@ -233,7 +242,12 @@ def test_a_feature_outside_its_training_range_is_read_at_the_edge_of_it() -> Non
     prepared = idle_then_back_frame()
     labels = split_frame(prepared, 0.1, 0.1).to_numpy()
     model = PeakQuantileModel.fit(
-        prepared, labels == "train", labels == "validation", horizon_steps=HORIZON, coverage=0.99
+        prepared,
+        labels == "train",
+        labels == "validation",
+        horizon_steps=HORIZON,
+        coverage=0.99,
+        config=REGRESSION,
     )
     fitted = model.targets["cpu"]
     assert fitted.bounds is not None and len(fitted.bounds) == len(model.features)
@@ -254,7 +268,9 @@ def test_feature_bounds_round_trip_and_malformed_ones_are_refused(
     prepared: pd.DataFrame, tmp_path: Path
 ) -> None:
     train, validation, _ = split(prepared)
-    model = PeakQuantileModel.fit(prepared, train, validation, horizon_steps=HORIZON, coverage=0.95)
+    model = PeakQuantileModel.fit(
+        prepared, train, validation, horizon_steps=HORIZON, coverage=0.95, config=REGRESSION
+    )
     model.save(tmp_path)
     loaded = PeakQuantileModel.load(tmp_path)
     assert loaded.targets["cpu"].bounds == model.targets["cpu"].bounds is not None
@@ -268,11 +284,12 @@ def test_feature_bounds_round_trip_and_malformed_ones_are_refused(
     assert PeakQuantileModel.load(tmp_path).targets["cpu"].bounds is None
 
 
-def test_timestamps_at_any_resolution_give_the_same_forecast(prepared: pd.DataFrame) -> None:
+def test_timestamps_at_any_resolution_give_the_same_forecast(
+    prepared: pd.DataFrame, fused: PeakQuantileModel
+) -> None:
     """pandas 3 parses text (a history sent as JSON) at microseconds and loads files at nanoseconds;
     the features read the time of day the same from both, so the endpoint forecasts as training did."""
-    train, validation, _ = split(prepared)
-    model = PeakQuantileModel.fit(prepared, train, validation, horizon_steps=HORIZON, coverage=0.95)
+    model = fused
     assert "sin_day" in model.features
     micro = prepared.assign(**{TIMESTAMP: prepared[TIMESTAMP].dt.as_unit("us")})
     assert str(micro[TIMESTAMP].dtype) == "datetime64[us, UTC]" != str(prepared[TIMESTAMP].dtype)

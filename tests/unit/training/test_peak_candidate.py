@@ -13,6 +13,7 @@ from synthetic_frames import synthetic_service_frame
 
 from mora_platform.data.schema import TIMESTAMP
 from mora_platform.models.peak import PEAK_FILE
+from mora_platform.models.peak_lstm import head_file
 from mora_platform.models.recent import PEAK_QUANTILE, RECENT_PEAK
 from mora_platform.training.bundle import PEAK_VALIDATION, ServiceModel
 from mora_platform.training.config import TrainingConfig
@@ -58,6 +59,10 @@ def test_the_bundle_loads_the_candidate_fitted_on_its_own_data(bundle: Path) -> 
     model = ServiceModel.load(bundle)
     assert model.peak is not None and set(model.peak.targets) == {"cpu", "memory"}
     assert model.peak.windows.horizon == 12 and model.peak.coverage == 0.99
+    for target, fitted in model.peak.targets.items():  # three and a half days of training rows
+        assert fitted.fusion is not None and "pinball" in fitted.fusion  # the sequence head was weighed
+        assert (bundle / head_file(target)).is_file() == (fitted.lstm_weight > 0)
+        assert (fitted.head is not None) == (fitted.lstm_weight > 0)  # loaded with its weight only
     assert model.peak.data_end == model.fitted_until
     assert TrainingConfig().peak.enabled  # fitted by default
 
