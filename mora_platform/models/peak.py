@@ -614,16 +614,21 @@ class PeakQuantileModel:
         fitted.validation_cost = float(np.mean(requests)) / level_used if level_used > 0 else None
 
     # ---- asking ---------------------------------------------------------------------------
-    def predict(self, prepared: pd.DataFrame) -> pd.DataFrame:
+    def predict(self, prepared: pd.DataFrame, last: int | None = None) -> pd.DataFrame:
         """Per row of a prepared frame, the forecast for the ``H`` steps from it on, made from the
         rows before it in its own experiment (columns: the targets with a model; NaN where a row has
-        too little history)."""
+        too little history). With ``last``, only the last ``last`` rows are forecast (the rows before
+        them are read, as context, and left NaN): the sequence head costs time per row forecast."""
         stamps = epoch_index(prepared[TIMESTAMP]).asi8
         experiments = prepared[EXPERIMENT_ID].astype(str).to_numpy()
+        n = len(prepared)
+        rows = np.arange(0 if last is None else max(n - int(last), 0), n)
         out = pd.DataFrame(index=prepared.index)
         for target, fitted in self.targets.items():
             values = prepared[TARGET_SOURCES[target][0]].to_numpy(dtype="float64")
-            out[target] = self._forecast(fitted, values, experiments, stamps)
+            column = np.full(n, np.nan)
+            column[rows] = self._forecast(fitted, values, experiments, stamps, rows=rows)
+            out[target] = column
         return out
 
     def _forecast(

@@ -202,16 +202,16 @@ class HeldRequests:
         if self._peak_cache is not None and self._peak_cache[0] == key:
             return self._peak_cache[1]
         longer = self._prepared(history, rows + steps + self.peak.context_rows())
-        predicted = self.peak.predict(longer)
         tail = longer.tail(len(recent))
         same = (
             len(tail) == len(recent)
             and np.array_equal(tail[TIMESTAMP].to_numpy(), recent[TIMESTAMP].to_numpy())
             and np.array_equal(tail[EXPERIMENT_ID].to_numpy(), recent[EXPERIMENT_ID].to_numpy())
         )
-        if same:
-            aligned = predicted.tail(len(recent)).set_axis(recent.index)
+        if same:  # only the recent rows are forecast (the sequence head costs time per row)
+            aligned = self.peak.predict(longer, last=len(recent)).tail(len(recent)).set_axis(recent.index)
         else:  # the two tails were prepared into different orders: match rows by experiment and time
+            predicted = self.peak.predict(longer)
             keys = [EXPERIMENT_ID, TIMESTAMP]
             table = pd.concat([longer[keys], predicted], axis=1).drop_duplicates(keys, keep="last")
             aligned = recent[keys].merge(table, on=keys, how="left").drop(columns=keys).set_axis(recent.index)

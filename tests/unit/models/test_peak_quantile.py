@@ -139,6 +139,15 @@ def test_save_and_load_give_identical_predictions(
         PeakQuantileModel.load(tmp_path)
 
 
+def test_forecasting_only_the_last_rows_gives_those_rows_the_same_forecast(
+    prepared: pd.DataFrame, fused: PeakQuantileModel
+) -> None:
+    whole = fused.predict(prepared)
+    last = fused.predict(prepared, last=500)
+    pd.testing.assert_frame_equal(last.tail(500), whole.tail(500))
+    assert last.iloc[:-500].isna().all().all() and whole.iloc[:-500].notna().any().all()
+
+
 def test_forecast_next_is_the_forecast_for_the_row_after_the_history(
     prepared: pd.DataFrame, fused: PeakQuantileModel
 ) -> None:
