@@ -87,6 +87,11 @@ class TrainingReport(BaseModel):
     fusion_weights: dict[str, float] = Field(
         default_factory=dict, description="Prophet's weight per target, as used"
     )
+    peak_head_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="the peak-quantile candidate's sequence head: its weight per target, chosen on "
+        "validation (0: the regression alone; a target without an entry trained no head)",
+    )
     data_window: DataWindow
     seconds: float
     timings: dict[str, float] = Field(default_factory=dict)

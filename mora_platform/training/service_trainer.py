@@ -386,6 +386,9 @@ def fit_service(frame: pd.DataFrame, service: str, config: TrainingConfig) -> Fi
         degraded=ensemble.degraded,
         confidence=min(c.confidence for c in calibration.for_mode(FUSED).values()),
         fusion_weights=legacy_prophet_weight(ensemble.weights),
+        peak_head_weights={}
+        if peak is None
+        else {t: m.lstm_weight for t, m in peak.targets.items() if m.fusion and "pinball" in m.fusion},
         data_window=window,
         seconds=round(time.perf_counter() - started, 3),
         timings={k: round(v, 3) for k, v in timings.items()},

@@ -63,6 +63,8 @@ def test_the_bundle_loads_the_candidate_fitted_on_its_own_data(bundle: Path) -> 
         assert fitted.fusion is not None and "pinball" in fitted.fusion  # the sequence head was weighed
         assert (bundle / head_file(target)).is_file() == (fitted.lstm_weight > 0)
         assert (fitted.head is not None) == (fitted.lstm_weight > 0)  # loaded with its weight only
+        metrics = json.loads((bundle / "metrics.json").read_text())
+        assert metrics["peak_head_weights"][target] == fitted.lstm_weight  # and metrics.json says it
     assert model.peak.data_end == model.fitted_until
     assert TrainingConfig().peak.enabled  # fitted by default
 
