@@ -26,7 +26,8 @@ The platform is trained with ``calibration_horizon_steps`` = rows per horizon an
 held step, and answers three ways from the same fits: ``platform`` (``--calibrate-on``, default ``auto``,
 ``ServiceModel.held_requests``: the head-room calibrated on the 1,440 rows before each origin for the
 cheapest of the fused forecast, the recent peak and the peak-quantile forecast of the usage over the held
-steps (``models.peak``, fitted with every platform fit; ``--no-peak`` leaves it out), unless a
+steps (``models.peak``, fitted with every platform fit; ``--no-peak`` leaves it out, ``--peak-head``
+fuses its LSTM sequence head in), unless a
 training-time head-room covered the rows seen since the fit as promised at no higher cost),
 ``platform-validation`` (the training-time head-room
 alone) and ``platform-1step`` (the one-step head-room, for reference). Every method's request is rounded
@@ -38,7 +39,7 @@ run). ``summary.md`` says which source answered the platform's requests, as a sh
 
 Run: ``.venv/bin/python benchmarks/backtest_report.py [--quick] [--no-platform] [--ray]
 [--datasets online-boutique,synthetic,presets|preset:NAME,...] [--part development|confirmation|both]
-[--plain-fusion] [--head-room relative] [--no-peak]
+[--plain-fusion] [--head-room relative] [--no-peak | --peak-head]
 [--calibrate-on auto|recent|validation] [--recent-rows N] [--floors default|kubernetes|none|CPU,MEM]
 [--results DIR]``.
 """
@@ -219,6 +220,11 @@ def main(argv: list[str] | None = None) -> None:
         help="no peak-quantile candidate (models.peak): the platform as before issue 16",
     )
     parser.add_argument(
+        "--peak-head",
+        action="store_true",
+        help="the peak-quantile candidate with its LSTM sequence head fused in (models.peak_lstm; off by default)",
+    )
+    parser.add_argument(
         "--floors",
         default="default",
         help="one floor for every method's requests: default (the platform's serving floors, 10m / 32 MiB), "
@@ -243,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         training["head_room"] = args.head_room
     if args.no_peak:
         training["peak"] = {"enabled": False}
+    elif args.peak_head:
+        training["peak"] = {"lstm": True}
 
     names: tuple[str, ...] = BASELINES
     notes: list[str] = []

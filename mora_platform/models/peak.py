@@ -112,7 +112,11 @@ class PeakQuantileConfig(BaseModel):
     min_rows: int = Field(default=5, ge=1, description="earlier rows a row needs in its experiment")
     max_rows: int = Field(default=3_000, ge=100, le=100_000, description="rows the programme is solved on")
     l1: float = Field(default=1e-4, ge=0, description="L1 penalty on the non-intercept coefficients")
-    lstm: bool = Field(default=True, description="train the sequence head (models.peak_lstm) and fuse it")
+    lstm: bool = Field(
+        default=False,
+        description="train the sequence head (models.peak_lstm) and fuse it (off: measured no better, "
+        "twice the training time; see the README)",
+    )
     lstm_units: int = Field(default=32, ge=2, le=256, description="the sequence head's LSTM units")
     lstm_learning_rate: float = Field(default=1e-3, gt=0, le=1, description="the sequence head's Adam rate")
     lstm_epochs: int = Field(default=40, ge=1, le=500, description="the sequence head's epochs at most")

@@ -41,7 +41,7 @@ def prepared() -> pd.DataFrame:
     return spiked_frame()
 
 
-REGRESSION = PeakQuantileConfig(lstm=False)  # the linear regression alone
+REGRESSION = PeakQuantileConfig(lstm=False)  # the linear regression alone (the default)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def fused(prepared: pd.DataFrame) -> PeakQuantileModel:
         validation,
         horizon_steps=HORIZON,
         coverage=0.95,
-        config=PeakQuantileConfig(lstm_epochs=4),
+        config=PeakQuantileConfig(lstm=True, lstm_epochs=4),
     )
     for fitted in model.targets.values():
         assert fitted.head is not None
@@ -174,7 +174,7 @@ def test_no_window_spans_two_experiments() -> None:
         validation,
         horizon_steps=HORIZON,
         coverage=0.95,
-        config=PeakQuantileConfig(lstm_epochs=3),
+        config=PeakQuantileConfig(lstm=True, lstm_epochs=3),
     )
     alone = model.predict(prepared[second].reset_index(drop=True))
     together = model.predict(prepared)

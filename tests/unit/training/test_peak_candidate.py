@@ -26,6 +26,7 @@ TINY = {
     "lstm": {"units": [4], "dense_units": 0, "epochs": 1, "patience": 1, "batch_size": 64},
     "calibration_horizon_steps": 12,
     "coverage": 0.99,  # the spike is 2% of the steps: the recent peak must carry it all day
+    "peak": {"lstm": True, "lstm_epochs": 5},  # the sequence head too (off by default)
 }
 
 
