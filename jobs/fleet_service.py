@@ -8,7 +8,10 @@ retry a deterministic error; only the death of the worker process is retried (ta
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -60,6 +63,38 @@ def resolve_training_config(
     return resolve_config_dict(tuned, overrides, cpu_threads=num_cpus)
 
 
+def _work_prefix(service: str) -> str:
+    """The per-task working directory's name prefix: the service and the worker's PID."""
+    return f"mora-{service}-pid{os.getpid()}-"
+
+
+def sweep_stale_work_dirs(service: str, root: Path | None = None) -> list[Path]:
+    """Remove the working directories an earlier task for ``service`` left behind in ``root`` (the
+    temporary directory) because its worker died mid-training (killed, out of memory): the
+    directory names its worker's PID, and only those whose worker is gone are removed. Returns them."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    for path in root.glob(f"mora-{glob.escape(service)}-pid*-*"):
+        match = re.fullmatch(rf"mora-{re.escape(service)}-pid(\d+)-[^/]*", path.name)
+        if not match or not path.is_dir() or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def _write_pid_marker(service: str) -> None:
     pid_dir = os.environ.get(PID_DIR_ENV)
     if pid_dir:
@@ -105,7 +140,8 @@ def _retrain(spec: RetrainSpec, service: str, settings: MoraSettings, stage: lis
         tuned, spec.config_overrides, overrides_label="--config-json", cpu_threads=spec.num_cpus
     )
 
-    with tempfile.TemporaryDirectory(prefix=f"mora-{service}-") as tmp:
+    sweep_stale_work_dirs(service)
+    with tempfile.TemporaryDirectory(prefix=_work_prefix(service)) as tmp:
         bundle = Path(tmp) / "bundle"
         bundle.mkdir()
         _write_pid_marker(service)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,3 +112,29 @@ def test_driver_runs_the_fleet_locally_and_reports(
     assert summary["options"]["max_calls"] == 3
     monkeypatch.setattr(DatasetStore, "list_services", lambda self, name: ["a"])
     assert driver.main(["--dataset", "ds", "--backend", "local", "--services", "zzz"]) == 2
+
+
+def test_a_dead_workers_working_directory_is_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A worker killed mid-training (out of memory, a drill) never runs its temporary directory's
+    clean-up; the next task for the service removes what such a worker left, and only that."""
+    import subprocess
+    import sys
+
+    from jobs.fleet_service import sweep_stale_work_dirs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead_dir = tmp_path / f"mora-svc-a-pid{gone.pid}-x1"
+        live_dir = tmp_path / f"mora-svc-a-pid{alive.pid}-x2"
+        other_service = tmp_path / f"mora-svc-b-pid{gone.pid}-x3"
+        old_style = tmp_path / "mora-svc-a-x4"  # no PID in the name: never guessed at
+        for d in (dead_dir, live_dir, other_service, old_style):
+            (d / "bundle").mkdir(parents=True)
+            (d / "bundle" / "lstm.keras").write_bytes(b"half written")
+        assert sweep_stale_work_dirs("svc-a", tmp_path) == [dead_dir]
+        assert not dead_dir.exists() and live_dir.exists() and other_service.exists() and old_style.exists()
+    finally:
+        alive.kill()
+        alive.wait()
