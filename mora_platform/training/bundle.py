@@ -242,7 +242,9 @@ class ServiceModel(HeldRequests):
             recent_reasons += [
                 f"{t} peak-quantile forecast: {self.peak.describe_fusion(t)}"
                 for t in ("cpu", "memory")
-                if answer.sources[t] in (PEAK_QUANTILE, PEAK_VALIDATION) and t in self.peak.targets
+                if answer.sources[t] in (PEAK_QUANTILE, PEAK_VALIDATION)
+                and t in self.peak.targets
+                and self.peak.targets[t].fusion is not None  # a sequence head was trained (peak.lstm)
             ]
         forecast = answer.forecast
         per = self.calibration.for_mode(forecast.mode)

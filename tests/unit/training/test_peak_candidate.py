@@ -123,6 +123,10 @@ def test_the_recent_choice_offers_it_and_picks_it_where_it_wastes_less(
     recommendation = model.recommend(frame)
     if held["cpu"].source in (PEAK_QUANTILE, PEAK_VALIDATION):
         assert any("peak-quantile" in reason for reason in recommendation.reasons)
+        # and how its forecast was made: the regression, and the sequence head by its weight
+        told = [r for r in recommendation.reasons if r.startswith("cpu peak-quantile forecast: ")]
+        assert told == [f"cpu peak-quantile forecast: {model.peak.describe_fusion('cpu')}"]
+        assert model.peak is not None and "quantile regression" in told[0]
     # on the rows it trained on the candidate is no evidence for itself: not offered there
     trained_only = model.recent_requests(frame.iloc[: 5 * 288], 12, candidates=(RECENT_PEAK, PEAK_QUANTILE))
     assert all(c is None or c.candidate == RECENT_PEAK for c in trained_only.values())
