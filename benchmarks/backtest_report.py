@@ -75,12 +75,12 @@ from mora_platform.backtest.report import (
     summary_lines,
     write_report,
 )
-from mora_platform.cli.backtest import (
+from mora_platform.backtest.runner import (
     MethodSpec,
-    _platform_available,
-    _replay_all,
     build_methods,
     horizon_steps,
+    platform_available,
+    replay_all,
 )
 from mora_platform.data.synthetic import preset_names
 from mora_platform.models.recent import RECENT_ROWS
@@ -130,7 +130,7 @@ def run(
         **PLATFORM_OPTIONS,
     )
     started = time.perf_counter()
-    replays: list[SeriesReplay] = _replay_all(series_set.series, spec, config, use_ray, None)
+    replays: list[SeriesReplay] = replay_all(series_set.series, spec, config, use_ray, None)
     seconds = time.perf_counter() - started
     report = build_report(
         replays,
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     names: tuple[str, ...] = BASELINES
     notes: list[str] = []
     if not args.no_platform:
-        reason = _platform_available()
+        reason = platform_available()
         if reason is None:
             names = ("platform", "platform-validation", "platform-1step", *BASELINES)
         else:

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from mora_platform.backtest.engine import BacktestConfig, BacktestSeries, SeriesReplay
 from mora_platform.backtest.inputs import read_value_csv
 from mora_platform.backtest.report import build_report, format_table
+from mora_platform.backtest.runner import MethodSpec, RayOptions, build_methods, horizon_steps, replay_all
 from mora_platform.cli import app
-from mora_platform.cli.backtest import MethodSpec, RayOptions, _replay_all, build_methods, horizon_steps
 
 pytestmark = pytest.mark.integration
 
@@ -96,8 +96,8 @@ def test_ray_and_in_process_give_the_same_scores(traces: Path, local_ray: None) 
         training=TINY,
         horizon_steps=horizon_steps(series, CONFIG.horizon),
     )
-    here = _replay_all(series, spec, CONFIG, use_ray=False, ray_address=None)
-    there = _replay_all(series, spec, CONFIG, use_ray=True, ray_address=None)
+    here = replay_all(series, spec, CONFIG, use_ray=False, ray_address=None)
+    there = replay_all(series, spec, CONFIG, use_ray=True, ray_address=None)
     assert [r.name for r in there] == ["vm-a", "vm-b"]
     for replay in (*here, *there):
         assert not replay.errors, replay.errors
@@ -113,7 +113,7 @@ def test_a_failed_series_on_ray_does_not_fail_the_others(traces: Path, local_ray
     broken = BacktestSeries(name="broken", usage=dict(good.usage), frame=pd.DataFrame({"nope": [1.0]}))
     lost = BacktestSeries(name="lost", usage=dict(good.usage), notes=[WorkerDeath()])  # type: ignore[list-item]
     spec = MethodSpec(names=("vpa", "max"), refit_seconds=86_400, training={})
-    replays = _replay_all(
+    replays = replay_all(
         [broken, good, lost], spec, CONFIG, True, None, ray_options=RayOptions(max_retries=0)
     )
     assert [r.name for r in replays] == ["broken", good.name, "lost"]

@@ -145,7 +145,7 @@ def test_cli_rejects_a_bad_floor_policy(tmp_path: Path) -> None:
 
 
 def test_the_platform_serves_with_the_policy_floors() -> None:
-    from mora_platform.cli.backtest import MethodSpec, build_methods
+    from mora_platform.backtest.runner import MethodSpec, build_methods
 
     for policy, cpu, memory in (
         ("default", 0.010, 32 * MIB),

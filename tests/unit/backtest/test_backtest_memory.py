@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mora_platform.backtest import runner
 from mora_platform.backtest.engine import BacktestConfig, BacktestSeries
 from mora_platform.backtest.inputs import read_value_csv
 from mora_platform.backtest.progress import ProgressReporter
-from mora_platform.cli import backtest as cli
 
 TINY = {"epochs": 1, "seq_len": 12, "lstm": {"units": [4], "dense_units": 0}}
 
@@ -31,7 +31,7 @@ def test_freeing_trainer_releases_once_per_fit(monkeypatch: pytest.MonkeyPatch) 
         released.append(before)
         return 0
 
-    monkeypatch.setattr(cli, "release_memory", release)
+    monkeypatch.setattr(runner, "release_memory", release)
     models = iter([object(), object()])
     current: list[object] = []
 
@@ -40,7 +40,7 @@ def test_freeing_trainer_releases_once_per_fit(monkeypatch: pytest.MonkeyPatch) 
             current[:] = [next(models)]
         return current[0]  # the variants asking at the same origin get the model just trained
 
-    freeing = cli.FreeingTrainer(trainer)
+    freeing = runner.FreeingTrainer(trainer)
     first = freeing(pd.DataFrame(), "new fit")
     assert freeing(pd.DataFrame(), "same") is first and len(released) == 1
     assert freeing(pd.DataFrame(), "new fit") is not first and len(released) == 2
@@ -49,7 +49,7 @@ def test_freeing_trainer_releases_once_per_fit(monkeypatch: pytest.MonkeyPatch) 
         raise RuntimeError("no data")
 
     with pytest.raises(RuntimeError):
-        cli.FreeingTrainer(failing)(pd.DataFrame(), "svc")
+        runner.FreeingTrainer(failing)(pd.DataFrame(), "svc")
     assert len(released) == 3  # a failed fit's leftovers are released too
 
 
@@ -73,7 +73,7 @@ def test_platform_fits_through_the_freeing_trainer_accumulate_no_graphs(tmp_path
 
     frame = read_value_csv(_cpu_csv(tmp_path / "vm.csv")).frame
     assert frame is not None
-    freeing = cli.FreeingTrainer(ServiceModelTrainer(TINY))
+    freeing = runner.FreeingTrainer(ServiceModelTrainer(TINY))
     freeing(frame.iloc[:380], "vm")  # TensorFlow loaded; whatever it registers once is there now
     graphs = _graphs()
     for rows in (400, 420):
@@ -89,9 +89,9 @@ def test_a_failed_series_in_process_is_reported_and_the_others_run(
 ) -> None:
     good = read_value_csv(_cpu_csv(tmp_path / "vm.csv"))
     broken = BacktestSeries(name="broken", usage=dict(good.usage), frame=pd.DataFrame({"nope": [1.0]}))
-    spec = cli.MethodSpec(names=("vpa", "max"), refit_seconds=86_400, training={})
+    spec = runner.MethodSpec(names=("vpa", "max"), refit_seconds=86_400, training={})
     stream = io.StringIO()
-    replays = cli._replay_all(
+    replays = runner.replay_all(
         [broken, good], spec, small_config, False, None, ProgressReporter(2, stream=stream)
     )
     assert [r.name for r in replays] == ["broken", "vm"]
