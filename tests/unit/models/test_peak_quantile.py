@@ -20,6 +20,8 @@ from mora_platform.models.peak import (
     PEAK_FILE,
     PeakQuantileConfig,
     PeakQuantileModel,
+)
+from mora_platform.models.peak_features import (
     Windows,
     epoch_index,
     feature_names,
