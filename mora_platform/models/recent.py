@@ -204,14 +204,16 @@ def choose_recent(
     if not 0.5 < coverage < 1:
         raise ValueError(f"coverage must be in (0.5, 1), got {coverage}")
     best: RecentChoice | None = None
+    # which rows a window may start at to count as "like now" (the same for every candidate)
+    similar_at = like_now(usage, np.arange(len(usage)), steps, level_band) if level_band else None
     for name, (predicted, now) in candidates.items():
         if not np.isfinite(now):
             continue
         windows, starts, rows = _holding_windows(usage, predicted, steps)
         if len(starts) < min_origins:
             continue
-        if level_band:
-            similar = like_now(usage, rows, steps, level_band)
+        if similar_at is not None:
+            similar = similar_at[rows]
             if int(similar.sum()) >= min_origins:
                 windows, starts = windows[similar], starts[similar]
         floor = 0.1 * float(np.median(np.abs(windows))) if relative else 0.0
