@@ -286,20 +286,9 @@ class LSTMForecaster(Forecaster):
         """Scaled outputs (batch, 3) for scaled windows ``x`` (batch, seq_len, 14)."""
         if engine == "keras":
             return np.asarray(self.keras_model()(x.astype("float32"), training=False), dtype="float64")
-        outputs = []
-        for stack in self._layers:
-            h = np.asarray(x, dtype="float64")
-            for kind, weights, extra in stack:
-                if kind == "lstm":
-                    h = _lstm_forward(h, weights[0], weights[1], weights[2], extra == "seq")
-                else:
-                    h = h @ weights[0] + weights[1]
-                    if extra == "relu":
-                        h = np.maximum(h, 0.0)
-                    elif extra not in ("linear", "None"):
-                        raise ModelError(f"lstm: unsupported dense activation {extra}")
-            outputs.append(h)
-        return np.concatenate(outputs, axis=1)
+        return np.concatenate(
+            [run_stack(np.asarray(x, dtype="float64"), stack) for stack in self._layers], axis=1
+        )
 
     def _predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         assert self.feature_scaler is not None and self.target_scaler is not None
@@ -366,6 +355,20 @@ class LSTMForecaster(Forecaster):
         model._weights_from_archive(root)
         model._model_path = path
         return model
+
+
+def run_stack(h: np.ndarray, stack: Sequence[tuple[str, tuple[np.ndarray, ...], str]]) -> np.ndarray:
+    """One branch's forward pass (``_numpy_stack``'s steps) over a batch ``h``."""
+    for kind, weights, extra in stack:
+        if kind == "lstm":
+            h = _lstm_forward(h, weights[0], weights[1], weights[2], extra == "seq")
+        else:
+            h = h @ weights[0] + weights[1]
+            if extra == "relu":
+                h = np.maximum(h, 0.0)
+            elif extra not in ("linear", "None"):
+                raise ModelError(f"lstm: unsupported dense activation {extra}")
+    return h
 
 
 def _numpy_stack(

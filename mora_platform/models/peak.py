@@ -354,15 +354,7 @@ class PeakQuantileModel:
         forecast. Too few rows for either: no head (``fusion`` says why)."""
         fitted = self.targets[target]
         x, level = self._features(fitted, values, experiments, stamps)
-        seq = sequence_inputs(
-            values,
-            experiments,
-            stamps,
-            level,
-            horizon=self.windows.horizon,
-            day=self.windows.day,
-            time_of_day=options["time_of_day"],
-        )
+        seq = self._sequences(values, experiments, stamps, level, time_of_day=options["time_of_day"])
         peak = forward_windows(values, experiments, self.windows.horizon)
         complete = np.isfinite(peak) & np.isfinite(seq).all(axis=(1, 2)) & np.isfinite(x).all(axis=1)
         rows = thin_rows(np.flatnonzero(train & complete), self.config.lstm_rows)
@@ -414,6 +406,27 @@ class PeakQuantileModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         return peak_features(
             values, experiments, stamps, self.windows, self.options, self.config.min_rows, fitted.level_floor
+        )
+
+    def _sequences(
+        self,
+        values: np.ndarray,
+        experiments: np.ndarray,
+        stamps: np.ndarray,
+        level: np.ndarray,
+        time_of_day: bool,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The sequence head's inputs at ``rows`` (every row when None), at this model's windows."""
+        return sequence_inputs(
+            values,
+            experiments,
+            stamps,
+            level,
+            horizon=self.windows.horizon,
+            day=self.windows.day,
+            time_of_day=time_of_day,
+            rows=rows,
         )
 
     def _calibrate(
@@ -485,16 +498,7 @@ class PeakQuantileModel:
             relative = fitted.clip(x[rows]) @ np.asarray(fitted.coefficients)
         if fitted.head is not None and fitted.lstm_weight > 0:
             asked = rows[np.isfinite(relative)]
-            seq = sequence_inputs(
-                values,
-                experiments,
-                stamps,
-                level,
-                horizon=self.windows.horizon,
-                day=self.windows.day,
-                time_of_day=self.options["time_of_day"],
-                rows=asked,
-            )
+            seq = self._sequences(values, experiments, stamps, level, self.options["time_of_day"], asked)
             learned = np.full(len(rows), np.nan)
             learned[np.isfinite(relative)] = fitted.head.forward(seq)
             w = fitted.lstm_weight

@@ -40,7 +40,7 @@ import numpy as np
 
 from mora_platform.models.base import ModelError, ModelLoadError
 from mora_platform.models.keras_archive import read_keras_archive
-from mora_platform.models.lstm import _lstm_forward, _numpy_stack
+from mora_platform.models.lstm import _numpy_stack, run_stack
 from mora_platform.models.tf_runtime import (
     configure_tensorflow,
     custom_gradient_names,
@@ -244,15 +244,7 @@ class PeakHead:
         ok = np.isfinite(x).all(axis=(1, 2)) if len(x) else np.zeros(0, dtype=bool)
         if not ok.any():
             return out
-        h = np.asarray(x[ok], dtype="float64")
-        for kind, weights, extra in self.layers:
-            if kind == "lstm":
-                h = _lstm_forward(h, weights[0], weights[1], weights[2], extra == "seq")
-            else:
-                h = h @ weights[0] + weights[1]
-                if extra == "relu":
-                    h = np.maximum(h, 0.0)
-        out[ok] = h[:, 0]
+        out[ok] = run_stack(np.asarray(x[ok], dtype="float64"), self.layers)[:, 0]
         return out
 
     # ---- persistence ----------------------------------------------------------------------
