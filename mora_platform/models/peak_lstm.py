@@ -41,6 +41,7 @@ import numpy as np
 from mora_platform.models.base import ModelError, ModelLoadError
 from mora_platform.models.keras_archive import read_keras_archive
 from mora_platform.models.lstm import _numpy_stack, run_stack
+from mora_platform.models.peak_features import forward_windows
 from mora_platform.models.tf_runtime import (
     configure_tensorflow,
     custom_gradient_names,
@@ -68,21 +69,6 @@ def chunk_rows(horizon: int) -> int:
     return max(1, math.ceil(max(int(horizon), 1) / SEQUENCE_AHEAD))
 
 
-def _chunk_max(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, size: int) -> np.ndarray:
-    """Per row, the highest of the ``size`` values from it on, NaN when that window leaves the row's
-    experiment (``[starts, ends)`` per row)."""
-    n = len(values)
-    out = np.full(n, np.nan)
-    if n < size:
-        return out
-    view = np.lib.stride_tricks.sliding_window_view(values, size)
-    with np.errstate(invalid="ignore"):
-        out[: n - size + 1] = np.max(view, axis=1)
-    index = np.arange(n)
-    out[(index + size > ends) | (index < starts)] = np.nan
-    return out
-
-
 def sequence_inputs(
     values: np.ndarray,
     experiments: np.ndarray,
@@ -107,10 +93,7 @@ def sequence_inputs(
         return out
     change = np.r_[True, labels[1:] != labels[:-1]]
     block_start = np.maximum.accumulate(np.where(change, np.arange(n), 0))
-    starts_of = np.flatnonzero(change)
-    ends_of = np.r_[starts_of[1:], n]
-    block_end = np.repeat(ends_of, np.diff(np.r_[starts_of, n]))
-    chunk = _chunk_max(values, block_start, block_end, c)
+    chunk = forward_windows(values, labels, c)  # per row, the highest of the c values from it on
     offsets = (np.arange(steps) - SEQUENCE_PAST) * c  # chunk starts relative to the row
     lvl = level[rows][:, None]
     past_start = rows[:, None] + offsets[None, :SEQUENCE_PAST]
